@@ -1,0 +1,124 @@
+"""Command line of the harness (the Makefile's targets call these).
+
+    python -m common.harness run svarm [--profile full] [--param seed=3 ...]
+    python -m common.harness all [--profile ci]
+    python -m common.harness bless svarm [--seeds 5]
+    python -m common.harness scoreboard [--check]
+    python -m common.harness cite svarm
+    python -m common.harness new <slug>
+    python -m common.harness list
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import parameters, spec
+
+
+def _run(slugs: list[str], profile: str, params: dict, progress: bool, papers_root=None, results_root=None) -> int:
+    from . import runner, scoreboard
+
+    failures, usage_errors = [], 0
+    for slug in slugs:
+        try:
+            report = runner.run_paper(slug, profile, params, progress=progress, papers_root=papers_root,
+                                      results_root=results_root)
+        except (spec.UnknownPaperError, spec.PaperSpecError, parameters.ParameterError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failures.append(slug)
+            usage_errors += 1
+            continue
+        print(report.summary(), flush=True)
+        if not report.ok:
+            failures.append(slug)
+    ran = usage_errors < len(slugs)
+    written = scoreboard.write() if ran and papers_root is None and results_root is None else []
+    if written:
+        print("scoreboard updated: " + ", ".join(str(p.relative_to(spec.REPO_ROOT)) for p in written))
+    if failures:
+        print(f"FAILED: {', '.join(failures)}", file=sys.stderr)
+        return 2 if usage_errors == len(slugs) else 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.harness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one paper's notebooks")
+    run.add_argument("paper")
+    run.add_argument("--profile", default="ci", choices=spec.PROFILES)
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("--params", default="", help="space-separated NAME=VALUE pairs (make's PARAMS)")
+    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--papers-root", type=Path, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--results-root", type=Path, default=None, help=argparse.SUPPRESS)
+    every = sub.add_parser("all", help="run every paper")
+    every.add_argument("--profile", default="ci", choices=spec.PROFILES)
+    every.add_argument("--no-progress", action="store_true")
+    bless = sub.add_parser("bless", help="rewrite a paper's goldens from fresh runs")
+    bless.add_argument("paper")
+    bless.add_argument("--seeds", type=int, default=5)
+    board = sub.add_parser("scoreboard", help="regenerate results/README.md, index.json and generated sections")
+    board.add_argument("--check", action="store_true", help="fail if a generated section is out of date")
+    cite = sub.add_parser("cite", help="BibTeX for a paper and a citation line for our artifact")
+    cite.add_argument("paper")
+    new = sub.add_parser("new", help="scaffold papers/<slug>/")
+    new.add_argument("paper")
+    sub.add_parser("list", help="list implemented papers")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "run":
+            params = parameters.parse_assignments(args.params) | parameters.parse_assignments(args.param)
+            return _run([args.paper], args.profile, params, not args.no_progress, args.papers_root, args.results_root)
+        if args.command == "all":
+            return _run(spec.list_papers(), args.profile, {}, not args.no_progress)
+        if args.command == "bless":
+            from .bless import bless as do_bless
+            from .scoreboard import write
+
+            target = do_bless(args.paper, args.seeds)
+            write()
+            print(f"goldens written to {target.relative_to(spec.REPO_ROOT)}; review the diff and commit it")
+            return 0
+        if args.command == "scoreboard":
+            from . import scoreboard
+
+            if args.check:
+                stale = [p for p, text in scoreboard.generated_files().items() if p.read_text() != text]
+                for path in stale:
+                    print(f"out of date: {path.relative_to(spec.REPO_ROOT)} (run `make scoreboard`)", file=sys.stderr)
+                return 1 if stale else 0
+            for path in scoreboard.write():
+                print(f"wrote {path.relative_to(spec.REPO_ROOT)}")
+            return 0
+        if args.command == "cite":
+            from .cite import cite as do_cite
+
+            print(do_cite(args.paper))
+            return 0
+        if args.command == "new":
+            from .scaffold import scaffold
+
+            root = scaffold(args.paper)
+            print(f"created {root.relative_to(spec.REPO_ROOT)}; next: `make bless PAPER={args.paper}` "
+                  "(see CONTRIBUTING.md)")
+            return 0
+        if args.command == "list":
+            print("\n".join(spec.list_papers()))
+            return 0
+    except (spec.UnknownPaperError, spec.PaperSpecError, parameters.ParameterError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: previous results are untouched", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The notebook-side API: ``record``, ``figure``, ``show_claims``, ``claim_verdicts``.
+
+Inside a run started by the runner, every call writes to the run folder at once
+(atomically), so a crash later in the notebook never loses what was recorded. In an
+interactive session nothing is written; values are kept in memory and displayed.
+
+``record`` also emits a display output in scrapbook's JSON format (mime type
+``application/scrapbook.scrap.json+json``), so tools that read scraps from executed
+notebooks find the metrics too; scrapbook itself is not a dependency.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import re
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import context
+from .io import atomic_write_bytes, atomic_write_json, sha256_bytes
+
+METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+SCRAP_MIME = "application/scrapbook.scrap.json+json"
+
+_metrics: dict[str, float | int | bool] = {}
+_volatile: set[str] = set()
+_figures: dict[str, dict] = {}
+
+
+def recorded() -> dict:
+    """A copy of the metrics recorded so far in this kernel."""
+    return dict(_metrics)
+
+
+def _as_scalar(name: str, value):
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if hasattr(value, "item") and not isinstance(value, (bool, int, float)):
+        try:
+            value = value.item()  # torch scalars
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if not isinstance(value, (bool, int, float)):
+        raise TypeError(f"record({name!r}, ...): a metric must be a number or a bool, got {type(value).__name__}")
+    if isinstance(value, float) and math.isinf(value):
+        raise ValueError(f"record({name!r}, ...): infinite value")
+    return value
+
+
+def record(name: str, value, *, volatile: bool = False):
+    """Record metric ``name`` = ``value`` for this run and return the value.
+
+    ``volatile=True`` marks metrics that legitimately change from run to run (wall
+    times): they are stored and usable in claims but never compared with goldens.
+    A name may be recorded once per run; in an interactive session re-recording
+    overwrites, so cells can be re-run.
+    """
+    if not isinstance(name, str) or not METRIC_NAME_RE.match(name):
+        raise ValueError(f"metric name {name!r} must be dot-separated identifiers, e.g. 'soug.T1000.svarm.mse'")
+    value = _as_scalar(name, value)
+    if context.run_dir() is not None and name in _metrics:
+        raise ValueError(f"metric {name!r} was already recorded in this run")
+    _metrics[name] = value
+    if volatile:
+        _volatile.add(name)
+    _flush()
+    _emit_scrap(name, value)
+    return value
+
+
+def record_many(values: dict, *, prefix: str = "", volatile: bool = False) -> None:
+    """Record every ``{name: value}`` of a mapping, optionally under ``prefix``."""
+    for name, value in values.items():
+        record(f"{prefix}.{name}" if prefix else name, value, volatile=volatile)
+
+
+def _emit_scrap(name: str, value) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    payload = {"name": name, "data": None if isinstance(value, float) and math.isnan(value) else value,
+               "encoder": "json", "version": 1}
+    display({SCRAP_MIME: payload}, raw=True, metadata={"scrapbook": {"name": name, "data": True, "display": False}})
+
+
+def _peak_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _flush() -> None:
+    folder = context.run_dir()
+    if folder is None:
+        return
+    atomic_write_json(folder / "metrics.json", {
+        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in _metrics.items()},
+        "volatile": sorted(_volatile),
+    })
+    atomic_write_json(folder / "figures.json", _figures)
+    atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1)})
+
+
+atexit.register(_flush)
+
+
+def figure(name: str, fig=None):
+    """Save a matplotlib figure as ``figures/<name>.png`` and ``.svg`` and return it.
+
+    Files are written deterministically (no timestamps or random ids) and their sha256
+    recorded in ``figures.json``, so an unchanged plot gives unchanged bytes.
+    """
+    import matplotlib.pyplot as plt
+
+    if not re.match(r"^[A-Za-z0-9_\-]+$", name or ""):
+        raise ValueError(f"figure name {name!r} must be letters, digits, '-' or '_'")
+    fig = fig or plt.gcf()
+    folder = context.run_dir()
+    if folder is None:
+        return fig
+    entries = {}
+    for fmt, metadata in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
+        import io
+
+        buffer = io.BytesIO()
+        with plt.rc_context({"svg.hashsalt": "repro", "svg.fonttype": "path"}):
+            fig.savefig(buffer, format=fmt, dpi=110, bbox_inches="tight", metadata=metadata)
+        data = buffer.getvalue()
+        relative = Path("figures") / f"{name}.{fmt}"
+        atomic_write_bytes(folder / relative, data)
+        entries[fmt] = {"path": str(relative), "sha256": sha256_bytes(data)}
+    _figures[name] = entries
+    _flush()
+    return fig
+
+
+def _spec_for_session():
+    from . import spec
+
+    slug = context.current_paper()
+    if slug:
+        return spec.load(slug, context.papers_root())
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "paper.yaml").is_file():
+            return spec.load(folder.name, folder.parent)
+    raise RuntimeError("cannot find this notebook's paper.yaml (run the notebook from its folder)")
+
+
+def _results():
+    from .claims import evaluate_claims
+
+    paper = _spec_for_session()
+    profile = context.current_profile()
+    return paper, evaluate_claims(paper, profile, _metrics, only_recorded=True)
+
+
+def show_claims():
+    """Display this notebook's claims with our values beside the paper's (a DataFrame)."""
+    import pandas as pd
+
+    paper, results = _results()
+    statements = {c.id: c for c in paper.claims}
+    rows = []
+    for r in results:
+        claim = statements[r.id]
+        rows.append({
+            "claim": r.id,
+            "statement": claim.statement,
+            "source": claim.source,
+            "paper": claim.paper_value if claim.paper_value is not None else "",
+            "ours": _format(r.value) if r.value is not None else ", ".join(f"{k}={_format(v)}" for k, v in r.metrics.items()),
+            "status": r.status,
+        })
+    frame = pd.DataFrame(rows, columns=["claim", "statement", "source", "paper", "ours", "status"])
+    return frame.style.hide(axis="index") if len(frame) else frame
+
+
+def claim_verdicts() -> None:
+    """Print claim ids and statuses only (no numbers), for the nbval-checked last cell."""
+    _, results = _results()
+    width = max([len(r.id) for r in results] + [5])
+    print(f"{'claim':<{width}}  status")
+    for r in results:
+        print(f"{r.id:<{width}}  {r.status}")
+    if not results:
+        print("(no claims are checked by this notebook at this profile)")
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

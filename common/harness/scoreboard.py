@@ -1,0 +1,225 @@
+"""The scoreboard: ``results/index.json``, ``results/README.md`` and generated sections.
+
+Everything here is computed from committed artifacts (``results/<slug>/<profile>/``)
+and ``paper.yaml`` files, without executing anything. Generated sections of other
+files sit between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` markers;
+``tests/test_generated.py`` fails when one is out of date.
+
+Staleness (results whose code hash no longer matches the code) is shown in
+``results/`` only; the README tables show the claims' verdicts, so that editing
+``common/`` does not make every README out of date at once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from . import claims as claims_mod
+from . import provenance, spec
+from .io import atomic_write_bytes, dumps, read_json
+
+CATALOG = spec.PAPERS_ROOT / "catalog.yaml"
+VERDICT_BADGE = {"Re": "✅ Re", "partial": "🟡 partial", "not-Re": "❌ not-Re", "pending": "⏳ pending", "stale": "♻️ stale"}
+
+
+def catalog() -> list[dict]:
+    return yaml.safe_load(CATALOG.read_text())["papers"]
+
+
+def _profile_entry(paper: spec.PaperSpec, profile: str, results_root: Path, with_staleness: bool) -> dict:
+    folder = results_root / paper.slug / profile
+    applicable = paper.claims_for(profile)
+    pending_claims = {c.id: {"status": "pending", "value": None, "paper_value": c.paper_value} for c in applicable}
+    entry = {"verdict": "pending", "score": None, "claims": pending_claims, "duration_s": None,
+             "device": None, "commit": None, "stale": False, "finished": None}
+    if not (folder / "claims.json").is_file() or not (folder / "provenance.json").is_file():
+        return entry
+    stored = read_json(folder / "claims.json")
+    prov = read_json(folder / "provenance.json")
+    results = []
+    for claim in applicable:
+        raw = stored["claims"].get(claim.id)
+        if raw is None:
+            results.append(claims_mod.ClaimResult(claim.id, "pending", None, claim.paper_value, {}, weight=claim.weight))
+        else:
+            raw = {**raw, "paper_value": claim.paper_value, "weight": claim.weight}
+            results.append(claims_mod.ClaimResult(**raw))
+    verdict = claims_mod.verdict(results)
+    stale = False
+    if with_staleness:
+        stale = prov.get("code_hash") != provenance.code_hash(paper)
+    entry.update({
+        "verdict": "stale" if stale else verdict,
+        "claims_verdict": verdict,
+        "score": claims_mod.score(results),
+        "claims": {r.id: {"status": r.status, "value": r.value, "paper_value": r.paper_value} for r in results},
+        "duration_s": prov.get("duration_s"),
+        "device": prov.get("device_label"),
+        "commit": (prov.get("git") or {}).get("commit"),
+        "dirty": (prov.get("git") or {}).get("dirty"),
+        "stale": stale,
+        "finished": prov.get("finished"),
+    })
+    return entry
+
+
+def build_index(results_root: Path | None = None, papers_root: Path | None = None, with_staleness: bool = True) -> dict:
+    results_root = Path(results_root or spec.REPO_ROOT / "results")
+    implemented = set(spec.list_papers(papers_root))
+    papers = {}
+    for item in catalog():
+        slug = item["slug"]
+        entry = {"title": item["short_title"], "short_title": item["short_title"], "grade": item["grade"],
+                 "group": item["group"], "implemented": slug in implemented}
+        if slug in implemented:
+            paper = spec.load(slug, papers_root)
+            entry["title"] = paper.title
+            entry["profiles"] = {p: _profile_entry(paper, p, results_root, with_staleness) for p in spec.PROFILES}
+        else:
+            entry["profiles"] = {p: {"verdict": "pending", "score": None, "claims": {}, "duration_s": None,
+                                     "device": None, "commit": None, "stale": False} for p in spec.PROFILES}
+        papers[slug] = entry
+    return {"papers": papers}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _score(entry: dict) -> str:
+    return "" if entry["score"] is None else f" {entry['score']:.2f}"
+
+
+def papers_table(index: dict, *, link_prefix: str = "papers/", stale_aware: bool = False) -> str:
+    lines = ["| paper | grade | group | ci | full |", "|---|---|---|---|---|"]
+    for slug, entry in index["papers"].items():
+        name = f"[`{slug}`]({link_prefix}{slug}/)" if entry["implemented"] else f"`{slug}`"
+        cells = []
+        for profile in spec.PROFILES:
+            p = entry["profiles"][profile]
+            verdict = p["verdict"] if stale_aware else p.get("claims_verdict", p["verdict"])
+            cells.append(VERDICT_BADGE[verdict] + (_score(p) if entry["implemented"] else ""))
+        lines.append(f"| {name} {_fmt(entry['title'])} | {_fmt(entry['grade'])} | {entry['group']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def claims_table(paper: spec.PaperSpec, entry: dict) -> str:
+    lines = ["| claim | statement | source | paper | ours (ci) | ci | ours (full) | full |",
+             "|---|---|---|---|---|---|---|---|"]
+    for claim in paper.claims:
+        cells = []
+        for profile in spec.PROFILES:
+            result = entry["profiles"][profile]["claims"].get(claim.id)
+            if result is None:
+                cells += ["", "—"]
+            else:
+                cells += [_fmt(result["value"]), result["status"]]
+        marker = " (expected: not reproduced)" if claim.expected_outcome == "not_reproduced" else ""
+        lines.append(f"| `{claim.id}` | {_fmt(claim.statement)}{marker} | {_fmt(claim.source)} | "
+                     f"{_fmt(claim.paper_value)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_readme(index: dict, papers_root: Path | None = None) -> str:
+    done = [s for s, e in index["papers"].items() if e["implemented"]]
+    reproduced = sum(1 for s in done if index["papers"][s]["profiles"]["ci"]["verdict"] == "Re")
+    parts = [
+        "# Scoreboard",
+        "",
+        "Generated by `make scoreboard` from the artifacts in this folder; do not edit by hand.",
+        f"{len(done)} of {len(index['papers'])} papers implemented; {reproduced} fully reproduced at the ci profile.",
+        "Verdicts: Re = every claim reproduced, partial, not-Re = none, pending = not run, stale = the code "
+        "changed since the run (re-run with `make run PAPER=<slug>`). The number is the weighted fraction of "
+        "claims reproduced.",
+        "",
+        papers_table(index, link_prefix="../papers/", stale_aware=True),
+    ]
+    for slug in done:
+        paper = spec.load(slug, papers_root)
+        entry = index["papers"][slug]
+        parts += ["", f"## {slug}: {paper.title}", ""]
+        for profile in spec.PROFILES:
+            p = entry["profiles"][profile]
+            if p.get("finished"):
+                parts.append(f"- {profile}: {VERDICT_BADGE[p['verdict']]}, {p['duration_s']} s on {p['device']}, "
+                             f"commit `{(p['commit'] or 'none')[:10]}`{' (dirty)' if p.get('dirty') else ''}, "
+                             f"finished {p['finished']}; artifacts in [`{slug}/{profile}/`]({slug}/{profile}/)")
+            else:
+                parts.append(f"- {profile}: ⏳ pending (never run)")
+        parts += ["", claims_table(paper, entry)]
+    return "\n".join(parts) + "\n"
+
+
+def replace_section(text: str, name: str, content: str) -> str:
+    pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"markers <!-- {name}:begin --> / <!-- {name}:end --> not found")
+    return pattern.sub(lambda m: m.group(1) + content.rstrip("\n") + "\n" + m.group(2), text)
+
+
+def citation_references(papers_root: Path | None = None) -> str:
+    lines = []
+    for slug in spec.list_papers(papers_root):
+        paper = spec.load(slug, papers_root)
+        lines += [
+            "  - type: article" if not paper.venue.lower().startswith(("neurips", "icml", "iclr", "aaai")) else
+            "  - type: conference-paper",
+            f"    title: {_yaml_str(paper.title)}",
+            "    authors:",
+            *[f"      - name: {_yaml_str(a)}" for a in paper.authors],
+            f"    year: {paper.year}",
+            f"    collection-title: {_yaml_str(paper.venue)}",
+        ]
+        if paper.doi:
+            lines.append(f"    doi: {_yaml_str(paper.doi)}")
+        if paper.arxiv:
+            lines.append(f"    url: {_yaml_str('https://arxiv.org/abs/' + paper.arxiv)}")
+        lines.append(f"    notes: {_yaml_str('Replicated in papers/' + slug)}")
+    return "\n".join(lines)
+
+
+def _yaml_str(value: str) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def generated_files(papers_root: Path | None = None, results_root: Path | None = None) -> dict[Path, str]:
+    """The new text of every file with generated content (README sections, CITATION.cff, paper READMEs)."""
+    root = spec.REPO_ROOT
+    index = build_index(results_root, papers_root, with_staleness=False)
+    out = {}
+    readme = root / "README.md"
+    out[readme] = replace_section(readme.read_text(), "papers", papers_table(index))
+    citation = root / "CITATION.cff"
+    text = citation.read_text()
+    marker = "# references are generated by `make scoreboard`; do not edit below this line\n"
+    head = text.split(marker)[0]
+    out[citation] = head + marker + "references:\n" + citation_references(papers_root) + "\n"
+    for slug in spec.list_papers(papers_root):
+        paper = spec.load(slug, papers_root)
+        path = paper.root / "README.md"
+        if path.is_file():
+            out[path] = replace_section(path.read_text(), "claims", claims_table(paper, index["papers"][slug]))
+    return out
+
+
+def write(results_root: Path | None = None, papers_root: Path | None = None) -> list[Path]:
+    """Regenerate the scoreboard and every generated section; returns the files written."""
+    results_root = Path(results_root or spec.REPO_ROOT / "results")
+    index = build_index(results_root, papers_root)
+    written = []
+    for path, content in {
+        results_root / "index.json": dumps(index),
+        results_root / "README.md": results_readme(index, papers_root),
+        **generated_files(papers_root, results_root),
+    }.items():
+        if not path.is_file() or path.read_text() != content:
+            atomic_write_bytes(path, content.encode())
+            written.append(path)
+    return written

@@ -1,0 +1,238 @@
+"""The harness on a toy paper: errors are clear and a failed run never loses results."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.harness import contract, goldens, parameters, recording, runner, scaffold, spec
+from common.harness.bless import bless
+from common.harness.io import read_json
+
+FIXTURES = Path(__file__).parent / "fixtures" / "papers"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def toy(tmp_path):
+    """A private copy of the toy paper and a results root in tmp_path."""
+    root = tmp_path / "papers"
+    shutil.copytree(FIXTURES / "toy", root / "toy")
+    return root
+
+
+def run(root, tmp_path, params=None, **kwargs):
+    return runner.run_paper("toy", "ci", params, papers_root=root, results_root=tmp_path / "results",
+                            runs_root=tmp_path / "runs", failed_root=tmp_path / "failed", progress=False, **kwargs)
+
+
+def edit_yaml(root, mutate):
+    path = root / "toy" / "paper.yaml"
+    data = yaml.safe_load(path.read_text())
+    mutate(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+def cli(*args, timeout=120):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "common.harness", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=timeout)
+
+
+# --- parameters -----------------------------------------------------------------------------------
+
+def test_unknown_parameter_is_named():
+    result = cli("run", "toy", "--papers-root", str(FIXTURES), "--results-root", "/nonexistent", "--params", "bogus=1")
+    assert result.returncode == 2
+    assert "bogus" in result.stderr and "seed" in result.stderr  # names it and lists what is accepted
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(parameters.ParameterError, match=r"'n' takes a int .* got 'abc'"):
+        runner.prepare("toy", "ci", {"n": "abc"}, FIXTURES)
+    with pytest.raises(parameters.ParameterError, match="'fail' takes a bool"):
+        runner.prepare("toy", "ci", {"fail": 1}, FIXTURES)
+    _, _, effective = runner.prepare("toy", "ci", {"sleep_s": 1}, FIXTURES)  # int is fine for a float
+    assert effective["01_toy.ipynb"] == {"sleep_s": 1.0}
+
+
+def test_parse_assignments():
+    assert parameters.parse_assignments("seed=3 n_runs=5 budgets='[1, 2]' name=abc on=true") == {
+        "seed": 3, "n_runs": 5, "budgets": [1, 2], "name": "abc", "on": True}
+    with pytest.raises(parameters.ParameterError, match="name=value"):
+        parameters.parse_assignments(["seed"])
+
+
+def test_unknown_paper_fails_clearly():
+    result = cli("run", "nosuch", "--no-progress")
+    assert result.returncode == 2
+    assert "unknown paper 'nosuch'" in result.stderr
+
+
+# --- running --------------------------------------------------------------------------------------
+
+def test_run_writes_artifacts_and_is_deterministic(toy, tmp_path):
+    first = run(toy, tmp_path, check_goldens=False)
+    assert first.ok, first.summary()
+    folder = tmp_path / "results" / "toy" / "ci"
+    for name in ("01_toy.ipynb", "metrics.json", "claims.json", "provenance.json", "01_toy/metrics.json"):
+        assert (folder / name).is_file(), name
+    prov = read_json(folder / "provenance.json")
+    for key in ("git", "code_hash", "input_hash", "versions", "device", "started", "finished", "notebooks"):
+        assert key in prov
+    assert prov["notebooks"]["01_toy"]["cell_durations_s"]
+    assert prov["notebooks"]["01_toy"]["peak_rss_mb"] > 0
+    metrics = read_json(folder / "metrics.json")
+    assert metrics["volatile"] == {"01_toy": ["toy.wall_s"]}
+    executed = json.loads((folder / "01_toy.ipynb").read_text())
+    scraps = [o for c in executed["cells"] for o in c.get("outputs", [])
+              if "application/scrapbook.scrap.json+json" in o.get("data", {})]
+    assert {s["data"]["application/scrapbook.scrap.json+json"]["name"] for s in scraps} >= {"toy.mean", "toy.std"}
+
+    second = run(toy, tmp_path, check_goldens=False)
+    assert second.ok
+    again = read_json(folder / "metrics.json")
+    assert again["notebooks"]["01_toy"]["toy.mean"] == metrics["notebooks"]["01_toy"]["toy.mean"]
+    assert again["notebooks"]["01_toy"]["toy.std"] == metrics["notebooks"]["01_toy"]["toy.std"]
+    assert not list((tmp_path / "results" / "toy").glob(".*")), "no temporary folders left behind"
+
+
+def test_failing_cell_is_reported_and_results_kept(toy, tmp_path):
+    good = run(toy, tmp_path, check_goldens=False)
+    assert good.ok
+    before = read_json(tmp_path / "results" / "toy" / "ci" / "provenance.json")["started"]
+    # make the canonical run fail in a cell
+    nb_path = toy / "toy" / "notebooks" / "01_toy.ipynb"
+    nb_path.write_text(nb_path.read_text().replace("fail = False", "fail = True"))
+    bad = run(toy, tmp_path, check_goldens=False)
+    assert not bad.ok
+    message = bad.notebooks[0].error
+    assert "toy/01_toy.ipynb" in message and "cell 3" in message and "RuntimeError: asked to fail" in message
+    failed_path = Path(message.split("failed notebook: ")[1].strip())
+    assert failed_path.is_file()
+    assert read_json(tmp_path / "results" / "toy" / "ci" / "provenance.json")["started"] == before
+
+
+def test_failing_claim_fails_the_run_and_keeps_results(toy, tmp_path):
+    assert run(toy, tmp_path, check_goldens=False).ok
+    before = (tmp_path / "results" / "toy" / "ci" / "claims.json").read_text()
+    edit_yaml(toy, lambda d: d["claims"][1].update(check="toy.std > 5"))
+    report = run(toy, tmp_path, check_goldens=False)
+    assert not report.ok
+    assert {c.id: c.status for c in report.claims} == {"mean_small": "reproduced", "std_near_one": "failed"}
+    assert "claim std_near_one: failed" in report.summary()
+    assert (tmp_path / "results" / "toy" / "ci" / "claims.json").read_text() == before
+
+
+def test_claim_on_unrecorded_metric_is_an_error(toy, tmp_path):
+    edit_yaml(toy, lambda d: d["claims"][1].update(check="toy.never < 1"))
+    report = run(toy, tmp_path, check_goldens=False)
+    assert not report.ok
+    failed = {c.id: c for c in report.claims}["std_near_one"]
+    assert failed.status == "failed" and "never recorded: toy.never" in failed.message
+
+
+def test_not_reproduced_claim_stays_visible_without_failing(toy, tmp_path):
+    edit_yaml(toy, lambda d: d["claims"][1].update(
+        check="toy.std > 5", expected_outcome="not_reproduced", explanation="the effect does not appear"))
+    report = run(toy, tmp_path, check_goldens=False)
+    assert report.ok, report.summary()
+    assert {c.id: c.status for c in report.claims}["std_near_one"] == "not_reproduced"
+    stored = read_json(tmp_path / "results" / "toy" / "ci" / "claims.json")
+    assert stored["verdict"] == "partial" and stored["score"] == 0.5
+
+
+def test_network_is_blocked_in_notebooks(tmp_path):
+    report = run(FIXTURES, tmp_path, {"try_network": True})
+    assert not report.ok
+    assert "network access blocked" in report.notebooks[0].error
+
+
+def test_interrupted_run_keeps_previous_results(toy, tmp_path):
+    assert run(toy, tmp_path, check_goldens=False).ok
+    folder = tmp_path / "results" / "toy" / "ci"
+    before = {p.name: p.read_bytes() for p in folder.glob("*.json")}
+    nb_path = toy / "toy" / "notebooks" / "01_toy.ipynb"
+    nb_path.write_text(nb_path.read_text().replace("sleep_s = 0.0", "sleep_s = 60.0"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "common.harness", "run", "toy", "--papers-root", str(toy),
+                             "--results-root", str(tmp_path / "results"), "--no-progress"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "results" / "toy").glob(".ci.tmp-*/01_toy/metrics.json")):
+        time.sleep(0.2)  # wait until the notebook is midway (it has recorded its metrics)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "previous results are untouched" in err
+    assert {p.name: p.read_bytes() for p in folder.glob("*.json")} == before
+    assert not list((tmp_path / "results" / "toy").glob(".ci.tmp-*")), "the staging folder is cleaned up"
+
+
+# --- goldens --------------------------------------------------------------------------------------
+
+def test_tolerance_from_seed_spread():
+    spread, atol = goldens.tolerance([1.0, 1.2, 0.8])
+    assert spread == pytest.approx(0.2) and atol == pytest.approx(0.6)
+    assert goldens.tolerance([5.0, 5.0])[1] == pytest.approx(5e-9)
+
+
+def test_bless_then_compare(toy, tmp_path):
+    target = bless("toy", n_seeds=2, papers_root=toy, results_root=tmp_path / "results", progress=False)
+    data = read_json(target)
+    assert data["provenance"]["seeds"] == {"01_toy": [0, 1]}
+    entry = data["notebooks"]["01_toy"]["toy.mean"]
+    assert entry["atol"] > 0 and "toy.wall_s" not in data["notebooks"]["01_toy"]
+    assert run(toy, tmp_path).ok
+    entry["value"] += 10 * entry["atol"]
+    target.write_text(json.dumps(data))
+    report = run(toy, tmp_path)
+    assert not report.ok
+    assert any("toy.mean" in p and "golden" in p for p in report.golden_problems)
+
+
+# --- scaffold and contract ------------------------------------------------------------------------
+
+def test_scaffold_conforms_and_runs(tmp_path):
+    root = tmp_path / "papers"
+    scaffold.scaffold("demo", root, check_catalog=False)
+    problems = contract.problems("demo", root)
+    assert problems == ["demo: missing expected/ci.json (run `make bless PAPER=demo`)"]
+    bless("demo", n_seeds=2, papers_root=root, results_root=tmp_path / "results", progress=False)
+    assert contract.problems("demo", root) == []
+
+
+def test_scaffold_rejects_unknown_slug():
+    with pytest.raises(spec.UnknownPaperError, match="catalog"):
+        scaffold.scaffold("not_a_paper", Path("/nonexistent"))
+
+
+def test_contract_catches_unstripped_notebook(toy):
+    nb_path = toy / "toy" / "notebooks" / "01_toy.ipynb"
+    nb = json.loads(nb_path.read_text())
+    nb["cells"][2]["execution_count"] = 3
+    nb["metadata"]["papermill"] = {}
+    nb_path.write_text(json.dumps(nb))
+    problems = "\n".join(contract.notebook_problems(nb_path))
+    assert "cell 2 has outputs" in problems and "papermill metadata" in problems
+
+
+# --- the notebook API outside a run ---------------------------------------------------------------
+
+def test_record_validates_names_and_values(monkeypatch):
+    monkeypatch.delenv("REPRO_RUN_DIR", raising=False)
+    with pytest.raises(ValueError, match="dot-separated"):
+        recording.record("bad name", 1.0)
+    with pytest.raises(TypeError, match="number or a bool"):
+        recording.record("ok.name", "text")
+    import numpy as np
+
+    assert recording.record("ok.name", np.float32(0.5)) == 0.5
+    assert recording.record("ok.name", 2) == 2  # re-recording is allowed interactively
