@@ -1,0 +1,39 @@
+"""Every paper's notebooks, executed at the ci profile through the runner, pass claims and goldens.
+
+Runs go to a git-ignored folder (.cache/test-results), never to results/. When the committed
+results are not stale (same code hash), the fresh metrics must equal them (to 1e-9): the
+same seed gives the same metrics on CPU.
+"""
+
+import math
+
+import pytest
+
+from common.harness import provenance, runner, spec
+from common.harness.io import read_json
+
+CACHE = spec.REPO_ROOT / ".cache"
+
+
+@pytest.mark.parametrize("slug", spec.list_papers())
+def test_ci_profile(slug):
+    report = runner.run_paper(slug, "ci", results_root=CACHE / "test-results", failed_root=CACHE / "test-failed",
+                              progress=False)
+    assert report.ok, report.summary()
+    committed = spec.REPO_ROOT / "results" / slug / "ci"
+    if not (committed / "provenance.json").is_file():
+        pytest.skip(f"no committed results for {slug} yet")
+    if read_json(committed / "provenance.json")["code_hash"] != provenance.code_hash(spec.load(slug)):
+        return  # committed results are stale; the scoreboard says so
+    fresh = read_json(report.destination / "metrics.json")
+    old = read_json(committed / "metrics.json")
+    for notebook, metrics in old["notebooks"].items():
+        volatile = set(old["volatile"].get(notebook, []))
+        for name, value in metrics.items():
+            if name in volatile:
+                continue
+            got = fresh["notebooks"][notebook][name]
+            # equal up to float noise between CPUs (SIMD paths); a changed random stream is far larger
+            same = got == value or (got is not None and value is not None and not isinstance(got, bool)
+                                    and math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12))
+            assert same, f"{notebook}: {name} = {got!r} differs from the committed {value!r} with the same code"
