@@ -236,3 +236,30 @@ def test_record_validates_names_and_values(monkeypatch):
 
     assert recording.record("ok.name", np.float32(0.5)) == 0.5
     assert recording.record("ok.name", 2) == 2  # re-recording is allowed interactively
+
+
+# --- reviewing and citing -------------------------------------------------------------------------
+
+def test_nbval_reexecutes_the_verdict_cell(toy, tmp_path):
+    assert run(toy, tmp_path, check_goldens=False).ok
+    executed = tmp_path / "results" / "toy" / "ci" / "01_toy.ipynb"
+    env = {**os.environ, "REPRO_PAPER": "toy", "REPRO_PAPERS_ROOT": str(toy), "REPRO_PROFILE": "ci"}
+    env.pop("REPRO_RUN_DIR", None)
+    command = [sys.executable, "-m", "pytest", "-p", "no:xdist", "--nbval-lax", "--nbval-current-env",
+               "-o", "testpaths=", "-q", str(executed)]
+    assert subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True).returncode == 0
+    # a verdict that does not reproduce is caught
+    nb = json.loads(executed.read_text())
+    out = nb["cells"][-1]["outputs"][0]
+    out["text"] = [line.replace("reproduced", "failed") for line in out["text"]]
+    executed.write_text(json.dumps(nb))
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode != 0, done.stdout
+
+
+def test_bibtex_from_paper_yaml():
+    from common.harness.cite import bibtex
+
+    text = bibtex(spec.load("toy", FIXTURES))
+    assert text.startswith("@article{lovelace2024toy,")
+    assert "title = {{A toy paper for the harness tests}}" in text and "author = {Ada Lovelace}" in text
