@@ -1,0 +1,1 @@
+"""RITA group attention."""

@@ -1,0 +1,1 @@
+"""Scatterbrain sparse + low-rank attention."""
