@@ -154,7 +154,7 @@ def parse(data: Any, *, slug: str, root: Path, where: str) -> PaperSpec:
     unknown = set(data) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)
     if unknown:
         fail(f"unknown field(s) {sorted(unknown)}; allowed: {sorted({**REQUIRED_FIELDS, **OPTIONAL_FIELDS})}")
-    for name, kind in REQUIRED_FIELDS.items():
+    for name in REQUIRED_FIELDS:
         if name not in data:
             fail(f"missing required field {name!r}")
     for name, kind in {**REQUIRED_FIELDS, **OPTIONAL_FIELDS}.items():

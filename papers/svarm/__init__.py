@@ -1,0 +1,25 @@
+"""SVARM and Stratified SVARM (Kolpaczki, Bengs, Muschalik, Hüllermeier, AAAI 2024) with the paper's baselines."""
+
+from .approximators import (
+    ESTIMATORS,
+    LABELS,
+    BudgetExceeded,
+    BudgetMeter,
+    approshapley,
+    kernelshap,
+    paper_size_distribution,
+    stratified_sampling,
+    stratified_svarm,
+    stratified_svarm_minimum_budget,
+    svarm,
+    unbiased_kernelshap,
+)
+from .benchmark import additive_r2, bias_check, mse_table, run_estimator, shapiq_available, shapiq_estimate
+from .cooperative_games import SOUG, AirportGame, Game, ModelGame, ShoeGame, exact_shapley_by_enumeration
+
+__all__ = [
+    "ESTIMATORS", "LABELS", "BudgetExceeded", "BudgetMeter", "approshapley", "kernelshap", "paper_size_distribution",
+    "stratified_sampling", "stratified_svarm", "stratified_svarm_minimum_budget", "svarm", "unbiased_kernelshap",
+    "additive_r2", "bias_check", "mse_table", "run_estimator", "shapiq_available", "shapiq_estimate",
+    "SOUG", "AirportGame", "Game", "ModelGame", "ShoeGame", "exact_shapley_by_enumeration",
+]

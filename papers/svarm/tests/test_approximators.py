@@ -1,0 +1,165 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from papers.svarm import (
+    ESTIMATORS,
+    SOUG,
+    AirportGame,
+    BudgetExceeded,
+    BudgetMeter,
+    Game,
+    ModelGame,
+    ShoeGame,
+    exact_shapley_by_enumeration,
+    paper_size_distribution,
+    stratified_svarm_minimum_budget,
+)
+
+
+class TableGame(Game):
+    """A game given by a dict from frozenset to value (v(∅) = 0)."""
+
+    def __init__(self, n, table):
+        self.n, self.table = n, table
+
+    def _values(self, coalitions):
+        return np.array([self.table.get(frozenset(np.flatnonzero(row)), 0.0) for row in coalitions])
+
+
+def test_enumeration_on_a_hand_computed_game():
+    # v = 1 for {0,1}, {0,2}, {0,1,2} (a "glove" game where player 0 is essential): φ = (2/3, 1/6, 1/6)
+    game = TableGame(3, {frozenset({0, 1}): 1.0, frozenset({0, 2}): 1.0, frozenset({0, 1, 2}): 1.0})
+    assert np.allclose(exact_shapley_by_enumeration(game), [2 / 3, 1 / 6, 1 / 6])
+
+
+@pytest.mark.parametrize("game", [SOUG(8, n_unanimity=12, random_state=3), ShoeGame(8),
+                                  AirportGame(np.array([3.0, 1, 2, 2, 5, 4, 1]))],
+                         ids=["soug", "shoe", "airport"])
+def test_closed_forms_match_enumeration(game):
+    assert np.allclose(game.shapley_values(), exact_shapley_by_enumeration(game), atol=1e-12)
+
+
+def test_airport_matches_the_papers_values():
+    phi = AirportGame().shapley_values()
+    # values listed in the official AirportGame.py for the cheapest, a middle and the costliest player
+    assert phi[0] == pytest.approx(0.01) and phi[8] == pytest.approx(0.020869565)
+    assert phi[99] == pytest.approx(0.289369662)
+    assert phi.sum() == pytest.approx(10.0)  # efficiency: v(N) = max cost
+
+
+def test_soug_is_normalized_and_model_game_is_efficient():
+    game = SOUG(20, random_state=0)
+    assert game.grand_value == pytest.approx(100.0)
+    assert game.shapley_values().sum() == pytest.approx(100.0)
+    model = ModelGame("wine")
+    assert model.n == 13 and model.value(np.zeros(13, dtype=bool))[0] == 0.0
+    assert exact_shapley_by_enumeration(model).sum() == pytest.approx(model.grand_value)
+
+
+def test_paper_distribution_is_a_distribution_on_2_to_n_minus_2():
+    for n in (6, 7, 20, 21, 100):
+        p = paper_size_distribution(n)
+        assert p.sum() == pytest.approx(1.0)
+        assert p[[0, 1, n - 1, n]].sum() == 0 and np.all(p[2:n - 1] > 0)
+        assert np.allclose(p, p[::-1])
+
+
+def test_budget_meter_charges_nonempty_coalitions_only():
+    meter = BudgetMeter(ShoeGame(4), 2)
+    meter(np.array([[0, 0, 0, 0], [1, 0, 1, 0]], dtype=bool))
+    assert meter.used == 1
+    with pytest.raises(BudgetExceeded):
+        meter(np.ones((2, 4), dtype=bool))
+    with pytest.raises(ValueError):
+        BudgetMeter(ShoeGame(4), 0)
+
+
+class CountingGame(Game):
+    def __init__(self, inner):
+        self.inner, self.n, self.calls = inner, inner.n, 0
+
+    def _values(self, coalitions):
+        self.calls += int(coalitions.any(axis=1).sum())
+        return self.inner.value(coalitions)
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+@pytest.mark.parametrize("budget", [200, 333, 1000])
+def test_budget_is_never_exceeded(name, budget):
+    game = CountingGame(SOUG(12, random_state=1))
+    ESTIMATORS[name](game, budget, np.random.default_rng(0))
+    assert game.calls <= budget
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_same_seed_same_estimate(name):
+    game = SOUG(10, random_state=2)
+    a = ESTIMATORS[name](game, 300, np.random.default_rng(7))
+    b = ESTIMATORS[name](game, 300, np.random.default_rng(7))
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["kernelshap", "unbiased_kernelshap"])
+def test_efficiency_of_regression_estimators(name):
+    game = SOUG(10, random_state=4)
+    phi = ESTIMATORS[name](game, 300, np.random.default_rng(0))
+    assert phi.sum() == pytest.approx(game.grand_value)
+
+
+def test_stratified_svarm_is_exact_once_every_stratum_is_exact():
+    # n = 5: sizes 0,1,4,5 are computed exactly and the warm-up covers sizes 2,3 with one
+    # coalition each; on a game where v depends only on |S| one sample per stratum is exact.
+    class Symmetric(Game):
+        n = 5
+
+        def _values(self, coalitions):
+            return coalitions.sum(axis=1).astype(float) ** 2
+
+    game = Symmetric()
+    phi = ESTIMATORS["stratified_svarm"](game, stratified_svarm_minimum_budget(5), np.random.default_rng(0))
+    assert np.allclose(phi, game.grand_value / 5)
+
+
+def test_stratified_svarm_rejects_too_small_budget():
+    with pytest.raises(ValueError, match="at least 155"):
+        ESTIMATORS["stratified_svarm"](SOUG(20, random_state=0), 100, np.random.default_rng(0))
+
+
+def test_kernelshap_is_exact_when_the_budget_covers_every_coalition():
+    game = SOUG(8, random_state=5)
+    phi = ESTIMATORS["kernelshap"](game, 2**8, np.random.default_rng(0))
+    assert np.allclose(phi, game.shapley_values(), atol=1e-9)
+
+
+def test_stratified_svarm_beats_permutation_sampling_on_soug():
+    """The paper's headline on a few games (a smoke version of the notebook's claim)."""
+    ratios = []
+    for k in range(3):
+        game = SOUG(20, random_state=k)
+        exact = game.shapley_values()
+        mse = {name: np.mean((ESTIMATORS[name](game, 1000, np.random.default_rng(k)) - exact) ** 2)
+               for name in ("stratified_svarm", "approshapley")}
+        ratios.append(mse["approshapley"] / mse["stratified_svarm"])
+    assert min(ratios) > 5
+
+
+def test_random_coalitions_have_requested_sizes_and_constraints():
+    from papers.svarm.approximators import random_coalitions
+
+    rng = np.random.default_rng(0)
+    sizes = np.array([1, 1, 3, 5, 2])
+    rows = random_coalitions(rng, 5, sizes, include=np.array([0, 1, 2, 3, 4]))
+    assert np.array_equal(rows.sum(axis=1), sizes)
+    assert all(rows[k, k] for k in range(5))
+    rows = random_coalitions(rng, 5, np.array([4, 4, 4]), exclude=np.array([0, 1, 2]))
+    assert not any(rows[k, k] for k in range(3)) and np.all(rows.sum(axis=1) == 4)
+    # uniformity over the C(5,2) subsets of size 2
+    rows = random_coalitions(rng, 5, np.full(20000, 2))
+    counts = {c: 0 for c in itertools.combinations(range(5), 2)}
+    for row in rows:
+        counts[tuple(np.flatnonzero(row))] += 1
+    assert max(counts.values()) / min(counts.values()) < 1.2
+    assert math.comb(5, 2) == len(counts)
