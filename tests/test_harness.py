@@ -263,3 +263,15 @@ def test_bibtex_from_paper_yaml():
     text = bibtex(spec.load("toy", FIXTURES))
     assert text.startswith("@article{lovelace2024toy,")
     assert "title = {{A toy paper for the harness tests}}" in text and "author = {Ada Lovelace}" in text
+
+
+def test_code_hash_covers_only_the_common_modules_a_paper_imports(toy):
+    from common.harness import provenance
+
+    paper = spec.load("toy", toy)
+    deps = [p.relative_to(spec.REPO_ROOT).as_posix() for p in provenance.common_dependencies(paper)]
+    assert deps == ["common/__init__.py", "common/harness"]
+    before = provenance.code_hash(paper)
+    nb = toy / "toy" / "notebooks" / "01_toy.ipynb"
+    nb.write_text(nb.read_text().replace("n = 1000", "n = 1001"))
+    assert provenance.code_hash(paper) != before

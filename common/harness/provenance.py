@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
@@ -30,19 +31,48 @@ def _files(folder: Path):
                 yield path
 
 
-def code_hash(paper: PaperSpec, common_root: Path | None = None) -> str:
-    """sha256 over the paper's code and notebooks, ``common/`` and the lock file.
+def common_dependencies(paper: PaperSpec, common_root: Path | None = None) -> list[Path]:
+    """The parts of ``common/`` a paper's code and notebooks import (the harness always counts).
 
-    Goldens (``expected/``), the paper's README and its unit tests are excluded: they
-    do not change what a run computes. Results whose stored hash differs are stale.
+    Found by scanning for ``common.<name>`` in the paper's ``.py`` and ``.ipynb`` files, and then
+    in those modules, so that adding an unrelated module to ``common/`` does not make every result stale.
+    """
+    common_root = common_root or REPO_ROOT / "common"
+    pattern = re.compile(r"\bcommon\.([A-Za-z_][A-Za-z0-9_]*)|from\s+common\s+import\s+([A-Za-z_][A-Za-z0-9_, ]*)")
+    found: set[Path] = {common_root / "__init__.py", common_root / "harness"}
+    queue = [p for p in _files(paper.root) if p.suffix in (".py", ".ipynb")]
+    seen: set[Path] = set()
+    while queue:
+        path = queue.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        for match in pattern.finditer(path.read_text(errors="replace")):
+            names = [match.group(1)] if match.group(1) else [n.strip() for n in match.group(2).split(",")]
+            for name in filter(None, names):
+                for candidate in (common_root / f"{name}.py", common_root / name):
+                    if candidate.exists() and candidate not in found:
+                        found.add(candidate)
+                        queue += [candidate] if candidate.is_file() else list(_files(candidate))
+    return sorted(found)
+
+
+def code_hash(paper: PaperSpec, common_root: Path | None = None) -> str:
+    """sha256 over the paper's code and notebooks, the parts of ``common/`` it uses, and the lock file.
+
+    Goldens (``expected/``), the paper's README and its unit tests are excluded: they do not
+    change what a run computes. Results whose stored hash differs are stale.
     """
     digest = hashlib.sha256()
     common_root = common_root or REPO_ROOT / "common"
-    for label, folder in (("paper", paper.root), ("common", common_root)):
-        for path in _files(folder):
-            digest.update(f"{label}/{path.relative_to(folder).as_posix()}\0".encode())
-            digest.update(path.read_bytes())
-            digest.update(b"\0")
+    entries = [("paper", paper.root, p) for p in _files(paper.root)]
+    for dependency in common_dependencies(paper, common_root):
+        files = [dependency] if dependency.is_file() else list(_files(dependency))
+        entries += [("common", common_root, p) for p in files]
+    for label, folder, path in sorted(entries, key=lambda e: (e[0], e[2].relative_to(e[1]).as_posix())):
+        digest.update(f"{label}/{path.relative_to(folder).as_posix()}\0".encode())
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
     if LOCK_FILE.is_file():
         digest.update(b"lock\0" + LOCK_FILE.read_bytes())
     return digest.hexdigest()
