@@ -55,7 +55,7 @@ def test_unknown_parameter_is_named():
 
 
 def test_wrong_type_is_named():
-    with pytest.raises(parameters.ParameterError, match=r"'n' takes a int .* got 'abc'"):
+    with pytest.raises(parameters.ParameterError, match=r"'n' takes an int .* got 'abc'"):
         runner.prepare("toy", "ci", {"n": "abc"}, FIXTURES)
     with pytest.raises(parameters.ParameterError, match="'fail' takes a bool"):
         runner.prepare("toy", "ci", {"fail": 1}, FIXTURES)

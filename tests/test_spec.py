@@ -43,7 +43,7 @@ def test_invalid_yaml(tmp_path):
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.pop("title"), "missing required field 'title'"),
-    (lambda d: d.update(year="2024"), "field 'year' must be a int"),
+    (lambda d: d.update(year="2024"), "field 'year' must be of type int"),
     (lambda d: d.update(colour="red"), "unknown field"),
     (lambda d: d.update(notebooks=["toy.ipynb"]), "NN_<name>.ipynb"),
     (lambda d: d.update(profiles={"ci": {"01_toy": {"n": 1}}}), "takes no overrides"),

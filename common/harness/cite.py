@@ -42,7 +42,8 @@ def artifact_line(paper: spec.PaperSpec, profile: str = "ci", results_root: Path
     meta = yaml.safe_load((spec.REPO_ROOT / "CITATION.cff").read_text().split("# references are generated")[0])
     repo = meta.get("repository-code", "this repository")
     if not (folder / "metrics.json").is_file():
-        return f"(no {profile} results for {paper.slug} yet: run `make run PAPER={paper.slug}`)"
+        option = "" if profile == "ci" else f" PROFILE={profile}"
+        return f"(no {profile} results for {paper.slug} yet: run `make run PAPER={paper.slug}{option}`)"
     commit = provenance.git_state()["commit"] or "uncommitted"
     relative = folder.relative_to(spec.REPO_ROOT) if folder.is_relative_to(spec.REPO_ROOT) else folder
     return (f"{meta.get('title', 'approx-replications')}: replication of {paper.title} ({paper.year}). "

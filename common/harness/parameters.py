@@ -62,6 +62,10 @@ def _type_name(value) -> str:
     return "None" if value is None else type(value).__name__
 
 
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
 def check_value(notebook: str, name: str, value, default) -> object:
     """Return ``value`` (ints are accepted for float parameters) or raise ParameterError."""
     if default is None:
@@ -76,7 +80,7 @@ def check_value(notebook: str, name: str, value, default) -> object:
         return list(value)
     if not ok:
         raise ParameterError(
-            f"{notebook}: parameter {name!r} takes a {_type_name(default)} (default {default!r}), "
+            f"{notebook}: parameter {name!r} takes {_article(_type_name(default))} (default {default!r}), "
             f"got {value!r} ({_type_name(value)})"
         )
     return value

@@ -159,7 +159,7 @@ def parse(data: Any, *, slug: str, root: Path, where: str) -> PaperSpec:
             fail(f"missing required field {name!r}")
     for name, kind in {**REQUIRED_FIELDS, **OPTIONAL_FIELDS}.items():
         if name in data and not isinstance(data[name], kind):
-            fail(f"field {name!r} must be a {kind.__name__}, got {type(data[name]).__name__}")
+            fail(f"field {name!r} must be of type {kind.__name__}, got {type(data[name]).__name__}")
 
     if not data["authors"] or not all(isinstance(a, str) for a in data["authors"]):
         fail("authors must be a non-empty list of names")
