@@ -190,6 +190,7 @@ def test_bless_then_compare(toy, tmp_path):
     assert data["provenance"]["seeds"] == {"01_toy": [0, 1]}
     entry = data["notebooks"]["01_toy"]["toy.mean"]
     assert entry["atol"] > 0 and "toy.wall_s" not in data["notebooks"]["01_toy"]
+    assert data["volatile"] == {"01_toy": ["toy.wall_s"]}  # no golden, but a claim may read it
     assert run(toy, tmp_path).ok
     entry["value"] += 10 * entry["atol"]
     target.write_text(json.dumps(data))
@@ -207,6 +208,25 @@ def test_scaffold_conforms_and_runs(tmp_path):
     assert problems == ["demo: missing expected/ci.json (run `make bless PAPER=demo`)"]
     bless("demo", n_seeds=2, papers_root=root, results_root=tmp_path / "results", progress=False)
     assert contract.problems("demo", root) == []
+
+
+def test_contract_accepts_claims_on_volatile_metrics(tmp_path):
+    root = tmp_path / "papers"
+    scaffold.scaffold("demo", root, check_catalog=False)
+    bless("demo", n_seeds=2, papers_root=root, results_root=tmp_path / "results", progress=False)
+    golden = root / "demo" / "expected" / "ci.json"
+    data = read_json(golden)
+    data["volatile"] = {"01_main": ["mc.wall_s"]}
+    golden.write_text(json.dumps(data))
+    paper = root / "demo" / "paper.yaml"
+    spec_data = yaml.safe_load(paper.read_text())
+    spec_data["claims"].append({"id": "fast", "statement": "Fast enough.", "source": "Sec. 1",
+                                "check": "mc.wall_s < 100", "profiles": ["ci"]})
+    paper.write_text(yaml.safe_dump(spec_data))
+    assert contract.problems("demo", root) == []
+    data.pop("volatile")
+    golden.write_text(json.dumps(data))
+    assert any("mc.wall_s" in p for p in contract.problems("demo", root))
 
 
 def test_scaffold_rejects_unknown_slug():

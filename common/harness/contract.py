@@ -115,6 +115,7 @@ def problems(slug: str, papers_root: Path | None = None) -> list[str]:
     else:
         data = read_json(golden)
         recorded = {name for metrics in data.get("notebooks", {}).values() for name in metrics}
+        recorded |= {name for names in data.get("volatile", {}).values() for name in names}
         for notebook in paper.notebooks:
             if paper.notebook_key(notebook) not in data.get("notebooks", {}):
                 found.append(f"{slug}: expected/ci.json has no goldens for {notebook}")

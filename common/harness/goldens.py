@@ -42,7 +42,9 @@ def build(per_seed_metrics: list[dict], volatile: dict, provenance: dict) -> dic
             spread, atol = tolerance(values)
             entries[name] = {"value": value, "spread": spread, "atol": atol}
         notebooks[notebook] = entries
-    return {"provenance": provenance, "notebooks": notebooks}
+    # volatile metrics (wall times) get no golden, but their names are kept: claims may read them
+    volatile_names = {notebook: sorted(volatile.get(notebook, ())) for notebook in base}
+    return {"provenance": provenance, "notebooks": notebooks, "volatile": volatile_names}
 
 
 def compare(goldens: dict, metrics: dict, volatile: dict) -> list[str]:
