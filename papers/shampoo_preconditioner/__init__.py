@@ -1,0 +1,1 @@
+"""Shampoo's preconditioner."""

@@ -1,0 +1,1 @@
+"""Turbo-Muon (AOL-preconditioned Newton–Schulz)."""
