@@ -99,13 +99,20 @@ def _score(entry: dict) -> str:
 
 def papers_table(index: dict, *, link_prefix: str = "papers/", stale_aware: bool = False) -> str:
     lines = ["| paper | grade | group | ci | full |", "|---|---|---|---|---|"]
-    for slug, entry in index["papers"].items():
+    # implemented papers first (alphabetical), then the rest in catalog order
+    ordered = sorted(index["papers"].items(), key=lambda item: (not item[1]["implemented"],
+                                                                 item[0] if item[1]["implemented"] else ""))
+    for slug, entry in ordered:
         name = f"[`{slug}`]({link_prefix}{slug}/)" if entry["implemented"] else f"`{slug}`"
         cells = []
         for profile in spec.PROFILES:
             p = entry["profiles"][profile]
             verdict = p["verdict"] if stale_aware else p.get("claims_verdict", p["verdict"])
-            cells.append(VERDICT_BADGE[verdict] + (_score(p) if entry["implemented"] else ""))
+            counts = ""
+            if entry["implemented"] and p["claims"] and verdict != "pending":
+                done = sum(c["status"] == "reproduced" for c in p["claims"].values())
+                counts = f" ({done}/{len(p['claims'])} claims)"
+            cells.append(VERDICT_BADGE[verdict] + (_score(p) if entry["implemented"] else "") + counts)
         lines.append(f"| {name} {_fmt(entry['title'])} | {_fmt(entry['grade'])} | {entry['group']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
