@@ -1,0 +1,1 @@
+"""Equivariant equilibrium approximators."""

@@ -1,0 +1,222 @@
+"""Equivariant equilibrium approximators (Duan, Ma & Deng, ICML 2023), turned into numerical tests.
+
+An **equilibrium approximator** is a network ``f`` mapping a two-player game
+``G = (A, B) ∈ R^{2×n×n}`` to a strategy profile: a product ``(x, y) ∈ Δ_n × Δ_n`` for Nash
+equilibrium (NE) or a joint distribution ``π ∈ Δ_{n×n}`` for (coarse) correlated equilibrium.
+It is trained without solver labels by minimising the exploitability directly,
+
+    min_f  E_{G ~ D} expl(f(G), G)                                                        (1)
+
+(exploitability from :mod:`common.game_metrics`). Relabelling actions acts on games by
+``σ = (σ_1, σ_2)``: ``(σG)_ij = G_{σ_1(i) σ_2(j)}``. The paper's architectures:
+
+* **OPE** (one-player equivariant, for NE): ``x(σG) = σ_1 x(G)`` and ``x`` is invariant to
+  ``σ_2`` (and symmetrically for ``y``). Built here from exchangeable layers (row/column pooling,
+  :mod:`common.equivariant`), ``x`` read out by pooling over columns, ``y`` over rows.
+* **PPE** (permutation equivariant, for CE/CCE): ``π(σG) = σπ(G)``; here a softmax over all
+  ``n²`` entries of an exchangeable net's output.
+* **MLP**: the baseline general approximator on the flattened ``2n²`` payoffs.
+
+Theoretical results turned into checks (Sec. 4–5 of the paper):
+
+* **Orbit averaging** (approximation benefit). The orbit average
+  ``f̄(G) = 1/|S| Σ_σ σ⁻¹ f(σG)`` is equivariant. For CCE, exploitability is convex in ``π``,
+  so by Jensen ``expl(f̄(G), G) ≤ 1/|S| Σ_σ expl(f(σG), σG)``; averaging over a test set closed
+  under ``S`` (or in expectation over a permutation-invariant ``D``) gives
+  ``E expl(f̄) ≤ E expl(f)``.                                                               (2)
+* **Generalisation** (benefit). Equivariant classes have smaller covering numbers, hence
+  smaller generalisation gaps ``E_test expl − E_train expl`` at a given training-set size.
+* **Equilibrium selection** (limitation). On the identity coordination game ``I_n`` (``A = B = I``),
+  which is invariant under ``σ_1 = σ_2``, an OPE approximator must output the uniform
+  profile, whose welfare ``2/n`` is a fraction ``1/n`` of the optimum 2 (pure NE).          (3)
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.equivariant import ExchangeableNet, col_readout, permute_game, row_readout
+from common.game_metrics import cce_exploitability, nash_exploitability, social_welfare
+
+__all__ = [
+    "sample_games",
+    "identity_game",
+    "MLPNash",
+    "OPENash",
+    "MLPCCE",
+    "PPECCE",
+    "exploitability",
+    "train_approximator",
+    "all_permutation_pairs",
+    "orbit_outputs",
+    "orbit_average_cce",
+    "orbit_closed_exploitability",
+    "equivariance_error",
+    "welfare_ratio_identity",
+]
+
+DISTRIBUTIONS = ("uniform", "row_shift")
+
+
+def sample_games(n_games: int, n: int, distribution: str = "uniform", random_state=None) -> torch.Tensor:
+    """Random bimatrix games ``(n_games, 2, n, n)`` (float32).
+
+    ``"uniform"``: payoffs i.i.d. U[0, 1] (permutation-invariant distribution). ``"row_shift"``:
+    the same plus a mean shift ``i/(n−1)`` on the row player's payoff of row ``i`` (not invariant).
+    """
+    if n_games < 1 or n < 2:
+        raise ValueError(f"need n_games >= 1 and n >= 2, got {n_games}, {n}")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    rng = np.random.default_rng(random_state)
+    G = rng.random((n_games, 2, n, n))
+    if distribution == "row_shift":
+        G[:, 0] += (np.arange(n) / (n - 1))[:, None]
+    return torch.as_tensor(G, dtype=torch.float32)
+
+
+def identity_game(n: int) -> torch.Tensor:
+    """The identity coordination game ``A = B = I_n`` as a ``(1, 2, n, n)`` tensor."""
+    if n < 2:
+        raise ValueError(f"n must be >= 2, got {n}")
+    eye = torch.eye(n)
+    return torch.stack([eye, eye]).unsqueeze(0)
+
+
+class MLPNash(nn.Module):
+    """General NE approximator: flattened payoffs → two softmaxes ``(x, y)``."""
+
+    def __init__(self, n: int, hidden: int = 64):
+        super().__init__()
+        self.n = n
+        self.net = nn.Sequential(nn.Linear(2 * n * n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2 * n))
+
+    def forward(self, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.net(G.flatten(1))
+        return torch.softmax(z[:, : self.n], -1), torch.softmax(z[:, self.n :], -1)
+
+
+class OPENash(nn.Module):
+    """OPE NE approximator: exchangeable layers; ``x`` pools channel 0 over columns, ``y`` channel 1 over rows."""
+
+    def __init__(self, hidden: int = 32, depth: int = 3):
+        super().__init__()
+        self.net = ExchangeableNet(2, hidden, 2, depth=depth)
+
+    def forward(self, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.net(G)
+        return torch.softmax(row_readout(z[:, 0]), -1), torch.softmax(col_readout(z[:, 1]), -1)
+
+
+class MLPCCE(nn.Module):
+    """General CCE approximator: flattened payoffs → softmax over the ``n²`` joint actions."""
+
+    def __init__(self, n: int, hidden: int = 64):
+        super().__init__()
+        self.n = n
+        self.net = nn.Sequential(nn.Linear(2 * n * n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n * n))
+
+    def forward(self, G: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(G.flatten(1)), -1).view(-1, self.n, self.n)
+
+
+class PPECCE(nn.Module):
+    """PPE CCE approximator: exchangeable layers, softmax over all entries of one output channel."""
+
+    def __init__(self, hidden: int = 32, depth: int = 3):
+        super().__init__()
+        self.net = ExchangeableNet(2, hidden, 1, depth=depth)
+
+    def forward(self, G: torch.Tensor) -> torch.Tensor:
+        z = self.net(G)[:, 0]
+        return torch.softmax(z.flatten(1), -1).view_as(z)
+
+
+def exploitability(model: nn.Module, G: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-game exploitability ``(N,)`` of the model's output: ``kind`` is ``"nash"`` or ``"cce"``."""
+    A, B = G[:, 0], G[:, 1]
+    if kind == "nash":
+        x, y = model(G)
+        return nash_exploitability(A, B, x, y)
+    if kind == "cce":
+        return cce_exploitability(A, B, model(G))
+    raise ValueError(f"kind must be 'nash' or 'cce', got {kind!r}")
+
+
+def train_approximator(model: nn.Module, G: torch.Tensor, kind: str, steps: int, lr: float = 2e-3) -> list[float]:
+    """Minimise the training objective (1), full batch, with Adam; returns the loss curve."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = exploitability(model, G, kind).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def all_permutation_pairs(n: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """All ``(n!)²`` pairs ``(σ_1, σ_2)`` of row and column permutations."""
+    perms = list(itertools.permutations(range(n)))
+    return [(p, q) for p in perms for q in perms]
+
+
+def _inverse(p) -> list[int]:
+    inv = [0] * len(p)
+    for i, pi in enumerate(p):
+        inv[pi] = i
+    return inv
+
+
+@torch.no_grad()
+def orbit_outputs(model: nn.Module, G: torch.Tensor) -> torch.Tensor:
+    """``σ⁻¹ f(σG)`` for every pair ``σ``: ``(|S|, N, n, n)`` joint distributions of a CCE model."""
+    outs = []
+    for p, q in all_permutation_pairs(G.shape[-1]):
+        pi = model(permute_game(G, p, q))
+        outs.append(permute_game(pi, _inverse(p), _inverse(q)))
+    return torch.stack(outs)
+
+
+def orbit_average_cce(model: nn.Module, G: torch.Tensor) -> torch.Tensor:
+    """The orbit-averaged (equivariant) approximator ``f̄(G) = 1/|S| Σ_σ σ⁻¹ f(σG)`` of (2)."""
+    return orbit_outputs(model, G).mean(0)
+
+
+@torch.no_grad()
+def orbit_closed_exploitability(model: nn.Module, G: torch.Tensor) -> float:
+    """Mean CCE exploitability of ``f`` over the orbit-closed test set ``{σG}`` (right side of (2))."""
+    vals = [exploitability(model, permute_game(G, p, q), "cce").mean() for p, q in all_permutation_pairs(G.shape[-1])]
+    return float(torch.stack(vals).mean())
+
+
+@torch.no_grad()
+def equivariance_error(model: nn.Module, G: torch.Tensor, kind: str, random_state=None) -> float:
+    """``max ‖f(σG) − σf(G)‖_∞`` over the batch for one random ``σ = (σ_1, σ_2)``."""
+    rng = np.random.default_rng(random_state)
+    n = G.shape[-1]
+    p, q = rng.permutation(n), rng.permutation(n)
+    Gp = permute_game(G, p, q)
+    if kind == "nash":
+        (x, y), (xp, yp) = model(G), model(Gp)
+        return float(max((xp - x[:, p]).abs().max(), (yp - y[:, q]).abs().max()))
+    if kind == "cce":
+        return float((model(Gp) - permute_game(model(G), p, q)).abs().max())
+    raise ValueError(f"kind must be 'nash' or 'cce', got {kind!r}")
+
+
+@torch.no_grad()
+def welfare_ratio_identity(model: nn.Module, n: int) -> dict[str, float]:
+    """Limitation (3): the NE model's profile on ``I_n``, its welfare and its ratio to the optimum 2."""
+    G = identity_game(n).to(next(model.parameters()).dtype)
+    x, y = model(G)
+    welfare = float(social_welfare(G[:, 0], G[:, 1], x.unsqueeze(-1) * y.unsqueeze(-2))[0])
+    uniform_dev = float(max((x - 1 / n).abs().max(), (y - 1 / n).abs().max()))
+    return {"welfare": welfare, "ratio": welfare / 2.0, "max_dev_from_uniform": uniform_dev}

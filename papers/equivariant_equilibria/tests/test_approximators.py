@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from papers.equivariant_equilibria.approximators import (
+    MLPCCE,
+    PPECCE,
+    MLPNash,
+    OPENash,
+    all_permutation_pairs,
+    equivariance_error,
+    exploitability,
+    identity_game,
+    orbit_average_cce,
+    orbit_closed_exploitability,
+    sample_games,
+    train_approximator,
+    welfare_ratio_identity,
+)
+
+
+def test_sample_games_shapes_and_shift():
+    G = sample_games(2000, 3, random_state=0)
+    assert G.shape == (2000, 2, 3, 3) and 0 <= float(G.min()) and float(G.max()) <= 1
+    S = sample_games(2000, 3, "row_shift", random_state=0)
+    assert float(S[:, 0, 2].mean() - S[:, 0, 0].mean()) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError):
+        sample_games(10, 3, "normal")
+
+
+def test_equivariant_models_are_equivariant_and_mlp_is_not():
+    torch.manual_seed(0)
+    G = sample_games(20, 3, random_state=1).double()
+    assert equivariance_error(OPENash().double(), G, "nash", random_state=0) < 1e-12
+    assert equivariance_error(PPECCE().double(), G, "cce", random_state=0) < 1e-12
+    assert equivariance_error(MLPNash(3).double(), G, "nash", random_state=0) > 1e-4
+
+
+def test_orbit_average_is_equivariant_and_not_worse():
+    torch.manual_seed(0)
+    model = MLPCCE(3).double()
+    G = sample_games(30, 3, random_state=2).double()
+    assert len(all_permutation_pairs(3)) == 36
+
+    class Avg(torch.nn.Module):
+        def forward(self, g):
+            return orbit_average_cce(model, g)
+
+    avg = Avg()
+    assert equivariance_error(avg, G, "cce", random_state=3) < 1e-12
+    assert float(exploitability(avg, G, "cce").mean()) <= orbit_closed_exploitability(model, G) + 1e-12
+
+
+def test_ope_uniform_on_identity_game():
+    torch.manual_seed(0)
+    out = welfare_ratio_identity(OPENash().double(), 3)
+    assert out["max_dev_from_uniform"] < 1e-12
+    assert out["ratio"] == pytest.approx(1 / 3)
+    assert identity_game(3).shape == (1, 2, 3, 3)
+
+
+def test_training_reduces_exploitability():
+    torch.manual_seed(0)
+    G = sample_games(64, 3, random_state=4)
+    losses = train_approximator(MLPNash(3), G, "nash", steps=60, lr=5e-3)
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError):
+        train_approximator(MLPNash(3), G, "ne", steps=1)

@@ -1,0 +1,1 @@
+"""Smoothed markets for first-order equilibrium learning."""

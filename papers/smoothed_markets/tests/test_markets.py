@@ -1,0 +1,93 @@
+import copy
+
+import pytest
+import torch
+
+from papers.smoothed_markets.markets import (
+    BidderMLP,
+    allocate_and_pay,
+    bias_bound,
+    bne_bid,
+    l2_distance,
+    pretrain_truthful,
+    sample_values,
+    seeded_generator,
+    smoothed_allocate_and_pay,
+    smoothing_bias,
+    train,
+    utilities,
+    utility_loss,
+)
+
+
+class FixedBid(torch.nn.Module):
+    """A one-item strategy b = slope * v, shaped like BidderMLP for the metrics."""
+
+    def __init__(self, slope):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(1, 1))
+        self.slope = slope
+
+    def forward(self, v):
+        return self.slope * v
+
+
+def test_exact_auction_first_and_second_price_two_items():
+    bids = torch.tensor([[[0.3, 0.9], [0.5, 0.2], [0.1, 0.4]]])  # (1 batch, 3 bidders, 2 items)
+    values = torch.ones_like(bids)
+    alloc, pay = allocate_and_pay(bids, "first_price")
+    assert alloc[0, :, 0].tolist() == [0, 1, 0] and alloc[0, :, 1].tolist() == [1, 0, 0]
+    assert pay[0, 1, 0] == pytest.approx(0.5) and pay[0, 0, 1] == pytest.approx(0.9)
+    _, pay2 = allocate_and_pay(bids, "second_price")
+    assert pay2[0, 1, 0] == pytest.approx(0.3) and pay2[0, 0, 1] == pytest.approx(0.4)
+    u = utilities(values, bids, "second_price")
+    assert u[0].tolist() == pytest.approx([0.6, 0.7, 0.0])
+
+
+def test_smoothed_market_tends_to_exact_and_is_differentiable():
+    g = seeded_generator(0)
+    v = sample_values(500, 2, 3, g)
+    bids = (0.5 * v).requires_grad_()
+    u_exact = utilities(v, bids.detach(), "first_price")
+    u_smooth = utilities(v, bids, "first_price", temperature=1e-4)
+    assert torch.allclose(u_smooth.mean(0), u_exact.mean(0), atol=5e-3)
+    u_smooth[:, 0].sum().backward()
+    assert bids.grad.abs().sum() > 0
+    alloc, _ = smoothed_allocate_and_pay(bids.detach(), "second_price", 0.1)
+    assert torch.allclose(alloc.sum(1), torch.ones(500, 3))
+    with pytest.raises(ValueError):
+        smoothed_allocate_and_pay(bids.detach(), "first_price", 0.0)
+    with pytest.raises(ValueError):
+        allocate_and_pay(bids.detach(), "dutch")
+
+
+def test_fpsb_bne_is_half_value_and_spsb_truthful():
+    # Grid best response against the analytical BNE gives (almost) zero utility loss...
+    g = seeded_generator(1)
+    assert utility_loss(FixedBid(0.5), "first_price", 2, n_opponent=20000, generator=g) < 2e-3
+    assert utility_loss(FixedBid(1.0), "second_price", 2, n_opponent=20000, generator=g) < 2e-3
+    # ...while truthful bidding in the first-price auction is clearly exploitable (loss 1/12 ≈ 0.083 at n=2).
+    assert utility_loss(FixedBid(1.0), "first_price", 2, n_opponent=20000, generator=g) > 0.05
+    v = torch.linspace(0, 1, 11)
+    assert torch.allclose(bne_bid(v, "first_price", 2), v / 2) and torch.allclose(bne_bid(v, "second_price", 2), v)
+    assert l2_distance(FixedBid(0.5), "first_price", 2) == pytest.approx(0.0)
+
+
+def test_bias_within_bound_and_linear():
+    g = seeded_generator(2)
+    for lam in (0.001, 0.01, 0.05):
+        assert smoothing_bias(lam, generator=g, n_samples=20000) <= bias_bound(lam)
+    assert bias_bound(0.02) == pytest.approx(2 * bias_bound(0.01))
+
+
+def test_sm_moves_towards_bne():
+    torch.manual_seed(0)
+    g = seeded_generator(3)
+    model = BidderMLP(1)
+    pretrain_truthful(model, 150, g)
+    before = l2_distance(model, "first_price", 2)
+    trained = copy.deepcopy(model)
+    train(trained, "sm", 60, mechanism="first_price", n_bidders=2, batch=1024, lr=1e-2, generator=g)
+    assert l2_distance(trained, "first_price", 2) < before
+    with pytest.raises(ValueError):
+        train(model, "adam", 1, mechanism="first_price", n_bidders=2, batch=8, lr=1e-2)
