@@ -295,3 +295,9 @@ def test_code_hash_covers_only_the_common_modules_a_paper_imports(toy):
     nb = toy / "toy" / "notebooks" / "01_toy.ipynb"
     nb.write_text(nb.read_text().replace("n = 1000", "n = 1001"))
     assert provenance.code_hash(paper) != before
+
+
+def test_a_metric_name_recorded_by_two_notebooks_is_an_error():
+    assert runner.duplicate_metrics({"01_a": {"x": 1, "y": 2}, "02_b": {"x": 3}}) == [
+        "metric x is recorded by several notebooks (01_a, 02_b); metric names are per paper"]
+    assert runner.duplicate_metrics({"01_a": {"x": 1}, "02_b": {"y": 3}}) == []

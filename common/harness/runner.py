@@ -243,6 +243,7 @@ def run_paper(
 
         metrics = {k: v["metrics"] for k, v in per_notebook.items()}
         volatile = {k: v["volatile"] for k, v in per_notebook.items()}
+        report.errors += duplicate_metrics(metrics)
         flat = {name: value for values in metrics.values() for name, value in values.items()}
         flat = {k: (float("nan") if v is None else v) for k, v in flat.items()}
         if all(n.ok for n in report.notebooks) and check_claims:
@@ -301,6 +302,16 @@ def run_paper(
         if not moved:
             shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def duplicate_metrics(metrics: dict[str, dict]) -> list[str]:
+    """Errors for metric names recorded by more than one notebook (claims would read an arbitrary one)."""
+    owners: dict[str, list[str]] = {}
+    for notebook, values in metrics.items():
+        for name in values:
+            owners.setdefault(name, []).append(notebook)
+    return [f"metric {name} is recorded by several notebooks ({', '.join(nbs)}); metric names are per paper"
+            for name, nbs in sorted(owners.items()) if len(nbs) > 1]
 
 
 def _replace(staging: Path, destination: Path) -> None:

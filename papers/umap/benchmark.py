@@ -1,0 +1,114 @@
+"""Side-by-side experiments: our UMAP, umap-learn and the paper's baselines on the same data.
+
+Every function takes explicit hyperparameters and a seed, so the notebooks stay thin:
+
+- :func:`embedders`: zero-argument callables for every method of Table 1 (same data, same seed);
+- :func:`knn_accuracy_table`: Table 1's kNN-classifier accuracies (stratified 10-fold CV);
+- :func:`graph_parity`: our fuzzy graph, σ and ρ against umap-learn's, fed the same exact kNN;
+- :func:`runtime_vs_dimension`: Figure 9 (UMAP runtime against the embedding dimension).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from common.embedding_metrics import knn_accuracy_cv, knn_graph
+from papers.umap.uniform_manifold import UMAP, find_ab_params, fuzzy_simplicial_set
+
+# Table 1, PenDigits block (arXiv 1802.03426 v3), k = 10, 20, 40, 80, 160.
+PAPER_TABLE1_PENDIGITS = {
+    "umap": [0.973, 0.976, 0.954, 0.951, 0.951],
+    "tsne": [0.977, 0.973, 0.956, 0.948, 0.949],
+}
+KS = (10, 20, 40, 80, 160)
+
+
+def single_thread_env() -> None:
+    """Pin numba and the BLAS/OpenMP pools to one thread (call before importing umap)."""
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    warnings.filterwarnings("ignore", module="umap")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def ours(n_neighbors: int = 15, min_dist: float = 0.1, n_epochs: int = 200, n_components: int = 2,
+         seed: int = 0, knn: tuple[np.ndarray, np.ndarray] | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Our UMAP as a function X -> embedding (``knn`` = (indices, distances) skips the neighbour search)."""
+    return lambda X: UMAP(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs,
+                          n_components=n_components, random_state=seed).fit_transform(X, knn=knn)
+
+
+def umap_learn(n_neighbors: int = 15, min_dist: float = 0.1, n_epochs: int = 200, n_components: int = 2,
+               seed: int = 0, knn: tuple[np.ndarray, np.ndarray] | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """umap-learn (the peer) with the same hyperparameters; a fixed random_state makes it single-threaded.
+
+    ``knn`` is passed as umap-learn's ``precomputed_knn`` (indices, distances).
+    """
+    import umap
+
+    extra = {} if knn is None else {"precomputed_knn": (knn[0], knn[1])}
+    return lambda X: umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs,
+                               n_components=n_components, random_state=seed, n_jobs=1, **extra).fit_transform(X)
+
+
+def baselines(seed: int = 0, n_jobs: int = 1, n_components: int = 2) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The paper's comparison methods with library defaults: BH t-SNE, FFT t-SNE, eigenmaps, Isomap, PCA."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE, Isomap, SpectralEmbedding
+
+    def opentsne(X):
+        from openTSNE import TSNE as OpenTSNE
+
+        return np.asarray(OpenTSNE(n_components=n_components, random_state=seed, n_jobs=n_jobs).fit(X))
+
+    return {
+        "tsne_bh": lambda X: TSNE(n_components=n_components, random_state=seed, n_jobs=n_jobs).fit_transform(X),
+        "opentsne": opentsne,
+        "eigenmaps": lambda X: SpectralEmbedding(n_components=n_components, random_state=seed,
+                                                 n_jobs=n_jobs).fit_transform(X),
+        "isomap": lambda X: Isomap(n_components=n_components, n_jobs=n_jobs).fit_transform(X),
+        "pca": lambda X: PCA(n_components=n_components, random_state=seed).fit_transform(X),
+    }
+
+
+def timed(fn: Callable[[np.ndarray], np.ndarray], X: np.ndarray) -> tuple[np.ndarray, float]:
+    """Embedding and wall-clock seconds of one call."""
+    start = time.perf_counter()
+    Y = fn(X)
+    return np.asarray(Y), time.perf_counter() - start
+
+
+def knn_accuracy_table(embeddings: dict[str, np.ndarray], labels: np.ndarray, ks=KS, *, n_splits: int = 10,
+                       seed: int = 0) -> dict[str, dict[int, float]]:
+    """Table 1: mean stratified ``n_splits``-fold accuracy of a k-NN classifier on each embedding."""
+    return {name: knn_accuracy_cv(Y, labels, ks, n_splits=n_splits, random_state=seed)
+            for name, Y in embeddings.items()}
+
+
+def graph_parity(X: np.ndarray, n_neighbors: int = 15, *, spread: float = 1.0, min_dist: float = 0.1) -> dict:
+    """Max deviations of a, b, σ, ρ and the symmetric graph from umap-learn's, on the same exact kNN."""
+    import umap.umap_ as reference
+
+    idx, dists = knn_graph(X, n_neighbors, method="exact")
+    graph, sigma, rho = fuzzy_simplicial_set(idx, dists, n_neighbors)
+    ref_graph, ref_sigma, ref_rho = reference.fuzzy_simplicial_set(
+        X, n_neighbors, np.random.RandomState(0), "euclidean", knn_indices=idx, knn_dists=dists)[:3]
+    ref_graph = sp.csr_matrix(ref_graph)
+    a, b = find_ab_params(spread, min_dist)
+    ref_a, ref_b = reference.find_ab_params(spread, min_dist)
+    # Rounded far below the parity tolerances (1e-3, 1e-4): float32 rounding of the kNN distances
+    # (BLAS chunking depends on the thread count) must not make the golden values flaky.
+    return {
+        "ab_max_abs": round(float(max(abs(a - ref_a), abs(b - ref_b))), 6),
+        "sigma_max_rel": round(float(np.max(np.abs(sigma - ref_sigma) / np.abs(ref_sigma))), 6),
+        "rho_max_rel": round(float(np.max(np.abs(rho - ref_rho) / np.maximum(np.abs(ref_rho), 1e-12))), 6),
+        "graph_max_abs": round(float(abs(graph - ref_graph).max()), 6),
+        "graph_pattern_mismatch": int(((graph != 0) != (ref_graph != 0)).nnz),
+        "a": a, "b": b,
+    }
