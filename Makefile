@@ -13,7 +13,7 @@ PAPER ?=
 export OMP_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help all test run lab scoreboard bless verify new cite clean lock env lint
+.PHONY: help all test run lab scoreboard bless verify new cite clean lock env lint zoo
 
 help:
 	@echo "make all                      run every paper's notebooks at the ci profile, check claims and goldens, write results/"
@@ -24,6 +24,7 @@ help:
 	@echo "make bless PAPER=x            rewrite papers/x/expected/ci.json from fresh runs (tolerances from the seed spread)"
 	@echo "make verify PAPER=x           re-execute results/x/ci/*.ipynb with nbval and check the claims verdicts"
 	@echo "make new PAPER=slug           scaffold papers/slug/ (passes the contract tests)"
+	@echo "make zoo MODEL=name [PARAMS='steps=200']  train a zoo model (common/zoo/notebooks/name.ipynb); writes its checkpoint"
 	@echo "make cite PAPER=x             BibTeX for the paper and a citation line for our artifact"
 	@echo "make clean                    remove caches, failed runs and custom runs (keeps results/ and .venv)"
 
@@ -71,6 +72,10 @@ new: $(STAMP)
 cite: $(STAMP)
 	@test -n "$(PAPER)" || { echo "error: give a paper, e.g. make cite PAPER=svarm"; exit 2; }
 	@$(PY) -m common.harness cite $(PAPER)
+
+zoo: $(STAMP)
+	@test -n "$(MODEL)" || { $(PY) -m common.zoo list; echo "error: give a zoo notebook, e.g. make zoo MODEL=train_digits_eps"; exit 2; }
+	$(PY) -m common.zoo train $(MODEL) $(foreach p,$(PARAMS),-p $(p))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check common papers tests

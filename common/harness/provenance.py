@@ -90,7 +90,11 @@ def git_state(root: Path = REPO_ROOT) -> dict:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--verify", "--quiet", "HEAD") or None
-    status = git("status", "--porcelain", "--", ".", ":(exclude)results", ":(exclude).cache", ":(exclude)runs")
+    # Files the scoreboard regenerates (and results) do not change what a run computes.
+    status = git(
+        "status", "--porcelain", "--", ".", ":(exclude)results", ":(exclude).cache", ":(exclude)runs",
+        ":(exclude)README.md", ":(exclude)CITATION.cff", ":(glob,exclude)papers/*/README.md",
+    )
     return {"commit": commit, "dirty": bool(status)}
 
 
