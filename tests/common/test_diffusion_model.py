@@ -1,0 +1,74 @@
+"""The pretrained digits model: network, training smoke test, zoo checkpoints (sha256 verified)."""
+
+import pytest
+import torch
+
+from common.diffusion.data import NULL_LABEL
+from common.diffusion.model import EpsMLP, build_denoiser, load_digits_eps, load_eps_checkpoint
+from common.diffusion.train import TrainConfig, train_digits_eps, training_manifest
+from common.zoo import ChecksumError, load_manifest, save_checkpoint
+
+
+def test_eps_mlp_shapes_labels_and_dtypes():
+    torch.manual_seed(0)
+    net = EpsMLP(width=32, n_blocks=2, cond_dim=16)
+    x = torch.randn(5, 64)
+    out = net(x, 0.3, torch.arange(5))
+    assert out.shape == (5, 64) and out.dtype == torch.float32
+    assert torch.equal(net(x, 0.3), net(x, 0.3, torch.full((5,), NULL_LABEL)))  # y = None is the null label
+    assert not torch.allclose(net(x, 0.3, torch.zeros(5, dtype=torch.long)), net(x, 0.3))
+    assert torch.allclose(net(x, torch.full((5,), 0.3, dtype=torch.float64)), net(x, 0.3))
+    model = build_denoiser(net)
+    assert model.eps(x.double(), 0.3).dtype == torch.float64  # the protocol: answer in x's dtype
+    assert not any(p.requires_grad for p in net.parameters()) and not net.training
+    with pytest.raises(ValueError):
+        EpsMLP(width=0)
+
+
+def test_training_smoke(tmp_path):
+    """A few hundred steps of a tiny width: the loss falls, the run is deterministic, the checkpoint round-trips."""
+    cfg = TrainConfig(width=32, n_blocks=2, cond_dim=32, steps=300, batch_size=64, warmup_steps=20, seed=3)
+    result = train_digits_eps(cfg, progress=False)
+    first, last = sum(result.losses[:30]) / 30, sum(result.losses[-30:]) / 30
+    assert last < 0.8 * first
+    again = train_digits_eps(cfg, progress=False)
+    assert again.losses == result.losses  # same seed: same draws, bit-identical run on CPU
+    save_checkpoint("smoke_eps", result.ema.state_dict(), training_manifest(result), directory=tmp_path)
+    model = load_eps_checkpoint("smoke_eps", directory=tmp_path)
+    x = torch.randn(4, 64)
+    assert torch.equal(model.eps(x, 0.5, torch.arange(4)), result.ema.eps(x, 0.5, torch.arange(4)))
+    assert load_manifest("smoke_eps", tmp_path)["training"]["final_loss"] == pytest.approx(result.final_loss())
+
+
+def test_tampered_checkpoint_is_refused(tmp_path):
+    net = EpsMLP(width=16, n_blocks=1, cond_dim=8)
+    save_checkpoint("tamper_eps", net.state_dict(), {"config": net.config}, directory=tmp_path)
+    path = tmp_path / "tamper_eps.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # flip one bit of a weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="sha256"):
+        load_eps_checkpoint("tamper_eps", directory=tmp_path)
+
+
+@pytest.mark.parametrize("size, width", [("ci", 256), ("full", 512)])
+def test_committed_checkpoints(size, width):
+    name = f"digits_eps_{size}"
+    try:
+        manifest = load_manifest(name)
+    except FileNotFoundError:
+        if size == "full":
+            pytest.skip(f"{name} not trained yet")
+        raise
+    assert manifest["size_bytes"] < 10_000_000 and manifest["config"]["width"] == width
+    for key in ("config", "training", "notebook", "sha256"):
+        assert key in manifest
+    assert manifest["training"]["seed"] == 0 and manifest["training"]["final_loss"] > 0
+    model = load_digits_eps(size)
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eps32 = model.eps(x, 0.5, torch.arange(8))
+        eps64 = load_digits_eps(size, dtype=torch.float64).eps(x.double(), 0.5, torch.arange(8))
+    assert eps64.dtype == torch.float64 and (eps32.double() - eps64).abs().max() < 1e-4
+    with pytest.raises(ValueError):
+        load_digits_eps("huge")

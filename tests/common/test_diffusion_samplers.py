@@ -1,0 +1,230 @@
+"""Samplers: exactness, convergence order on a Gaussian's closed-form ODE, grids, and diffusers cross-checks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from common.diffusion.data import load_digits_split
+from common.diffusion.samplers import (
+    ddim,
+    ddim_invert,
+    ddim_timesteps,
+    diffusers_discrete_steps,
+    dpm_solver_pp_2m,
+    euler_edm,
+    heun_edm,
+    reference_ode,
+    time_grid,
+)
+from common.diffusion.schedule import VPSchedule
+from common.diffusion.views import Denoiser, batch_times
+
+SCHEDULE = VPSchedule()
+
+
+class LocalGaussian:
+    r"""N(mu, Sigma) fitted to the digits train split (+ 1e-2 I): exact eps and the closed-form PF-ODE
+    x_t = alpha_t mu + U diag(sqrt((alpha_t^2 lam_k + sigma_t^2) / (alpha_s^2 lam_k + sigma_s^2))) U^T (x_s - alpha_s mu)."""
+
+    def __init__(self, ridge=1e-2):
+        x = load_digits_split().x_train.double()
+        self.mu = x.mean(0)
+        self.lam, self.U = torch.linalg.eigh(torch.cov(x.T) + ridge * torch.eye(64, dtype=torch.float64))
+        self.schedule = SCHEDULE
+
+    def eps(self, x, t, y=None):
+        t = batch_times(t, x)
+        a, s = SCHEDULE.alpha(t)[:, None], SCHEDULE.sigma(t)[:, None]
+        z = (x.double() - a * self.mu) @ self.U
+        return (s * (z / (a**2 * self.lam + s**2)) @ self.U.T).to(x.dtype)
+
+    def ode_solution(self, x, t_from, t_to):
+        a0, s0 = SCHEDULE.alpha(t_from).item(), SCHEDULE.sigma(t_from).item()
+        a1, s1 = SCHEDULE.alpha(t_to).item(), SCHEDULE.sigma(t_to).item()
+        z = (x - a0 * self.mu) @ self.U
+        return a1 * self.mu + (z * torch.sqrt((a1**2 * self.lam + s1**2) / (a0**2 * self.lam + s0**2))) @ self.U.T
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    return Denoiser(LocalGaussian().eps, SCHEDULE), LocalGaussian()
+
+
+@pytest.fixture(scope="module")
+def x_start(gaussian):
+    _, g = gaussian
+    noise = torch.randn(16, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return SCHEDULE.alpha(0.8).item() * g.mu + SCHEDULE.sigma(0.8).item() * noise
+
+
+def point_mass_model(mu):
+    """Data = one point mu: eps = (x - alpha mu) / sigma, x0 prediction constant = mu."""
+
+    def eps(x, t, y=None):
+        t = batch_times(t, x)
+        return (x - SCHEDULE.alpha(t)[:, None] * mu) / SCHEDULE.sigma(t)[:, None]
+
+    return Denoiser(eps, SCHEDULE)
+
+
+# --- exactness -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", [ddim, dpm_solver_pp_2m])
+def test_exponential_integrators_exact_for_point_mass(sampler):
+    """DDIM and DPM-Solver++ integrate the linear part exactly: with a constant x0 prediction they are exact."""
+    mu = torch.linspace(-1, 1, 64, dtype=torch.float64)
+    model = point_mass_model(mu)
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = sampler(model, x, time_grid(3, "uniform_t", 0.9, 0.02))
+    s0, s1 = SCHEDULE.sigma(0.9).item(), SCHEDULE.sigma(0.02).item()
+    a0, a1 = SCHEDULE.alpha(0.9).item(), SCHEDULE.alpha(0.02).item()
+    assert torch.allclose(out, a1 * mu + (s1 / s0) * (x - a0 * mu), atol=1e-12)
+    assert torch.allclose(sampler(model, x, time_grid(3, "uniform_t", 0.9, 0.02, append_zero=True)), mu.expand(4, 64), atol=1e-12)
+
+
+def test_reference_ode_matches_closed_form(gaussian, x_start):
+    model, g = gaussian
+    expected = g.ode_solution(x_start, 0.8, 0.05)
+    for variable in ("lambda", "edm"):
+        out = reference_ode(model, x_start, 0.8, 0.05, rtol=1e-9, atol=1e-9, variable=variable)
+        assert out.dtype == torch.float64
+        assert (out - expected).abs().max() < 1e-7
+
+
+def test_ddim_inversion_converges_to_exact_inverse(gaussian, x_start):
+    """DDIM inversion is a first-order solver of the ODE run backwards: error to the exact x_T halves with 2x steps."""
+    model, g = gaussian
+    x0 = g.ode_solution(x_start, 0.8, 0.05)
+    errors = []
+    for n in (50, 100, 200):
+        ts = time_grid(n, "logsnr", 0.8, 0.05).flip(0)
+        errors.append(((ddim_invert(model, x0, ts) - x_start) ** 2).mean().sqrt().item())
+    assert errors[2] < 0.01
+    assert 1.8 < errors[0] / errors[1] < 2.2 and 1.8 < errors[1] / errors[2] < 2.2
+
+
+# --- convergence order ---------------------------------------------------------------------------------
+
+
+def observed_order(sampler, gaussian, x_start, kind, ns=(20, 40, 80), **kwargs):
+    model, g = gaussian
+    exact = g.ode_solution(x_start, 0.8, 0.05)
+    errors = [((sampler(model, x_start, time_grid(n, kind, 0.8, 0.05), **kwargs) - exact) ** 2).mean().sqrt().item() for n in ns]
+    slope = np.polyfit(np.log(ns), np.log(errors), 1)[0]
+    return -slope, errors
+
+
+@pytest.mark.parametrize(
+    "sampler, kind, order, kwargs",
+    [
+        (ddim, "logsnr", 1, {}),
+        (dpm_solver_pp_2m, "logsnr", 2, {"lower_order_final": False}),
+        (euler_edm, "edm", 1, {}),
+        (heun_edm, "edm", 2, {}),
+    ],
+    ids=["ddim", "dpm_solver_pp_2m", "euler_edm", "heun_edm"],
+)
+def test_convergence_order_on_gaussian(gaussian, x_start, sampler, kind, order, kwargs):
+    measured, errors = observed_order(sampler, gaussian, x_start, kind, **kwargs)
+    assert abs(measured - order) < 0.15, f"order {measured:.2f} (errors {errors})"
+
+
+# --- NFE, trajectories, grids ----------------------------------------------------------------------------
+
+
+def test_nfe_and_trajectory(gaussian, x_start):
+    model, _ = gaussian
+    ts = time_grid(6, "edm", 0.8, 0.05)
+    for sampler, nfe in [(ddim, 6), (dpm_solver_pp_2m, 6), (euler_edm, 6), (heun_edm, 12)]:
+        model.reset_nfe()
+        out, traj = sampler(model, x_start, ts, return_trajectory=True)
+        assert model.nfe == nfe and len(traj) == 7 and torch.equal(traj[-1], out) and torch.equal(traj[0], x_start)
+    model.reset_nfe()
+    heun_edm(model, x_start, time_grid(6, "edm", 0.8, 0.05, append_zero=True))
+    assert model.nfe == 13  # Karras et al.: the final step to sigma = 0 is an Euler step
+
+
+def test_time_grids():
+    for kind in ("uniform_t", "logsnr", "edm"):
+        ts = time_grid(10, kind)
+        assert ts.dtype == torch.float64 and len(ts) == 11 and ts[0] == 1.0 and ts[-1] == SCHEDULE.t_min
+        assert torch.all(ts[1:] < ts[:-1])
+    lam = SCHEDULE.lambda_(time_grid(8, "logsnr"))
+    assert torch.allclose(lam[1:] - lam[:-1], (lam[1] - lam[0]).expand(8), atol=1e-9)
+    with pytest.raises(ValueError):
+        time_grid(10, "cosine")
+    with pytest.raises(ValueError):
+        ddim(None, torch.zeros(1, 64), torch.tensor([0.1, 0.5]))  # increasing times for a sampler
+
+
+def test_diffusers_timesteps_match():
+    diffusers = pytest.importorskip("diffusers")
+    cfg = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    for n in (5, 10, 25, 50):
+        for spacing in ("leading", "trailing", "linspace"):
+            ddim_s = diffusers.DDIMScheduler(**cfg, timestep_spacing=spacing)
+            ddim_s.set_timesteps(n)
+            assert np.array_equal(diffusers_discrete_steps(n, spacing), ddim_s.timesteps.numpy())
+            dpm_s = diffusers.DPMSolverMultistepScheduler(**cfg, timestep_spacing=spacing)
+            dpm_s.set_timesteps(n)
+            assert np.array_equal(diffusers_discrete_steps(n, spacing, scheduler="dpm_solver"), dpm_s.timesteps.numpy())
+    ts = ddim_timesteps(10, "trailing", final="zero")
+    assert torch.allclose(ts[:-1], (torch.from_numpy(diffusers_discrete_steps(10, "trailing")).double() + 1) / 1000.0) and ts[-1] == 0
+
+
+# --- diffusers cross-check on the pretrained model ----------------------------------------------------
+
+
+def run_diffusers(scheduler, model, x, y):
+    for k in scheduler.timesteps:
+        x = scheduler.step(model.eps(x, float(SCHEDULE.t_of_step(int(k))), y), k, x).prev_sample
+    return x
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    from common.diffusion.model import load_digits_eps
+
+    return load_digits_eps("ci")
+
+
+@pytest.mark.parametrize("spacing, set_alpha_to_one", [("leading", False), ("trailing", True)])
+def test_ddim_matches_diffusers(pretrained, spacing, set_alpha_to_one):
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                                    clip_sample=False, set_alpha_to_one=set_alpha_to_one, timestep_spacing=spacing)
+    sched.set_timesteps(10)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(5))
+    y = torch.arange(32) % 10
+    with torch.no_grad():
+        ours = ddim(pretrained, x, ddim_timesteps(10, spacing, final="zero" if set_alpha_to_one else "t_min"), y)
+        theirs = run_diffusers(sched, pretrained, x, y)
+    assert (ours - theirs).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("spacing, final", [("trailing", "sigma_min"), ("linspace", "zero"), ("leading", "sigma_min")])
+def test_dpm_solver_pp_2m_matches_diffusers(pretrained, spacing, final):
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                                  beta_end=0.02, algorithm_type="dpmsolver++", solver_order=2,
+                                                  timestep_spacing=spacing, final_sigmas_type=final)
+    sched.set_timesteps(10)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(6))
+    y = torch.arange(32) % 10
+    ts = ddim_timesteps(10, spacing, final="zero" if final == "zero" else "t_min", scheduler="dpm_solver")
+    with torch.no_grad():
+        ours = dpm_solver_pp_2m(pretrained, x, ts, y)
+        theirs = run_diffusers(sched, pretrained, x, y)
+    assert (ours - theirs).abs().max() <= 1e-5
+
+
+def test_samplers_agree_on_pretrained_model(pretrained):
+    """Sanity: on the real model, 50-step DPM-Solver++(2M) and Heun land close to each other (float32)."""
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        a = dpm_solver_pp_2m(pretrained, x, time_grid(50, "logsnr"), torch.arange(16) % 10)
+        b = heun_edm(pretrained, x, time_grid(50, "edm"), torch.arange(16) % 10)
+    assert math.isfinite(a.abs().max().item()) and (a - b).pow(2).mean().sqrt() < 0.05
