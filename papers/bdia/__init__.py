@@ -1,0 +1,21 @@
+"""BDIA-DDIM exact diffusion inversion (Zhang, Lewis, Kleijn, ECCV 2024) with DDIM inversion and EDICT as baselines."""
+
+from .inversion import (
+    LinearEpsModel,
+    bdia_inverse_step,
+    bdia_invert,
+    bdia_round_trip,
+    bdia_sample,
+    bdia_step,
+    ddim_round_trip,
+    edict_inverse_step,
+    edict_invert,
+    edict_round_trip,
+    edict_sample,
+    edict_step,
+)
+
+__all__ = [
+    "LinearEpsModel", "bdia_invert", "bdia_inverse_step", "bdia_round_trip", "bdia_sample", "bdia_step",
+    "ddim_round_trip", "edict_invert", "edict_inverse_step", "edict_round_trip", "edict_sample", "edict_step",
+]

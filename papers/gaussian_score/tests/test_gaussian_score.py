@@ -1,0 +1,86 @@
+"""Explained variance, sigma_hi, the teleportation bookkeeping, and teleportation on an exactly Gaussian model."""
+
+import math
+
+import pytest
+import torch
+
+from common.diffusion.samplers import heun_edm
+from common.diffusion.schedule import VPSchedule
+from common.diffusion.twins import GaussianTwin
+from papers.gaussian_score import (
+    edm_grid,
+    ev_profile,
+    explained_variance,
+    log_sigma_grid,
+    nfe_of,
+    sigma_hi,
+    skip_steps,
+    teleport_sample,
+    trajectory_rel_rmse,
+)
+
+SCHEDULE = VPSchedule()
+
+
+def gaussian_data(n=400, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    return 0.3 + torch.randn(n, d, generator=g, dtype=torch.float64) @ a
+
+
+def test_explained_variance_exact_values():
+    ref = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert explained_variance(ref, ref) == 1.0
+    assert explained_variance(ref, torch.zeros_like(ref)) == 0.0
+    assert explained_variance(ref, 2 * ref) == pytest.approx(0.0)
+    assert explained_variance(ref, 0.5 * ref) == pytest.approx(0.75)
+
+
+def test_sigma_hi_takes_the_high_noise_run():
+    sigmas = [0.1, 1.0, 10.0, 100.0]
+    assert sigma_hi(sigmas, [0.995, 0.5, 0.991, 0.999]) == 10.0
+    assert sigma_hi(sigmas, [0.1, 0.2, 0.3, 0.4]) == math.inf
+    grid = log_sigma_grid(5, 0.01, 100.0)
+    assert torch.allclose(grid, torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        log_sigma_grid(1)
+
+
+def test_skip_and_nfe_bookkeeping():
+    assert [skip_steps(f, 18) for f in (0.0, 0.1, 0.2, 0.3, 0.4)] == [0, 1, 3, 5, 7]
+    assert skip_steps(0.2, 40) == 8
+    assert nfe_of("heun", 18) == 35 and nfe_of("dpmpp2m", 18) == 18
+    with pytest.raises(ValueError):
+        skip_steps(1.0, 10)
+    with pytest.raises(ValueError):
+        nfe_of("euler", 10)
+
+
+def test_edm_grid_spans_the_model_range():
+    ts = edm_grid(18, SCHEDULE)
+    assert len(ts) == 20 and ts[0] == 1.0 and ts[-1] == 0.0
+    assert float(SCHEDULE.edm_sigma(ts[-2])) == pytest.approx(0.01, rel=1e-3)
+
+
+def test_twin_explains_itself_fully():
+    twin = GaussianTwin.fit(gaussian_data(), SCHEDULE)
+    ev = ev_profile(twin, {"self": twin}, gaussian_data(seed=1)[:64], log_sigma_grid(3, 0.1, 10.0))
+    assert all(e == pytest.approx(1.0) for e in ev["self"])
+
+
+def test_teleport_on_a_gaussian_model_matches_the_closed_form():
+    """On an exactly Gaussian model, skipping with the closed form changes only the discretisation error."""
+    twin = GaussianTwin.fit(gaussian_data(), SCHEDULE)
+    x_T = torch.randn(32, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ts = edm_grid(60, SCHEDULE)
+    exact = twin.ode_solution(x_T, 1.0, float(ts[-2]))
+    x_end = heun_edm(twin, x_T, ts[:-1])
+    tele = teleport_sample(twin, twin, x_T, ts[:-1], skip=20, solver="heun")
+    err_full, err_tele = (x_end - exact).abs().max(), (tele - exact).abs().max()
+    assert err_full < 2e-2 and err_tele < 2e-2
+    assert err_tele <= err_full * 1.01  # the skipped part is exact, so the error cannot grow
+    assert teleport_sample(twin, twin, x_T.float(), ts, 3, "dpmpp2m").shape == (32, 8)
+    assert max(trajectory_rel_rmse(twin, twin, x_T, ts, 5)) < 1e-3
+    with pytest.raises(ValueError):
+        teleport_sample(twin, twin, x_T, ts, len(ts) - 2)

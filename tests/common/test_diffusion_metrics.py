@@ -1,0 +1,96 @@
+"""Tests of the sample-quality metrics and the digits classifier (common/diffusion/metrics.py, classifier.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from common.diffusion import metrics
+from common.diffusion.classifier import DigitsCNN, random_shift
+
+
+def _gauss(n, mean, cov, seed):
+    return np.random.default_rng(seed).multivariate_normal(mean, cov, size=n)
+
+
+def test_fd_of_a_set_with_itself_is_zero():
+    a = np.random.default_rng(0).normal(size=(500, 8))
+    assert abs(metrics.frechet_distance(a, a)) < 1e-8
+    assert abs(metrics.frechet_distance_eig(a, a)) < 1e-8
+
+
+def test_fd_matches_closed_form_of_two_gaussians():
+    # commuting (diagonal) covariances: FD = |mu_a - mu_b|^2 + sum (sqrt(s_a) - sqrt(s_b))^2
+    rng = np.random.default_rng(1)
+    d = 6
+    mu_a, mu_b = rng.normal(size=d), rng.normal(size=d)
+    s_a, s_b = rng.uniform(0.5, 2, d), rng.uniform(0.5, 2, d)
+    a = _gauss(200000, mu_a, np.diag(s_a), 2)
+    b = _gauss(200000, mu_b, np.diag(s_b), 3)
+    exact = ((mu_a - mu_b) ** 2).sum() + ((np.sqrt(s_a) - np.sqrt(s_b)) ** 2).sum()
+    assert metrics.frechet_distance(a, b) == pytest.approx(exact, rel=2e-2, abs=2e-2)
+
+
+def test_fd_sqrtm_agrees_with_independent_eigenvalue_formula():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(300, 10)) @ rng.normal(size=(10, 10))
+    b = rng.normal(size=(400, 10)) @ rng.normal(size=(10, 10)) + 0.5
+    assert metrics.frechet_distance(a, b) == pytest.approx(metrics.frechet_distance_eig(a, b), rel=1e-8)
+
+
+def test_kid_is_unbiased_for_the_same_distribution_and_positive_for_different():
+    rng = np.random.default_rng(5)
+    same = [metrics.kid(rng.normal(size=(100, 4)), rng.normal(size=(100, 4))) for _ in range(200)]
+    spread = np.std(same) / np.sqrt(len(same))
+    assert abs(np.mean(same)) < 4 * spread
+    assert metrics.kid(rng.normal(size=(300, 4)), rng.normal(size=(300, 4)) + 1.0) > 20 * spread
+
+
+def test_kid_matches_explicit_double_loop():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(7, 3)), rng.normal(size=(5, 3))
+    k = lambda u, v: (u @ v / 3 + 1) ** 3  # noqa: E731
+    aa = sum(k(a[i], a[j]) for i in range(7) for j in range(7) if i != j) / 42
+    bb = sum(k(b[i], b[j]) for i in range(5) for j in range(5) if i != j) / 20
+    ab = sum(k(a[i], b[j]) for i in range(7) for j in range(5)) / 35
+    assert metrics.kid(a, b) == pytest.approx(aa + bb - 2 * ab, rel=1e-12)
+    mean, std = metrics.kid_subsets(a, b, n_subsets=3, subset_size=4)
+    assert np.isfinite(mean) and std >= 0
+
+
+def test_rmse_psnr_and_class_coverage_on_known_values():
+    a = torch.zeros(4, 64)
+    b = torch.full((4, 64), 0.2)
+    assert metrics.rmse(a, b) == pytest.approx(0.2)
+    assert metrics.psnr(a, b) == pytest.approx(20 * math.log10(2.0 / 0.2))
+    assert metrics.psnr(a, a) == math.inf
+    assert metrics.class_coverage_tv(torch.arange(10)) == pytest.approx(0.0)
+    assert metrics.class_coverage_tv(torch.zeros(10, dtype=torch.long)) == pytest.approx(0.9)
+    with pytest.raises(ValueError):
+        metrics.rmse(a, b[:2])
+    with pytest.raises(ValueError):
+        metrics.class_coverage_tv(torch.tensor([11]))
+
+
+def test_classifier_shapes_and_shift_augmentation():
+    net = DigitsCNN()
+    x = torch.rand(5, 64) * 2 - 1
+    assert net.features(x).shape == (5, 32) and net(x).shape == (5, 10)
+    shifted = random_shift(x, torch.Generator().manual_seed(0), max_shift=0)
+    assert torch.equal(shifted, x)
+    with pytest.raises(ValueError):
+        net.features(torch.zeros(5, 63))
+
+
+def test_committed_classifier_accuracy_and_noise_floor():
+    from common.diffusion.data import load_digits_split
+
+    feats = metrics.DigitsFeatures.load()
+    split = load_digits_split()
+    acc = float((feats.predict(split.x_heldout) == split.y_heldout).double().mean())
+    assert acc >= 0.97
+    assert feats.features(split.x_heldout).shape == (297, 32)
+    floor = metrics.noise_floor()
+    assert floor["fd_heldout_vs_train"] == pytest.approx(feats.net.manifest["evaluation"]["noise_floor"]["fd_heldout_vs_train"], rel=1e-6)
+    assert metrics.fd_to_train(split.x_train) == pytest.approx(0.0, abs=1e-6)
