@@ -134,3 +134,32 @@ __all__ = [
     "relative_frobenius_error", "attention_errors", "max_log_ratio", "SeedMoments", "bias_report",
     "attention_memory", "attention_flops",
 ]
+
+# Linear attention with learned feature maps, sliding-window and LoLCATs hybrid attention (lolcats).
+from .linear import (  # noqa: E402
+    FEATURE_MAPS,
+    EluFeatureMap,
+    HedgehogFeatureMap,
+    HybridAttention,
+    PerHeadProjection,
+    T2RFeatureMap,
+    elu_feature_map,
+    hybrid_attention,
+    hybrid_attention_matrix,
+    hybrid_attention_recurrent,
+    hybrid_attention_weights,
+    linear_attention,
+    linear_attention_matrix,
+    make_feature_map,
+    make_hybrid_attention,
+    sliding_window_attention,
+    sliding_window_mask,
+    window_factor_logit,
+)
+
+__all__ += [
+    "FEATURE_MAPS", "PerHeadProjection", "T2RFeatureMap", "HedgehogFeatureMap", "EluFeatureMap", "elu_feature_map",
+    "make_feature_map", "linear_attention", "linear_attention_matrix", "sliding_window_mask",
+    "sliding_window_attention", "hybrid_attention_weights", "hybrid_attention_matrix", "hybrid_attention",
+    "hybrid_attention_recurrent", "window_factor_logit", "HybridAttention", "make_hybrid_attention",
+]

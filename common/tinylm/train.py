@@ -1,0 +1,285 @@
+"""Training and evaluation of TinyGPT on the TinyGrammar corpus.
+
+Next-token cross-entropy on random windows of ``context + 1`` tokens of a training stream
+(``corpus_tokens(n, seed)``), AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr``, gradient
+clipping; the validation stream comes from a different seed (``seed + VAL_SEED_OFFSET``), so no validation
+document is a training document by construction (up to chance repeats of short documents).
+
+Evaluation (all exact thanks to the grammar): validation loss and perplexity, per-kind validation loss,
+recall accuracy at several distances, arithmetic answer accuracy, and the grammaticality, formality
+and keyword coverage of sampled text.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import grammar as G
+from .model import TinyGPT, TinyGPTConfig
+
+VAL_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class TrainConfig:
+    n_tokens: int = 1_000_000          # training tokens seen (steps * batch_size * context)
+    batch_size: int = 16
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    corpus_tokens: int | None = None    # size of the training stream (default: n_tokens, i.e. about one epoch)
+    val_tokens: int = 65_536
+    eval_every: int = 200
+    log_every: int = 20
+    threads: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay from ``lr`` to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: TinyGPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on biases, LayerNorm parameters)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def sample_batch(stream: torch.Tensor, batch_size: int, context: int, generator: torch.Generator):
+    """Random windows: ``x = stream[s : s + context]``, ``y = stream[s + 1 : s + context + 1]``."""
+    starts = torch.randint(0, len(stream) - context - 1, (batch_size,), generator=generator)
+    offsets = torch.arange(context + 1)
+    windows = stream[starts[:, None] + offsets[None, :]]
+    return windows[:, :-1], windows[:, 1:]
+
+
+def lm_loss(model: TinyGPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@torch.no_grad()
+def stream_loss(model: TinyGPT, tokens: torch.Tensor, context: int | None = None, batch_size: int = 16) -> float:
+    """Mean next-token loss over ``tokens`` cut into consecutive non-overlapping windows of ``context + 1``."""
+    context = context or model.config.context
+    n = (len(tokens) - 1) // context
+    if n == 0:
+        raise ValueError(f"need more than {context} tokens, got {len(tokens)}")
+    x = tokens[: n * context].view(n, context)
+    y = tokens[1 : n * context + 1].view(n, context)
+    total = 0.0
+    was_training = model.training
+    model.eval()
+    for i in range(0, n, batch_size):
+        logits = model(x[i : i + batch_size])
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i : i + batch_size].reshape(-1), reduction="sum").item()
+    model.train(was_training)
+    return total / (n * context)
+
+
+def perplexity(model: TinyGPT, tokens: torch.Tensor, context: int | None = None, batch_size: int = 16) -> float:
+    """``exp`` of :func:`stream_loss`."""
+    return math.exp(stream_loss(model, tokens, context, batch_size))
+
+
+@torch.no_grad()
+def answer_accuracy(model: TinyGPT, tokens, positions, answers, batch_size: int = 64) -> float:
+    """Fraction of rows where ``argmax logits[pos - 1] == answer`` (teacher-forced)."""
+    model.eval()
+    hits = 0
+    for i in range(0, len(tokens), batch_size):
+        logits = model(tokens[i : i + batch_size])
+        rows = torch.arange(logits.shape[0])
+        pred = logits[rows, positions[i : i + batch_size] - 1].argmax(-1)
+        hits += (pred == answers[i : i + batch_size]).sum().item()
+    return hits / len(tokens)
+
+
+@torch.no_grad()
+def sample_documents(model: TinyGPT, n: int, max_new_tokens: int = 48, prompt=None, temperature: float = 1.0, seed: int = 0):
+    """Sample ``n`` continuations of ``<bos> prompt`` and cut each at its first ``<eos>``; returns word lists."""
+    vocab = G.VOCAB
+    ids = [vocab.bos_id] + (vocab.encode(prompt) if prompt else [])
+    idx = torch.tensor([ids] * n)
+    gen = torch.Generator().manual_seed(seed)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, generator=gen)[:, len(ids):]
+    docs = []
+    for row in out.tolist():
+        words = vocab.decode(row)
+        docs.append(words[: words.index("<eos>")] if "<eos>" in words else words)
+    return docs
+
+
+def sample_quality(model: TinyGPT, n: int = 64, seed: int = 0) -> dict:
+    """Grammaticality of sampled narrative sentences and formality separation by register prompt.
+
+    Unprompted samples: among the complete sentences of documents that are narrative, the grammatical
+    fraction. Register: sentences sampled after a formal (``indeed ,``) or informal (``so ,``) opener.
+    """
+    docs = sample_documents(model, n, seed=seed)
+    sentences = [s for d in docs if G.document_kind(d) == "narrative" for s in G.split_sentences(d) if s[-1] == "."]
+    out = {"n_sampled_sentences": len(sentences),
+           "grammatical_rate": sum(map(G.is_grammatical, sentences)) / max(1, len(sentences))}
+    for reg, opener in (("formal", ["indeed", ","]), ("informal", ["so", ","])):
+        docs = sample_documents(model, n, 16, prompt=opener, seed=seed + 1)
+        first = [opener + G.split_sentences(d)[0] for d in docs if d]
+        out[f"{reg}_prompt.mean_formality"] = sum(map(G.formality, first)) / max(1, len(first))
+        out[f"{reg}_prompt.grammatical_rate"] = sum(map(G.is_grammatical, first)) / max(1, len(first))
+    prompts = G.keyword_prompts(n, random_state=seed + 2)
+    prompts = prompts[: max(1, n // 2)]
+    docs = [sample_documents(model, 1, 16, prompt=p["prompt"], seed=seed + 3 + i)[0] for i, p in enumerate(prompts)]
+    sents = [G.split_sentences(d)[0] if d else [] for d in docs]
+    coverage = [G.keyword_coverage(p["keywords"], s) for p, s in zip(prompts, sents, strict=True)]
+    out["keywords.coverage"] = sum(coverage) / len(coverage)
+    out["keywords.grammatical_rate"] = sum(map(G.is_grammatical, sents)) / max(1, len(sents))
+    return out
+
+
+def evaluate(model: TinyGPT, seed: int = 0, val_tokens: int = 65_536, distances=(20, 40, 80, 160, 240),
+             n_recall: int = 200, n_samples: int = 64) -> dict:
+    """All evaluation metrics of the manifest (validation streams from ``seed + VAL_SEED_OFFSET``)."""
+    vseed = seed + VAL_SEED_OFFSET
+    ctx = model.config.context
+    out = {"val_loss": stream_loss(model, G.corpus_tokens(val_tokens, vseed), ctx)}
+    out["val_perplexity"] = math.exp(out["val_loss"])
+    for kind in G.KINDS:
+        out[f"val_loss.{kind}"] = stream_loss(model, G.corpus_tokens(val_tokens // 4, vseed + 1, kinds=[kind]), ctx)
+    for d in distances:
+        if d + 8 < ctx:
+            out[f"recall_accuracy.d{d}"] = answer_accuracy(model, *G.recall_episodes(n_recall, d, vseed + d))
+    for steps in (1, 4, 8):
+        out[f"arithmetic_answer_accuracy.steps{steps}"] = answer_accuracy(model, *G.arithmetic_chains(n_recall, steps, vseed + steps))
+    out.update(sample_quality(model, n_samples, seed=vseed))
+    return out
+
+
+def train_tinylm(model_config: TinyGPTConfig, cfg: TrainConfig, *, callback=None, checkpoint_every_s: float | None = None,
+                 on_checkpoint=None, progress: bool = True):
+    """Train a fresh TinyGPT; returns ``(model, history)``.
+
+    ``history`` has ``step``, ``tokens``, ``train_loss`` (mean over each ``log_every`` window), ``val``
+    (``(step, tokens, val_loss)`` every ``eval_every`` steps), ``seconds`` and ``tokens_per_s``.
+    ``on_checkpoint(model, history)`` is called every ``checkpoint_every_s`` seconds (and never at the end:
+    the caller saves the final model).
+    """
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = TinyGPT(model_config)
+    ctx = model_config.context
+    steps = max(1, cfg.n_tokens // (cfg.batch_size * ctx))
+    stream = G.corpus_tokens(cfg.corpus_tokens or max(cfg.n_tokens, 4 * ctx), cfg.seed)
+    val = G.corpus_tokens(cfg.val_tokens, cfg.seed + VAL_SEED_OFFSET)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = make_optimizer(model, cfg)
+    history = {"step": [], "tokens": [], "train_loss": [], "val": [], "lr": []}
+    start = last_ckpt = time.perf_counter()
+    window = []
+    model.train()
+    for step in tqdm(range(steps), desc="tinylm", disable=not progress, mininterval=10):
+        lr = lr_at(step, steps, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = sample_batch(stream, cfg.batch_size, ctx, gen)
+        loss = lm_loss(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        window.append(loss.item())
+        tokens = (step + 1) * cfg.batch_size * ctx
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            history["step"].append(step + 1)
+            history["tokens"].append(tokens)
+            history["train_loss"].append(sum(window) / len(window))
+            history["lr"].append(lr)
+            window = []
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
+            history["val"].append((step + 1, tokens, stream_loss(model, val, ctx)))
+            model.train()
+            if callback is not None:
+                callback(step + 1, history)
+        history["seconds"] = time.perf_counter() - start
+        history["tokens_seen"] = tokens
+        history["tokens_per_s"] = tokens / history["seconds"]
+        if checkpoint_every_s and on_checkpoint and time.perf_counter() - last_ckpt > checkpoint_every_s and step + 1 < steps:
+            model.eval()
+            on_checkpoint(model, history)
+            model.train()
+            last_ckpt = time.perf_counter()
+    model.eval()
+    return model, history
+
+
+def state_tensors(model: TinyGPT) -> dict:
+    """The model's tensors for safetensors (the tied head is the embedding; no duplicate stored)."""
+    return {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+
+
+def build_manifest(model: TinyGPT, cfg: TrainConfig, history: dict, evaluation: dict | None, notebook: str = "train_tinylm.ipynb",
+                   status: str = "final") -> dict:
+    """The zoo manifest: config, corpus version and hash, seed, tokens, losses, evaluation."""
+    val = history["val"][-1][2] if history["val"] else None
+    return {
+        "architecture": "TinyGPT (common/tinylm/model.py): pre-LN GPT, RoPE, erf-GeLU MLP, tied embeddings",
+        "config": model.config.to_dict(),
+        "n_parameters": model.n_parameters(),
+        "n_parameters_non_embedding": model.n_parameters(non_embedding=True),
+        "dtype": "float32",
+        "corpus": {"grammar_version": G.GRAMMAR_VERSION, "corpus_hash_first_1000": G.CORPUS_HASH,
+                   "kind_hashes_first_1000": G.KIND_HASHES,
+                   "canonical_seed": G.CANONICAL_SEED, "vocab_size": G.VOCAB.size, "mix": G.DEFAULT_MIX},
+        "training": {**cfg.to_dict(), "status": status, "tokens_seen": history.get("tokens_seen", 0),
+                     "seconds": round(history.get("seconds", 0.0), 1), "tokens_per_s": round(history.get("tokens_per_s", 0.0), 1),
+                     "val_seed": cfg.seed + VAL_SEED_OFFSET, "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
+                     "final_val_loss": val, "torch": torch.__version__,
+                     "loss_curve": {"tokens": history["tokens"], "train_loss": [round(v, 5) for v in history["train_loss"]],
+                                    "val": [[s, t, round(v, 5)] for s, t, v in history["val"]]}},
+        "evaluation": evaluation or {},
+        "notebook": notebook,
+    }
+
+
+def train_and_save(model_config: TinyGPTConfig, cfg: TrainConfig, name: str | None = "tinylm_ci", directory=None,
+                   checkpoint_every_s: float | None = 600.0, eval_kwargs: dict | None = None, progress: bool = True):
+    """Train, evaluate and write the zoo checkpoint ``name`` (skipped when ``name`` is None).
+
+    Every ``checkpoint_every_s`` seconds an intermediate checkpoint is written to the same name with
+    ``training.status = "partial"`` and the tokens seen so far, so a usable model exists if the run is cut
+    short. Returns ``(model, history, manifest)``.
+    """
+    from common.zoo import save_checkpoint
+
+    def save_partial(model, history):
+        manifest = build_manifest(model, cfg, history, {"val_loss": history["val"][-1][2] if history["val"] else None},
+                                  status="partial")
+        save_checkpoint(name, state_tensors(model), manifest, directory=directory)
+
+    model, history = train_tinylm(model_config, cfg, checkpoint_every_s=checkpoint_every_s,
+                                  on_checkpoint=save_partial if name else None, progress=progress)
+    evaluation = evaluate(model, seed=cfg.seed, **(eval_kwargs or {}))
+    manifest = build_manifest(model, cfg, history, evaluation)
+    if name:
+        save_checkpoint(name, state_tensors(model), manifest, directory=directory)
+    return model, history, manifest

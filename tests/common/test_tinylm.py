@@ -1,0 +1,230 @@
+"""TinyGrammar and TinyGPT: corpus hash, parser and oracles, KV cache, hooks, checkpoint, training smoke test."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from common import zoo
+from common.tinylm import grammar as G
+from common.tinylm import load_tinylm
+from common.tinylm.model import KVCache, TinyGPT, TinyGPTConfig, gelu_erf, layer_norm, softmax_attention
+from common.tinylm.train import TrainConfig, evaluate, train_and_save
+
+torch.set_num_threads(1)
+
+
+def tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return TinyGPT(TinyGPTConfig(G.VOCAB.size, d_model=32, n_layers=2, n_heads=2, context=64, **kw)).eval()
+
+
+# -- grammar -----------------------------------------------------------------------------------------
+def test_corpus_hash_is_recorded():
+    assert G.corpus_hash(1000, G.CANONICAL_SEED) == G.CORPUS_HASH
+    for kind in G.KINDS:
+        assert G.corpus_hash(1000, G.CANONICAL_SEED, [kind]) == G.KIND_HASHES[kind], kind
+
+
+def test_corpus_is_deterministic_and_seed_dependent():
+    a, b, c = G.corpus_tokens(3000, 5), G.corpus_tokens(3000, 5), G.corpus_tokens(3000, 6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.dtype == torch.long and a[0] == G.VOCAB.bos_id and int(a.max()) < G.VOCAB.size
+
+
+def test_vocabulary_round_trip_and_specials():
+    v = G.VOCAB
+    assert v.encode(["<pad>"]) == [0] and 300 <= v.size <= 700
+    words = "the fox sees the river .".split()
+    assert v.decode(v.encode(words)) == words
+    with pytest.raises(ValueError, match="not in the TinyGrammar vocabulary"):
+        v.encode(["zebra"])
+
+
+def test_generated_sentences_parse_in_both_registers():
+    g = G.TinyGrammar(3)
+    formal = [g.sentence("formal") for _ in range(300)]
+    informal = [g.sentence("informal") for _ in range(300)]
+    assert all(map(G.is_grammatical, formal + informal))
+    assert all(G.formality(s) >= 0.5 for s in formal) and all(G.formality(s) <= 0.5 for s in informal)
+    assert sum(map(G.is_formal, formal)) > 200 and not any(map(G.is_formal, informal))
+
+
+@pytest.mark.parametrize("sentence", [
+    "the fox sees the river .",
+    "indeed , the gentleman perused the ancient manuscript promptly .",
+    "so , some kids munch the snacks lol .",
+    "the dogs sleep near a river .",
+])
+def test_grammatical_examples(sentence):
+    assert G.is_grammatical(sentence)
+
+
+@pytest.mark.parametrize("sentence", [
+    "the fox see the river .",          # agreement
+    "the river eats the bread .",       # subject restriction
+    "the man drinks the bread .",       # object restriction
+    "a foxes sees the river .",         # determiner number
+    "the fox sleeps near the bread .",  # PP must be a place
+    "the fox sees the river",           # no full stop
+])
+def test_ungrammatical_examples(sentence):
+    assert not G.is_grammatical(sentence)
+
+
+def test_recall_episodes_exact_distance_and_answers():
+    tokens, pos, ans = G.recall_episodes(20, 40, random_state=1)
+    assert torch.equal(tokens[torch.arange(20), pos], ans)
+    for row, p in zip(tokens, pos, strict=True):
+        words = G.VOCAB.decode(row[: p + 1])
+        assert G.check_recall(words) is True
+        q = words[p - 2]
+        binding = [i for i in range(len(words) - 5) if words[i] == "box" and words[i + 1] == q][0] + 3
+        assert p - binding == 40
+    with pytest.raises(ValueError):
+        G.recall_episodes(2, 5)
+
+
+def test_arithmetic_and_keywords_oracles():
+    tokens, pos, ans = G.arithmetic_chains(5, 4, random_state=0)
+    for row in tokens:
+        r = G.check_arithmetic(row)
+        assert r["all_steps_correct"] and r["answer_correct"] and r["n_steps"] == 4
+    assert not G.check_arithmetic("calc 5 + 3 = 9 ; answer 9".split())["all_steps_correct"]
+    assert G.check_arithmetic("calc 98 + 3 = 1 ; answer 1".split())["answer_correct"]
+    for p in G.keyword_prompts(20, random_state=0):
+        assert G.keyword_coverage(p["keywords"], p["reference"]) == 1.0 and G.is_grammatical(p["reference"])
+    assert G.keyword_coverage(["fox", "see"], "the foxes saw the river .") == 1.0
+
+
+# -- model -------------------------------------------------------------------------------------------
+def test_parameter_count_of_ci_size():
+    n = TinyGPT(TinyGPTConfig(G.VOCAB.size)).n_parameters()
+    assert 0.8e6 < n < 0.9e6
+
+
+def test_cached_decoding_equals_uncached():
+    model = tiny_model()
+    prompt = torch.randint(0, G.VOCAB.size, (3, 7), generator=torch.Generator().manual_seed(0))
+    a, la = model.generate(prompt, 30, use_cache=True, temperature=0, return_logits=True)
+    b, lb = model.generate(prompt, 30, use_cache=False, temperature=0, return_logits=True)
+    assert torch.equal(a, b)
+    assert torch.allclose(la, lb, atol=1e-5)
+    sa = model.generate(prompt, 20, use_cache=True, generator=torch.Generator().manual_seed(1))
+    sb = model.generate(prompt, 20, use_cache=False, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sa, sb)
+
+
+def test_kv_cache_read_write_access():
+    model = tiny_model()
+    x = torch.randint(0, G.VOCAB.size, (2, 12), generator=torch.Generator().manual_seed(2))
+    cache = KVCache(model.config.n_layers)
+    full, qkv = model(x, return_qkv=True)
+    model(x[:, :8], kv_cache=cache)
+    step = model(x[:, 8:], kv_cache=cache)
+    assert cache.length == 12 and torch.allclose(step, full[:, 8:], atol=1e-5)
+    k, v = cache.get(0)
+    assert torch.allclose(k, qkv[0][1], atol=1e-5) and torch.allclose(v, qkv[0][2], atol=1e-5)
+    # writing the cache changes what later tokens see; restoring it restores the logits
+    cache.truncate(11)
+    saved = cache.clone()
+    cache.set(0, k[..., :11, :], v[..., :11, :] + 5.0)
+    changed = model(x[:, 11:], kv_cache=cache)
+    assert not torch.allclose(changed, full[:, 11:], atol=1e-3)
+    restored = model(x[:, 11:], kv_cache=saved)
+    assert torch.allclose(restored, full[:, 11:], atol=1e-5)
+
+
+def test_attn_fn_hook_and_return_qkv_shapes():
+    model = tiny_model()
+    x = torch.randint(0, G.VOCAB.size, (2, 16), generator=torch.Generator().manual_seed(3))
+    ref, qkv = model(x, return_qkv=True)
+    assert len(qkv) == 2 and all(t.shape == (2, 2, 16, 16) for layer in qkv for t in layer)
+    calls = []
+
+    def explicit(q, k, v):
+        calls.append(q.shape)
+        return softmax_attention(q, k, v)
+
+    model.set_attn_fn(explicit)
+    assert torch.allclose(model(x), ref, atol=1e-5) and len(calls) == 2
+    model.set_attn_fn([None, lambda q, k, v: torch.zeros_like(q)])
+    assert not torch.allclose(model(x), ref, atol=1e-3)
+    with pytest.raises(ValueError, match="one function per layer"):
+        model.set_attn_fn([None])
+    scale = torch.nn.Linear(1, 1)  # an attn_fn with parameters becomes a submodule
+    model.set_attn_fn(None)
+    model.blocks[0].attn.attn_fn = scale
+    assert any(n.startswith("blocks.0.attn.attn_fn") for n, _ in model.named_parameters())
+
+
+def test_act_norm_softmax_hooks_are_used():
+    model = tiny_model()
+    x = torch.randint(0, G.VOCAB.size, (1, 10), generator=torch.Generator().manual_seed(4))
+    ref = model(x)
+    used = {"act": 0, "norm": 0, "softmax": 0}
+
+    def act(z):
+        used["act"] += 1
+        return gelu_erf(z)
+
+    def norm(z, w, b, eps):
+        used["norm"] += 1
+        return layer_norm(z, w, b, eps)
+
+    def smax(s, dim):
+        used["softmax"] += 1
+        return torch.softmax(s, dim)
+
+    model.set_act_fn(act)
+    model.set_norm_fn(norm)
+    model.set_softmax_fn(smax)
+    assert torch.allclose(model(x), ref, atol=1e-5)
+    assert used == {"act": 2, "norm": 5, "softmax": 2}
+    model.set_act_fn(torch.relu)
+    assert not torch.allclose(model(x), ref, atol=1e-4)
+
+
+def test_context_limit_and_config_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="exceeds the context"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="divisible"):
+        TinyGPTConfig(100, d_model=30, n_heads=4)
+
+
+# -- zoo ---------------------------------------------------------------------------------------------
+def test_training_smoke_and_checkpoint_round_trip(tmp_path):
+    cfg = TrainConfig(n_tokens=16 * 8 * 64, batch_size=8, warmup_steps=4, eval_every=8, log_every=4, val_tokens=2048, seed=0)
+    mcfg = TinyGPTConfig(G.VOCAB.size, d_model=32, n_layers=2, n_heads=2, context=64)
+    model, history, manifest = train_and_save(mcfg, cfg, "tinylm_smoke", directory=tmp_path, progress=False,
+                                              eval_kwargs={"val_tokens": 4096, "distances": (24,), "n_recall": 8, "n_samples": 4})
+    assert history["step"][-1] == 16 and history["train_loss"][-1] < history["train_loss"][0]
+    assert manifest["training"]["tokens_seen"] == 16 * 8 * 64
+    assert manifest["corpus"]["corpus_hash_first_1000"] == G.CORPUS_HASH
+    loaded, vocab, man = load_tinylm("tinylm_smoke", directory=tmp_path)
+    x = torch.randint(0, vocab.size, (1, 20))
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    path = tmp_path / "tinylm_smoke.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(zoo.ChecksumError):
+        load_tinylm("tinylm_smoke", directory=tmp_path)
+
+
+def test_committed_checkpoint_loads_and_is_verified(tmp_path):
+    if "tinylm_ci" not in zoo.available():
+        pytest.skip("tinylm_ci not trained yet")
+    model, vocab, manifest = load_tinylm("tinylm_ci")
+    assert manifest["corpus"]["corpus_hash_first_1000"] == G.CORPUS_HASH
+    assert manifest["config"]["context"] == 256 and 0.8e6 < manifest["n_parameters"] < 0.9e6
+    for ext in ("safetensors", "json"):
+        shutil.copy(zoo.CHECKPOINT_DIR / f"tinylm_ci.{ext}", tmp_path / f"tinylm_ci.{ext}")
+    manifest["sha256"] = "0" * 64
+    (tmp_path / "tinylm_ci.json").write_text(json.dumps(manifest))
+    with pytest.raises(zoo.ChecksumError):
+        load_tinylm("tinylm_ci", directory=tmp_path)
+    metrics = evaluate(model, val_tokens=4 * 257, distances=(), n_recall=4, n_samples=2)
+    assert metrics["val_loss"] < 2.5
