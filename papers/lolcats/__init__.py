@@ -1,0 +1,1 @@
+"""LoLCATs: low-rank linearizing of a softmax-attention language model."""

@@ -1,0 +1,409 @@
+"""LoLCATs: low-rank linearizing of a softmax-attention language model, and the baselines.
+
+Zhang, Arora, Chalamala, Wu, Spector, Singhal, Ramesh, Ré. *LoLCATs: On Low-Rank Linearizing of
+Large Language Models.* ICLR 2025 (arXiv 2410.10254). Official code: ``HazyResearch/lolcats``.
+
+**Linearizing** swaps every softmax attention of a pretrained model for a subquadratic one and
+then repairs the model with a little training. LoLCATs does it in two stages:
+
+1. **Attention transfer.** Each layer's attention is replaced by the hybrid of
+   :mod:`common.attention.linear` (Eq. 2 there): softmax over a sliding window of the last w keys,
+   linear attention φ(q)ᵀφ(k) with the Hedgehog feature map φ(x) = [softmax(xW), softmax(−xW)]
+   for older keys, one shared normaliser and a learnable per-head window factor γ_h. Only the
+   feature maps and window factors are trained, on the frozen model's own queries, keys and
+   values, to match the softmax output of the same layer:
+
+       ℓ_MSE = 1/L Σ_l  mean_{b,h,t,d} ( ŷ_l − y_l )²,   y_l = softmax(q kᵀ/√d) v,  ŷ_l = hybrid(q, k, v)  (Section 3.1)
+
+   The residual stream keeps the teacher's attention outputs, so all layers train at once and
+   independently (the official ``train_attention`` mode).
+2. **Low-rank adjusting.** The feature maps are frozen and LoRA (rank r, Eq. 3 of
+   :mod:`common.lora`) is applied to the q, k, v and o projections, trained by next-token
+   cross-entropy (Section 3.2).
+
+**Baselines and ablations** (all at equal data: the same linearization tokens, the same
+fine-tuning batches in the same order, the same seeds):
+
+- *T2R-style*: ReLU feature maps φ(x) = relu(Wx + b), no window, no attention transfer; the feature
+  maps and LoRA are trained together by next-token loss (Kasai et al. 2021 fine-tune end to end).
+- *Hedgehog without a window*: attention transfer of pure linear attention, then LoRA.
+- *LoRA only*: LoLCATs' architecture without attention transfer (feature maps, window factors and
+  LoRA trained by next-token loss).
+- *Attention transfer only*: LoLCATs after stage 1, without LoRA.
+
+Metrics: validation perplexity, the fraction of the T2R-to-teacher gap closed,
+(ppl_T2R − ppl_X) / (ppl_T2R − ppl_teacher), the per-layer attention-output MSE after stage 1,
+fact-recall accuracy, trainable-parameter fractions and tokens used.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.attention import softmax_attention
+from common.attention.linear import HybridAttention, make_hybrid_attention
+from common.lora import apply_lora, lora_parameters
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+METHOD_NAMES = ("t2r", "hedgehog", "lolcats", "lora_only", "transfer_only")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One linearization recipe.
+
+    ``feature_map`` is a :func:`common.attention.linear.make_feature_map` kind, ``window`` the
+    sliding window (0: pure linear attention), ``attention_transfer`` whether stage 1 runs,
+    ``lora`` whether stage 2 runs, ``finetune_feature_maps`` whether the feature maps and window
+    factors are also trained by next-token loss in stage 2 (methods without attention transfer).
+    """
+
+    name: str
+    feature_map: str
+    window: int
+    attention_transfer: bool
+    lora: bool
+    finetune_feature_maps: bool
+
+    @property
+    def stage1_key(self) -> tuple[str, int]:
+        """Methods with equal keys share the same attention-transfer stage (same seed, same data)."""
+        return self.feature_map, self.window
+
+
+def methods(window: int) -> dict[str, Method]:
+    """The five recipes compared in the notebook, LoLCATs with sliding window ``window``."""
+    if window < 1:
+        raise ValueError(f"LoLCATs needs a sliding window >= 1, got {window}")
+    return {
+        "t2r": Method("t2r", "t2r_relu", 0, attention_transfer=False, lora=True, finetune_feature_maps=True),
+        "hedgehog": Method("hedgehog", "hedgehog", 0, attention_transfer=True, lora=True, finetune_feature_maps=False),
+        "lolcats": Method("lolcats", "hedgehog", window, attention_transfer=True, lora=True,
+                          finetune_feature_maps=False),
+        "lora_only": Method("lora_only", "hedgehog", window, attention_transfer=False, lora=True,
+                            finetune_feature_maps=True),
+        "transfer_only": Method("transfer_only", "hedgehog", window, attention_transfer=True, lora=False,
+                                finetune_feature_maps=False),
+    }
+
+
+# ------------------------------------------------------------------ data
+
+
+def token_batches(tokens: torch.Tensor, context: int, batch_size: int, n_batches: int) -> torch.Tensor:
+    """``(n_batches, batch_size, context + 1)`` consecutive, non-overlapping windows of a token stream.
+
+    Each row holds inputs ``[:-1]`` and next-token targets ``[1:]``.
+    """
+    tokens = tokens.reshape(-1)
+    need = n_batches * batch_size * (context + 1)
+    if min(context, batch_size, n_batches) <= 0:
+        raise ValueError("context, batch_size and n_batches must be positive")
+    if tokens.numel() < need:
+        raise ValueError(f"need {need} tokens for {n_batches} batches of {batch_size}×{context + 1}, "
+                         f"got {tokens.numel()}")
+    return tokens[:need].reshape(n_batches, batch_size, context + 1).clone()
+
+
+# ------------------------------------------------------------------ building the student
+
+
+def attention_layers(model: nn.Module, method: Method, *, generator: torch.Generator,
+                     init_window_factor: float = 0.1) -> list[HybridAttention]:
+    """One :class:`HybridAttention` per block of ``model`` for ``method`` (seeded by ``generator``)."""
+    first = model.blocks[0].attn
+    d_model = first.q_proj.out_features
+    n_heads = model.config.n_heads
+    if d_model % n_heads:
+        raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+    return [make_hybrid_attention(method.feature_map, n_heads, d_model // n_heads, window=method.window,
+                                  init_window_factor=init_window_factor, generator=generator)
+            for _ in model.blocks]
+
+
+def linearize(teacher: nn.Module, layers: list[HybridAttention]) -> nn.Module:
+    """A frozen copy of ``teacher`` whose attentions are ``layers`` (the ``attn_fn`` hook)."""
+    student = copy.deepcopy(teacher)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    student.set_attn_fn(list(layers))
+    return student
+
+
+def parameter_set(*modules: nn.Module | Iterable[nn.Module]) -> list[nn.Parameter]:
+    """All parameters of ``modules`` (or lists of modules), each tensor once."""
+    seen, out = set(), []
+    for item in modules:
+        for m in (item if isinstance(item, (list, tuple)) else [item]):
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+def attention_parameters(layers: list[HybridAttention]) -> list[nn.Parameter]:
+    """Feature-map weights and (for windowed layers) window factors: what stage 1 trains."""
+    params = []
+    for layer in layers:
+        params += list(layer.feature_map_q.parameters()) + list(layer.feature_map_k.parameters())
+        if layer.window > 0:
+            params.append(layer.window_factors)
+    return params
+
+
+# ------------------------------------------------------------------ stage 1: attention transfer
+
+
+def teacher_qkv(teacher: nn.Module, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each layer's post-RoPE (q, k, v) of the frozen softmax model on ``idx``."""
+    with torch.no_grad():
+        _, qkv = teacher(idx, return_qkv=True)
+    return [tuple(t.detach() for t in layer) for layer in qkv]
+
+
+def layer_mse(layers: list[HybridAttention], qkv) -> torch.Tensor:
+    """Per-layer MSE between each hybrid attention and softmax attention on the same (q, k, v)."""
+    losses = []
+    for layer, (q, k, v) in zip(layers, qkv, strict=True):
+        with torch.no_grad():
+            target = softmax_attention(q, k, v, causal=True)
+        losses.append(F.mse_loss(layer(q, k, v), target))
+    return torch.stack(losses)
+
+
+def attention_transfer(teacher: nn.Module, layers: list[HybridAttention], batches: torch.Tensor, *, lr: float,
+                       progress: Callable | None = None) -> list[float]:
+    """Stage 1: Adam on the feature maps and window factors, loss = mean over layers of the output MSE."""
+    params = attention_parameters(layers)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    history = []
+    steps = range(len(batches))
+    for step in (progress(steps, desc="attention transfer", leave=False) if progress else steps):
+        loss = layer_mse(layers, teacher_qkv(teacher, batches[step][:, :-1])).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    return history
+
+
+def stage_one_mse(teacher: nn.Module, layers: list[HybridAttention], batches: torch.Tensor) -> torch.Tensor:
+    """Per-layer attention-output MSE against softmax, averaged over ``batches`` (no gradients)."""
+    with torch.no_grad():
+        total = sum(layer_mse(layers, teacher_qkv(teacher, b[:, :-1])) for b in batches)
+    return total / len(batches)
+
+
+# ------------------------------------------------------------------ stage 2: next-token fine-tuning
+
+
+def next_token_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting ``batch[:, 1:]`` from ``batch[:, :-1]``."""
+    logits = model(batch[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+
+def finetune(model: nn.Module, param_groups: list[dict], batches: torch.Tensor, *,
+             progress: Callable | None = None, desc: str = "fine-tuning") -> list[float]:
+    """Stage 2: Adam on ``param_groups`` (dicts with ``params`` and ``lr``), one step per batch."""
+    for group in param_groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    opt = torch.optim.Adam(param_groups)
+    history = []
+    steps = range(len(batches))
+    for step in (progress(steps, desc=desc, leave=False) if progress else steps):
+        loss = next_token_loss(model, batches[step])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    return history
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def recall_accuracy(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor, answers: torch.Tensor, *,
+                    batch_size: int = 32) -> float:
+    """Fraction of episodes whose answer token is the model's top next-token prediction.
+
+    ``tokens`` ``(n, T)``; ``positions[i]`` is the index of episode i's answer token in its row,
+    predicted from the logits at ``positions[i] − 1``.
+    """
+    positions, answers = torch.as_tensor(positions).reshape(-1), torch.as_tensor(answers).reshape(-1)
+    if tokens.dim() != 2 or len(tokens) != len(positions) or len(positions) != len(answers):
+        raise ValueError("tokens must be (n, T) with one position and one answer per row")
+    if bool((positions < 1).any()) or bool((positions >= tokens.shape[1]).any()):
+        raise ValueError("answer positions must lie in 1..T-1")
+    hits = 0
+    with torch.no_grad():
+        for start in range(0, len(tokens), batch_size):
+            rows = slice(start, start + batch_size)
+            pos = positions[rows]
+            width = int(pos.max())
+            logits = model(tokens[rows, :width])
+            pred = logits[torch.arange(len(pos)), pos - 1].argmax(-1)
+            hits += int((pred == answers[rows]).sum())
+    return hits / len(tokens)
+
+
+def unpack_episodes(episodes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(tokens (n, T), answer positions (n,), answer ids (n,))`` from recall episodes.
+
+    Accepts a ``(tokens, positions, answers)`` tuple, a mapping or an object with those fields
+    (``tokens``; ``positions`` or ``answer_positions``; ``answers`` or ``answer_ids``). Rows of
+    unequal length are right-padded with 0: only tokens before each answer are read (causal model).
+    """
+    def field_of(names):
+        for name in names:
+            if isinstance(episodes, dict) and name in episodes:
+                return episodes[name]
+            if hasattr(episodes, name):
+                return getattr(episodes, name)
+        raise ValueError(f"recall episodes have none of the fields {names}")
+
+    if isinstance(episodes, (tuple, list)) and len(episodes) == 3 and not isinstance(episodes[0], int):
+        tokens, positions, answers = episodes
+    else:
+        tokens = field_of(("tokens",))
+        positions = field_of(("positions", "answer_positions", "answer_position"))
+        answers = field_of(("answers", "answer_ids", "answer_id"))
+    if not torch.is_tensor(tokens):
+        rows = [torch.as_tensor(t, dtype=torch.long).reshape(-1) for t in tokens]
+        tokens = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+        for i, r in enumerate(rows):
+            tokens[i, :len(r)] = r
+    return (tokens.long(), torch.as_tensor(positions, dtype=torch.long).reshape(-1),
+            torch.as_tensor(answers, dtype=torch.long).reshape(-1))
+
+
+def mean_nll(model: nn.Module, batches: torch.Tensor) -> float:
+    """Mean next-token cross-entropy (nats) over ``(n, B, T + 1)`` batches."""
+    with torch.no_grad():
+        return sum(float(next_token_loss(model, b)) for b in batches) / len(batches)
+
+
+def gap_closed(ppl: float, ppl_t2r: float, ppl_teacher: float) -> float:
+    """(ppl_T2R − ppl) / (ppl_T2R − ppl_teacher): 0 at T2R, 1 at the softmax teacher."""
+    if ppl_t2r == ppl_teacher:
+        raise ValueError("T2R and the teacher have the same perplexity: the gap is zero")
+    return (ppl_t2r - ppl) / (ppl_t2r - ppl_teacher)
+
+
+# ------------------------------------------------------------------ one method end to end
+
+
+@dataclass
+class Linearized:
+    """A linearized model and its bookkeeping."""
+
+    method: Method
+    model: nn.Module
+    layers: list[HybridAttention]
+    stage1_losses: list[float] = field(default_factory=list)
+    stage2_losses: list[float] = field(default_factory=list)
+    stage1_trainable: int = 0
+    stage2_trainable: int = 0
+    total_parameters: int = 0
+    stage1_tokens: int = 0
+    stage2_tokens: int = 0
+
+    @property
+    def stage1_fraction(self) -> float:
+        return self.stage1_trainable / self.total_parameters
+
+    @property
+    def stage2_fraction(self) -> float:
+        return self.stage2_trainable / self.total_parameters
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Shared hyper-parameters of every method (one set, never tuned per method)."""
+
+    transfer_lr: float = 1e-2       # official attention-transfer learning rate
+    lora_lr: float = 1e-3
+    feature_map_lr: float = 1e-2    # feature maps trained by next-token loss (T2R, LoRA only)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    init_window_factor: float = 0.1
+
+
+def _tokens(batches: torch.Tensor) -> int:
+    return int(batches.shape[0] * batches.shape[1] * (batches.shape[2] - 1))
+
+
+def run_stage1(teacher: nn.Module, method: Method, batches: torch.Tensor, config: TrainConfig, seed: int, *,
+               progress: Callable | None = None) -> Linearized:
+    """Build ``method``'s student (feature maps seeded by ``seed``) and, if it has one, run stage 1."""
+    layers = attention_layers(teacher, method, generator=torch.Generator().manual_seed(seed),
+                              init_window_factor=config.init_window_factor)
+    student = linearize(teacher, layers)
+    result = Linearized(method, student, layers)
+    if method.attention_transfer:
+        result.stage1_losses = attention_transfer(teacher, layers, batches, lr=config.transfer_lr, progress=progress)
+        result.stage1_trainable = sum(p.numel() for p in attention_parameters(layers))
+        result.stage1_tokens = _tokens(batches)
+    for p in attention_parameters(layers):
+        p.requires_grad_(False)
+    return result
+
+
+def run_stage2(result: Linearized, batches: torch.Tensor, config: TrainConfig, seed: int, *,
+               progress: Callable | None = None) -> Linearized:
+    """Apply LoRA to q, k, v, o (seeded by ``seed``) and fine-tune by next-token loss, if the method has stage 2."""
+    method = result.method
+    if method.lora:
+        apply_lora(result.model, LORA_TARGETS, config.lora_rank, config.lora_alpha,
+                   generator=torch.Generator().manual_seed(seed + 1))
+        groups = [{"params": lora_parameters(result.model), "lr": config.lora_lr}]
+        if method.finetune_feature_maps:
+            groups.append({"params": attention_parameters(result.layers), "lr": config.feature_map_lr})
+        result.stage2_losses = finetune(result.model, groups, batches, progress=progress, desc=method.name)
+        result.stage2_trainable = sum(p.numel() for g in groups for p in g["params"])
+        result.stage2_tokens = _tokens(batches)
+    for p in result.model.parameters():
+        p.requires_grad_(False)
+    result.total_parameters = sum(p.numel() for p in parameter_set(result.model, result.layers))
+    return result
+
+
+def run_methods(teacher: nn.Module, recipes: dict[str, Method], transfer_batches: torch.Tensor,
+                finetune_batches: torch.Tensor, config: TrainConfig, seed: int, *,
+                progress: Callable | None = None) -> dict[str, Linearized]:
+    """Every recipe from the same seed and data; recipes with the same stage 1 share one run of it."""
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    stage1_cache: dict[tuple[str, int], Linearized] = {}
+    results = {}
+    for name, method in recipes.items():
+        key = method.stage1_key
+        if method.attention_transfer and key in stage1_cache:
+            cached = stage1_cache[key]
+            layers = copy.deepcopy(cached.layers)
+            result = Linearized(method, linearize(teacher, layers), layers, list(cached.stage1_losses),
+                                stage1_trainable=cached.stage1_trainable, stage1_tokens=cached.stage1_tokens)
+        else:
+            result = run_stage1(teacher, method, transfer_batches, config, seed, progress=progress)
+            if method.attention_transfer:
+                stage1_cache[key] = Linearized(method, result.model, copy.deepcopy(result.layers),
+                                               list(result.stage1_losses), stage1_trainable=result.stage1_trainable,
+                                               stage1_tokens=result.stage1_tokens)
+        results[name] = run_stage2(result, finetune_batches, config, seed, progress=progress)
+    return results
+
+
+def perplexity_of(model: nn.Module, batches: torch.Tensor) -> float:
+    """exp(mean next-token cross-entropy) over validation batches."""
+    return math.exp(mean_nll(model, batches))

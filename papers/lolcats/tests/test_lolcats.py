@@ -1,0 +1,132 @@
+"""LoLCATs pipeline on a tiny randomly initialised TinyGPT: exact limits, what each stage trains, bookkeeping."""
+
+import math
+
+import pytest
+import torch
+
+from common.lora import LoRALinear
+from common.tinylm import TinyGPT, TinyGPTConfig
+from papers.lolcats import lolcats as L
+
+CTX = 16
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    model = TinyGPT(TinyGPTConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, context=32)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return L.token_batches(torch.randint(1, 40, (4000,), generator=g), CTX, 2, 6)
+
+
+def test_token_batches_are_consecutive_windows():
+    b = L.token_batches(torch.arange(100), 4, 2, 3)
+    assert b.shape == (3, 2, 5)
+    assert b[0, 0].tolist() == [0, 1, 2, 3, 4] and b[0, 1].tolist() == [5, 6, 7, 8, 9] and b[2, 1, -1] == 29
+    with pytest.raises(ValueError):
+        L.token_batches(torch.arange(10), 4, 2, 3)
+
+
+def test_methods_are_the_issue_recipes():
+    m = L.methods(16)
+    assert set(m) == set(L.METHOD_NAMES)
+    assert m["lolcats"].window == 16 and m["hedgehog"].window == 0 and m["t2r"].feature_map == "t2r_relu"
+    assert not m["t2r"].attention_transfer and m["t2r"].finetune_feature_maps
+    assert m["lolcats"].stage1_key == m["transfer_only"].stage1_key == m["lora_only"].stage1_key
+    assert not m["transfer_only"].lora and not m["lolcats"].finetune_feature_maps
+    with pytest.raises(ValueError):
+        L.methods(0)
+
+
+def test_window_covering_the_context_reproduces_the_teacher(teacher, batches):
+    method = L.Method("wide", "hedgehog", CTX, True, True, False)
+    layers = L.attention_layers(teacher, method, generator=torch.Generator().manual_seed(0))
+    student = L.linearize(teacher, layers)
+    x = batches[0][:, :-1]
+    assert torch.allclose(student(x), teacher(x), atol=1e-5)
+    assert torch.allclose(L.layer_mse(layers, L.teacher_qkv(teacher, x)), torch.zeros(2), atol=1e-10)
+
+
+def test_attention_transfer_trains_only_feature_maps_and_lowers_the_mse(teacher, batches):
+    method = L.methods(4)["lolcats"]
+    before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
+    layers = L.attention_layers(teacher, method, generator=torch.Generator().manual_seed(0))
+    student = L.linearize(teacher, layers)
+    frozen = {k: v.clone() for k, v in student.state_dict().items() if "attn_fn" not in k}
+    mse0 = L.stage_one_mse(teacher, layers, batches[:2])
+    losses = L.attention_transfer(teacher, layers, batches.repeat(3, 1, 1), lr=1e-2)
+    assert len(losses) == 18
+    assert L.stage_one_mse(teacher, layers, batches[:2]).mean() < mse0.mean()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_teacher.items())
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in frozen.items())
+    assert len(L.attention_parameters(layers)) == 2 * 3     # two feature maps and window factors per layer
+
+
+def test_stage2_trains_lora_only_and_starts_at_the_stage1_function(teacher, batches):
+    config = L.TrainConfig()
+    lolcats = L.methods(4)["lolcats"]
+    result = L.run_stage1(teacher, lolcats, batches[:2], config, seed=0)
+    x = batches[0][:, :-1]
+    before = result.model(x)
+    L.run_stage2(result, batches[:0], config, seed=0)          # zero steps: LoRA with B = 0
+    assert torch.allclose(result.model(x), before, atol=1e-6)
+    trained = L.run_stage1(teacher, lolcats, batches[:2], config, seed=0)
+    fmaps = [p.clone() for p in L.attention_parameters(trained.layers)]
+    base = {k: v.clone() for k, v in trained.model.state_dict().items() if "attn_fn" not in k}
+    L.run_stage2(trained, batches[:2], config, seed=0)
+    lora = [m for m in trained.model.modules() if isinstance(m, LoRALinear)]
+    assert len(lora) == 4 * 2 and all(m.lora_B.abs().sum() > 0 for m in lora)
+    assert all(torch.equal(a, b) for a, b in zip(fmaps, L.attention_parameters(trained.layers), strict=True))
+    after = trained.model.state_dict()
+    for key, value in base.items():                           # base weights now live under `.base`
+        name = key.replace("_proj.weight", "_proj.base.weight").replace("_proj.bias", "_proj.base.bias")
+        assert torch.equal(value, after[name if name in after else key])
+
+
+def test_run_methods_bookkeeping_sharing_and_determinism(teacher, batches):
+    config = L.TrainConfig()
+    recipes = L.methods(4)
+    a = L.run_methods(teacher, recipes, batches[:3], batches[:3], config, seed=3)
+    b = L.run_methods(teacher, recipes, batches[:3], batches[:3], config, seed=3)
+    tokens = 3 * 2 * CTX
+    for name in recipes:
+        assert a[name].stage1_losses == b[name].stage1_losses and a[name].stage2_losses == b[name].stage2_losses
+    assert a["lolcats"].stage1_losses == a["transfer_only"].stage1_losses
+    assert a["lolcats"].stage1_tokens == tokens and a["t2r"].stage1_tokens == 0
+    assert a["t2r"].stage2_tokens == a["lolcats"].stage2_tokens == tokens and a["transfer_only"].stage2_tokens == 0
+    lora = 2 * 4 * 8 * (32 + 32)                               # layers · projections · rank · (in + out)
+    assert a["lolcats"].stage2_trainable == lora
+    assert a["t2r"].stage2_trainable > lora                    # LoRA plus the ReLU feature maps
+    assert 0 < a["lolcats"].stage2_fraction < 1
+    x = batches[0][:, :-1]
+    for name in recipes:
+        assert torch.allclose(a[name].model(x), b[name].model(x))
+        assert not any(p.requires_grad for p in a[name].model.parameters())
+
+
+def test_recall_accuracy_and_gap_closed():
+    class Fixed(torch.nn.Module):
+        def forward(self, idx):
+            logits = torch.zeros(*idx.shape, 10)
+            logits[..., 7] = 1.0
+            return logits
+
+    tokens = torch.zeros(4, 6, dtype=torch.long)
+    acc = L.recall_accuracy(Fixed(), tokens, torch.tensor([5, 3, 2, 1]), torch.tensor([7, 7, 1, 7]), batch_size=3)
+    assert acc == 0.75
+    with pytest.raises(ValueError):
+        L.recall_accuracy(Fixed(), tokens, torch.tensor([0, 3, 2, 1]), torch.tensor([7, 7, 1, 7]))
+    assert L.gap_closed(10.0, 20.0, 5.0) == pytest.approx(2 / 3)
+    assert L.gap_closed(20.0, 20.0, 5.0) == 0.0
+    with pytest.raises(ValueError):
+        L.gap_closed(1.0, 5.0, 5.0)
+    assert math.isclose(L.perplexity_of(Fixed(), torch.zeros(1, 2, 5, dtype=torch.long)),
+                        math.exp(-math.log(math.exp(0) / (9 + math.e))), rel_tol=1e-6)
