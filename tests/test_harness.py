@@ -164,7 +164,10 @@ def test_interrupted_run_keeps_previous_results(toy, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "common.harness", "run", "toy", "--papers-root", str(toy),
                              "--results-root", str(tmp_path / "results"), "--no-progress"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Like Ctrl-C in a terminal: a parent that ignores SIGINT (an xdist worker, a
+                            # background shell job) would otherwise hand SIG_IGN down to the child.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list((tmp_path / "results" / "toy").glob(".ci.tmp-*/01_toy/metrics.json")):
         time.sleep(0.2)  # wait until the notebook is midway (it has recorded its metrics)
