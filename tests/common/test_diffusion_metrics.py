@@ -94,3 +94,37 @@ def test_committed_classifier_accuracy_and_noise_floor():
     floor = metrics.noise_floor()
     assert floor["fd_heldout_vs_train"] == pytest.approx(feats.net.manifest["evaluation"]["noise_floor"]["fd_heldout_vs_train"], rel=1e-6)
     assert metrics.fd_to_train(split.x_train) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_standardise_by_reference_statistics():
+    rng = np.random.default_rng(7)
+    ref = rng.normal(3.0, 5.0, size=(400, 4))
+    ref[:, 3] = 2.0  # a constant feature: std 0 is replaced by 1, not a division by zero
+    stats = metrics.feature_stats(ref)
+    z = metrics.standardise_by(ref, stats)
+    assert np.allclose(z.mean(0), 0, atol=1e-12)
+    assert np.allclose(z.std(0)[:3], 1, atol=1e-12) and np.all(z[:, 3] == 0)
+
+
+def test_kid_to_train_is_small_for_real_digits_and_large_for_a_different_set():
+    """KID on train-standardised features: held-out vs train near 0; a visibly different set far above it."""
+    from common.diffusion.data import load_digits_split
+
+    split = load_digits_split()
+    floor = metrics.noise_floor()["kid_heldout_vs_train"]
+    assert abs(floor) < 0.05  # was -1331 on the raw features
+    # two disjoint halves of the train split: the same distribution, KID within noise of 0
+    perm = torch.randperm(len(split.x_train), generator=torch.Generator().manual_seed(0))
+    feats = metrics.DigitsFeatures.load()
+    stats = metrics.train_feature_stats()
+    half_a, half_b = (metrics.standardise_by(feats.features(split.x_train[p]), stats) for p in (perm[:750], perm[750:]))
+    same = metrics.kid(half_a, half_b)
+    assert abs(same) < 0.05
+    # only the digits 0-4: a clearly different distribution
+    different = metrics.kid_to_train(split.x_train[split.y_train < 5])
+    assert different > 0.2 and different > 10 * max(abs(floor), abs(same))
+    # uniform noise: far from digits, and still of order one (no 1e5 blow-up of the cubic kernel)
+    noise = metrics.kid_to_train(torch.rand(300, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    assert different < noise < 100
+    # FD is unchanged by the standardisation (still the raw features)
+    assert metrics.fd_to_train(split.x_heldout) == pytest.approx(4.669152673003282, rel=1e-6)
