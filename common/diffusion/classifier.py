@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.diffusion.data import IMAGE_SIDE, N_CLASSES, load_digits_split
+from common.harness.seeding import seeded_training
 
 CHECKPOINT = "digits_classifier"
 BACKGROUND = -1.0  # pixel value of an empty pixel in [-1, 1] scaling
@@ -103,8 +104,7 @@ def train_classifier(cfg: ClassifierConfig, progress: bool = True) -> Classifier
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError("epochs and batch_size must be positive")
     split = load_digits_split()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = seeded_training(cfg.seed)
     net = DigitsCNN(cfg.channels, cfg.feature_dim)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = split.x_train.shape[0]

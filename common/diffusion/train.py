@@ -9,8 +9,8 @@ Optimiser: AdamW, learning rate with a linear warm-up then cosine decay to 0, gr
 an exponential moving average (EMA) of the weights with decay :math:`\min(0.999, (1+k)/(10+k))` at step k
 (the usual EMA warm-up, so short smoke runs have a meaningful EMA too). The EMA weights are the model.
 
-Everything is drawn from one seeded ``torch.Generator`` (and the initialisation from ``torch.manual_seed``),
-so with one CPU thread the same seed gives bit-identical weights.
+Everything is drawn from one seeded ``torch.Generator`` (and the initialisation from ``torch.manual_seed``), both
+set by :func:`common.harness.seeding.seeded_training`, so with one CPU thread the same seed gives bit-identical weights.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from common.diffusion.data import NULL_LABEL, load_digits_split
 from common.diffusion.model import EpsMLP
 from common.diffusion.schedule import VPSchedule
+from common.harness.seeding import seeded_training
 
 
 @dataclass
@@ -91,8 +92,7 @@ def train_digits_eps(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """Train an EpsMLP on the digits train split; returns the EMA network and the per-step losses."""
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError("steps and batch_size must be positive")
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = seeded_training(cfg.seed)
     split = load_digits_split(cfg.data_random_state)
     schedule = VPSchedule()
     net = EpsMLP(width=cfg.width, n_blocks=cfg.n_blocks, cond_dim=cfg.cond_dim)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from common.harness.seeding import seeded_training
+
 from . import grammar as G
 from .model import TinyGPT, TinyGPTConfig
 
@@ -184,14 +186,12 @@ def train_tinylm(model_config: TinyGPTConfig, cfg: TrainConfig, *, callback=None
     """
     from tqdm.auto import tqdm
 
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    gen = seeded_training(cfg.seed, threads=cfg.threads)
     model = TinyGPT(model_config)
     ctx = model_config.context
     steps = max(1, cfg.n_tokens // (cfg.batch_size * ctx))
     stream = G.corpus_tokens(cfg.corpus_tokens or max(cfg.n_tokens, 4 * ctx), cfg.seed)
     val = G.corpus_tokens(cfg.val_tokens, cfg.seed + VAL_SEED_OFFSET)
-    gen = torch.Generator().manual_seed(cfg.seed)
     opt = make_optimizer(model, cfg)
     history = {"step": [], "tokens": [], "train_loss": [], "val": [], "lr": []}
     start = last_ckpt = time.perf_counter()

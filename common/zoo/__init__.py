@@ -14,10 +14,11 @@ zoo's training notebooks (``common/zoo/notebooks/``, run with ``make zoo MODEL=<
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
+
+from common.harness.io import sha256_file
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
@@ -32,14 +33,6 @@ def _paths(name: str, directory: Path | None) -> tuple[Path, Path]:
         raise ValueError(f"checkpoint name {name!r}: use letters, digits, '-' and '_' only")
     directory = Path(directory) if directory is not None else CHECKPOINT_DIR
     return directory / f"{name}.safetensors", directory / f"{name}.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def available(directory: Path | None = None) -> list[str]:
