@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from common.harness import expressions
 from common.harness import expressions as ex
 
 
@@ -52,3 +53,37 @@ def test_rejects_everything_outside_the_grammar(source):
 def test_syntax_error_is_an_expression_error():
     with pytest.raises(ex.ExpressionError, match="cannot parse"):
         ex.validate("a <")
+
+
+# --- bad input is an ExpressionError, in bounded time -------------------------------------------
+
+@pytest.mark.parametrize("text", ["9**9**9", "10**100000", "2.0**2000", "exp(1000)", "x ** 1e6"])
+def test_overflow_is_an_expression_error(text):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(expressions.ExpressionError, match="overflow"):
+        expressions.validate(text)
+        expressions.evaluate(text, {"x": 10.0})
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("text", ["-" * 3000 + "1", "(" * 500 + "x" + ")" * 500, "x + " * 1200 + "x"])
+def test_pathological_expressions_are_rejected(text):
+    with pytest.raises(expressions.ExpressionError):
+        expressions.validate(text)
+
+
+def test_per_seed_arrays_must_be_reduced():
+    metrics = {"gap": [0.1, 0.3, 0.2], "b": 1.0}
+    assert expressions.evaluate("mean(gap) > 0.19 and min(gap) > 0 and len(gap) == 3", metrics)
+    assert expressions.evaluate("median(gap)", metrics) == pytest.approx(0.2)
+    for text in ("gap > 0", "gap + b", "max(gap, b)", "log(gap)", "mean(b)"):
+        with pytest.raises(expressions.ExpressionError):
+            expressions.evaluate(text, metrics)
+
+
+def test_negative_base_fractional_power_is_nan():
+    import math
+
+    assert math.isnan(expressions.evaluate("x ** 0.5", {"x": -4.0}))

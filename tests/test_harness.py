@@ -141,12 +141,31 @@ def test_claim_on_unrecorded_metric_is_an_error(toy, tmp_path):
 
 def test_not_reproduced_claim_stays_visible_without_failing(toy, tmp_path):
     edit_yaml(toy, lambda d: d["claims"][1].update(
-        check="toy.std > 5", expected_outcome="not_reproduced", explanation="the effect does not appear"))
+        kind="paper", check="toy.std > 5", expected_outcome="not_reproduced", explanation="the effect does not appear"))
     report = run(toy, tmp_path, check_goldens=False)
     assert report.ok, report.summary()
     assert {c.id: c.status for c in report.claims}["std_near_one"] == "not_reproduced"
     stored = read_json(tmp_path / "results" / "toy" / "ci" / "claims.json")
     assert stored["verdict"] == "partial" and stored["score"] == 0.5
+    assert stored["counts"]["paper"]["reproduced"] == 1 and stored["counts"]["paper"]["not_reproduced"] == 1
+
+
+def test_inconclusive_and_sanity_claims_do_not_make_the_verdict(toy, tmp_path):
+    edit_yaml(toy, lambda d: d["claims"][0].update(decisive="toy.std > 5", explanation="cannot decide here"))
+    report = run(toy, tmp_path, check_goldens=False)
+    assert report.ok, report.summary()
+    assert {c.id: c.status for c in report.claims} == {"mean_small": "inconclusive", "std_near_one": "reproduced"}
+    stored = read_json(tmp_path / "results" / "toy" / "ci" / "claims.json")
+    assert stored["verdict"] == "inconclusive" and stored["score"] is None
+    assert stored["claims"]["std_near_one"]["kind"] == "sanity"
+
+
+def test_bad_claim_expression_is_a_clear_error(toy, tmp_path):
+    edit_yaml(toy, lambda d: d["claims"][0].update(check="exp(1000 + toy.mean) > 1"))
+    report = run(toy, tmp_path, check_goldens=False)
+    assert not report.ok
+    # the notebook's show_claims() raises first, naming the paper and the claim
+    assert "ExpressionError: toy: claim mean_small: overflow" in report.summary()
 
 
 def test_network_is_blocked_in_notebooks(tmp_path):
@@ -181,18 +200,52 @@ def test_interrupted_run_keeps_previous_results(toy, tmp_path):
 
 # --- goldens --------------------------------------------------------------------------------------
 
-def test_tolerance_from_seed_spread():
-    spread, atol = goldens.tolerance([1.0, 1.2, 0.8])
-    assert spread == pytest.approx(0.2) and atol == pytest.approx(0.6)
-    assert goldens.tolerance([5.0, 5.0])[1] == pytest.approx(5e-9)
+def test_tolerance_from_seed_spread_hardware_spread_and_floor():
+    t = goldens.tolerance([1.0, 1.2, 0.8])
+    assert t["spread"] == pytest.approx(0.2) and t["atol"] == pytest.approx(0.6)
+    # deterministic metric: the hardware spread, measured under other kernels, sets the tolerance
+    t = goldens.tolerance([2.46e-6, 2.46e-6], variants=[1.93e-6, 1.90e-6])
+    assert t["hardware_spread"] == pytest.approx(0.56e-6)
+    assert t["atol"] == pytest.approx(goldens.HARDWARE_K * 0.56e-6)
+    # no spread at all: the precision floor (float32: 64 ulps relative), integers compare exactly
+    assert goldens.tolerance([5.0, 5.0], [5.0], dtype="float32")["atol"] == pytest.approx(5 * 64 * 2.0 ** -23)
+    assert goldens.tolerance([5.0, 5.0])["atol"] == pytest.approx(5e-6)
+    assert goldens.tolerance([10, 10], [10])["atol"] == 0.0
+    with pytest.raises(goldens.HardwareDependenceError):
+        goldens.tolerance([[1.0, 2.0], [1.0, 2.0]], variants=[[1.0]])
+
+
+def test_log_scale_arrays_and_integers_compare():
+    built = goldens.build(
+        [{"nb": {"err": 2e-6, "per_seed": [1.0, 2.0], "nfe": 10}},
+         {"nb": {"err": 2.1e-6, "per_seed": [1.1, 2.1], "nfe": 10}}],
+        {}, {}, variants={"avx2": {"nb": {"err": 1.5e-6, "per_seed": [1.0, 2.0], "nfe": 10}}},
+        log_factors={"nb": {"err": 3.0}})
+    entries = built["notebooks"]["nb"]
+    assert entries["err"]["compare"] == "log" and entries["err"]["hardware"] == {"avx2": 1.5e-6}
+    assert entries["per_seed"]["seeds"] == [[1.0, 2.0], [1.1, 2.1]]
+    assert goldens.compare_metric("err", 5.9e-6, entries["err"]) is None
+    assert "log scale" in goldens.compare_metric("err", 7e-6, entries["err"])
+    assert goldens.compare_metric("err", 0.0, entries["err"])
+    assert goldens.compare_metric("per_seed", [1.05, 2.05], entries["per_seed"]) is None
+    assert "shape" in goldens.compare_metric("per_seed", [1.0], entries["per_seed"])
+    assert goldens.compare_metric("nfe", 11, entries["nfe"])
+    # a declared factor that the measured kernels already exceed is refused at bless time
+    with pytest.raises(goldens.HardwareDependenceError, match="log_factor"):
+        goldens.build([{"nb": {"err": 2e-6}}], {}, {}, variants={"sse": {"nb": {"err": 9e-6}}},
+                      log_factors={"nb": {"err": 3.0}})
 
 
 def test_bless_then_compare(toy, tmp_path):
-    target = bless("toy", n_seeds=2, papers_root=toy, results_root=tmp_path / "results", progress=False)
+    variants = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "2"}}
+    target = bless("toy", n_seeds=2, papers_root=toy, results_root=tmp_path / "results", progress=False,
+                   variants=variants)
     data = read_json(target)
     assert data["provenance"]["seeds"] == {"01_toy": [0, 1]}
+    assert data["provenance"]["kernel_variants"] == variants
     entry = data["notebooks"]["01_toy"]["toy.mean"]
     assert entry["atol"] > 0 and "toy.wall_s" not in data["notebooks"]["01_toy"]
+    assert len(entry["seeds"]) == 2 and set(entry["hardware"]) == {"avx2"}
     assert data["volatile"] == {"01_toy": ["toy.wall_s"]}  # no golden, but a claim may read it
     assert run(toy, tmp_path).ok
     entry["value"] += 10 * entry["atol"]
@@ -200,6 +253,14 @@ def test_bless_then_compare(toy, tmp_path):
     report = run(toy, tmp_path)
     assert not report.ok
     assert any("toy.mean" in p and "golden" in p for p in report.golden_problems)
+
+
+def test_kernel_environment_reaches_the_notebook_and_provenance(toy, tmp_path):
+    report = run(toy, tmp_path, check_goldens=False, env={"OPENBLAS_CORETYPE": "Haswell"})
+    assert report.ok
+    prov = read_json(report.destination / "provenance.json")
+    assert prov["numeric_env"]["OPENBLAS_CORETYPE"] == "Haswell"
+    assert "OPENBLAS_CORETYPE" not in os.environ or os.environ["OPENBLAS_CORETYPE"] != "Haswell"
 
 
 # --- scaffold and contract ------------------------------------------------------------------------
@@ -223,7 +284,7 @@ def test_contract_accepts_claims_on_volatile_metrics(tmp_path):
     golden.write_text(json.dumps(data))
     paper = root / "demo" / "paper.yaml"
     spec_data = yaml.safe_load(paper.read_text())
-    spec_data["claims"].append({"id": "fast", "statement": "Fast enough.", "source": "Sec. 1",
+    spec_data["claims"].append({"id": "fast", "kind": "paper", "statement": "Fast enough.", "source": "Sec. 1",
                                 "check": "mc.wall_s < 100", "profiles": ["ci"]})
     paper.write_text(yaml.safe_dump(spec_data))
     assert contract.problems("demo", root) == []
@@ -253,11 +314,17 @@ def test_record_validates_names_and_values(monkeypatch):
     monkeypatch.delenv("REPRO_RUN_DIR", raising=False)
     with pytest.raises(ValueError, match="dot-separated"):
         recording.record("bad name", 1.0)
-    with pytest.raises(TypeError, match="number or a bool"):
+    with pytest.raises(TypeError, match="a number, a bool or a 1-D sequence"):
         recording.record("ok.name", "text")
     import numpy as np
 
     assert recording.record("ok.name", np.float32(0.5)) == 0.5
+    assert recording._dtypes["ok.name"] == "float32"
+    assert recording.record("ok.seeds", np.array([1.0, 2.0])) == [1.0, 2.0]
+    with pytest.raises(ValueError, match="1-D"):
+        recording.record("ok.matrix", np.ones((2, 2)))
+    with pytest.raises(ValueError, match="log_factor"):
+        recording.record("ok.err", 1e-6, log_factor=0.5)
     assert recording.record("ok.name", 2) == 2  # re-recording is allowed interactively
 
 

@@ -56,6 +56,13 @@ def test_invalid_yaml(tmp_path):
     (lambda d: d["claims"][0].update(expected_outcome="not_reproduced"), "needs an explanation"),
     (lambda d: d["claims"][1].update(id="mean_small"), "duplicate claim id"),
     (lambda d: d["claims"][0].update(weight=0), "weight must be a positive number"),
+    (lambda d: d["claims"][0].pop("kind"), "missing required field 'kind'"),
+    (lambda d: d["claims"][0].update(kind="theorem"), "kind must be one of"),
+    (lambda d: d["claims"][0].update(decisive="toy.std > 0.5"), "needs an explanation"),
+    (lambda d: d["claims"][0].update(decisive="1 < 2", explanation="x"), "decisive .* names no metric"),
+    (lambda d: d["claims"][0].update(check="toy.mean < 2.0 ** 2000"), "overflow"),
+    (lambda d: d["claims"][0].update(check="toy.mean < 9 ** 9 ** 9"), "overflow"),
+    (lambda d: d["claims"][0].update(value="10 ** 100000 + toy.mean"), "value: overflow"),
 ])
 def test_malformed_fields_are_named(tmp_path, mutate, message):
     root = write_toy(tmp_path, mutate)

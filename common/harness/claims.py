@@ -1,10 +1,18 @@
 """Evaluating a paper's claims against the metrics a run recorded.
 
+Every claim has a ``kind`` (see :data:`common.harness.spec.CLAIM_KINDS`): ``paper`` (a claim the
+paper makes), ``sanity`` (true by construction or by a theorem) or ``peer`` (agreement with a peer
+library). Only ``paper`` claims make a paper's verdict and score; the other kinds are checked the same
+way and shown separately, so an identity can never pass for a reproduced result.
+
 Status of a claim at a profile:
 
 - ``reproduced``: the check holds;
 - ``not_reproduced``: the check fails and the claim is marked ``expected_outcome:
   not_reproduced`` in paper.yaml (an honest negative result, stays visible);
+- ``inconclusive``: the claim's ``decisive`` expression is false: this experiment cannot decide the
+  claim (the teacher cannot do the task, the effect is inside the seed noise, the baseline is at
+  chance). The check is still computed and shown, but weighs nothing in the verdict;
 - ``failed``: the check fails (or its metrics were never recorded) although the
   claim is expected to hold; this fails the run;
 - ``pending``: not evaluated (no run at this profile yet).
@@ -20,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import expressions
-from .spec import Claim, PaperSpec
+from .spec import CLAIM_KINDS, CLAIM_STATUSES, Claim, PaperSpec
 
 
 @dataclass
@@ -32,6 +40,8 @@ class ClaimResult:
     metrics: dict
     message: str = ""
     weight: float = 1.0
+    kind: str = "paper"
+    holds: bool | None = None  # the check's own truth value (also for inconclusive claims)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -40,6 +50,11 @@ class ClaimResult:
     def must_hold_but_failed(self) -> bool:
         return self.status == "failed"
 
+    @property
+    def counts(self) -> bool:
+        """Counts in the verdict: a paper claim the experiment could decide."""
+        return self.kind == "paper" and self.status != "inconclusive"
+
 
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
@@ -47,28 +62,39 @@ def _clean(value):
     return value
 
 
+def _truth(value) -> bool:
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return bool(value)
+
+
 def evaluate_claim(claim: Claim, metrics: dict) -> ClaimResult:
+    """The status of one claim; raises :class:`expressions.ExpressionError` naming the claim."""
     used = {name: metrics[name] for name in claim.metrics if name in metrics}
+
+    def result(status, value=None, message="", holds=None):
+        return ClaimResult(claim.id, status, value, claim.paper_value, used, message, claim.weight, claim.kind, holds)
+
     try:
-        holds = expressions.evaluate(claim.check, metrics)
-    except expressions.MissingMetricError as exc:
-        return ClaimResult(claim.id, "failed", None, claim.paper_value, used, str(exc), claim.weight)
-    value = None
-    if claim.value:
         try:
-            value = _clean(expressions.evaluate(claim.value, metrics))
+            holds = _truth(expressions.evaluate(claim.check, metrics))
+            value = _clean(expressions.evaluate(claim.value, metrics)) if claim.value else None
+            decisive = _truth(expressions.evaluate(claim.decisive, metrics)) if claim.decisive else True
         except expressions.MissingMetricError as exc:
-            return ClaimResult(claim.id, "failed", None, claim.paper_value, used, f"value: {exc}", claim.weight)
-    if isinstance(holds, float) and math.isnan(holds):
-        holds = False
+            return result("failed", message=str(exc))
+    except expressions.ExpressionError as exc:
+        raise expressions.ExpressionError(f"claim {claim.id}: {exc}") from None
+    if not decisive:
+        return result("inconclusive", value, f"the experiment cannot decide ({claim.decisive} is false): "
+                      f"{claim.explanation}", holds)
     if holds:
         message = ""
         if claim.expected_outcome == "not_reproduced":
             message = "marked not_reproduced in paper.yaml but the check now holds: update the claim"
-        return ClaimResult(claim.id, "reproduced", value, claim.paper_value, used, message, claim.weight)
+        return result("reproduced", value, message, holds)
     if claim.expected_outcome == "not_reproduced":
-        return ClaimResult(claim.id, "not_reproduced", value, claim.paper_value, used, claim.explanation, claim.weight)
-    return ClaimResult(claim.id, "failed", value, claim.paper_value, used, f"check does not hold: {claim.check}", claim.weight)
+        return result("not_reproduced", value, claim.explanation, holds)
+    return result("failed", value, f"check does not hold: {claim.check}", holds)
 
 
 def evaluate_claims(spec: PaperSpec, profile: str, metrics: dict, *, only_recorded: bool = False) -> list[ClaimResult]:
@@ -82,23 +108,39 @@ def evaluate_claims(spec: PaperSpec, profile: str, metrics: dict, *, only_record
     for claim in spec.claims_for(profile):
         if only_recorded and not all(name in metrics for name in claim.metrics):
             continue
-        results.append(evaluate_claim(claim, metrics))
+        try:
+            results.append(evaluate_claim(claim, metrics))
+        except expressions.ExpressionError as exc:
+            raise expressions.ExpressionError(f"{spec.slug}: {exc}") from None
     return results
 
 
 def score(results: list[ClaimResult]) -> float | None:
-    """Weighted fraction of claims reproduced (None when there are none)."""
-    total = sum(r.weight for r in results)
+    """Weighted fraction of the decidable ``paper`` claims that reproduced (None when there are none)."""
+    counted = [r for r in results if r.counts]
+    total = sum(r.weight for r in counted)
     if not total:
         return None
-    return sum(r.weight for r in results if r.status == "reproduced") / total
+    return sum(r.weight for r in counted if r.status == "reproduced") / total
 
 
 def verdict(results: list[ClaimResult]) -> str:
-    """``Re`` (all reproduced), ``partial``, ``not-Re`` (none) or ``pending`` (no claims evaluated)."""
-    value = score(results)
-    if value is None or any(r.status == "pending" for r in results):
+    """From the ``paper`` claims only: ``Re`` (all decidable ones reproduced), ``partial``, ``not-Re``
+    (none), ``inconclusive`` (no paper claim could be decided) or ``pending`` (not evaluated)."""
+    papers = [r for r in results if r.kind == "paper"]
+    if not papers or any(r.status == "pending" for r in papers):
         return "pending"
+    value = score(papers)
+    if value is None:
+        return "inconclusive"
     if value >= 1.0:
         return "Re"
     return "partial" if value > 0 else "not-Re"
+
+
+def counts(results: list[ClaimResult]) -> dict:
+    """``{kind: {status: number}}`` for every kind and status (zeros included, for stable tables)."""
+    table = {kind: {status: 0 for status in CLAIM_STATUSES} for kind in CLAIM_KINDS}
+    for r in results:
+        table[r.kind][r.status] += 1
+    return table

@@ -9,7 +9,10 @@ Grammar (a subset of Python's expression syntax, parsed with :mod:`ast` and walk
 here; nothing is ever passed to ``eval``): numbers, ``True``/``False``, dotted metric
 names, unary ``+ - not``, binary ``+ - * / ** %``, comparisons (chained allowed),
 ``and``/``or``, parentheses, and the functions ``min``, ``max``, ``abs``, ``log``,
-``log10``, ``sqrt``, ``exp``. Metric names are identifiers joined by dots; a name part
+``log10``, ``sqrt``, ``exp``. A metric may be a per-seed array (a list recorded by the
+notebook); it must be reduced by ``min``, ``max``, ``mean``, ``median`` or ``len`` before
+arithmetic. Powers are computed in floating point, so every expression is evaluated in
+bounded time; an overflow raises :class:`ExpressionError`. Metric names are identifiers joined by dots; a name part
 may not start with a digit (write ``T1000``, not ``1000``).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import statistics
 from collections.abc import Mapping
 
 _BINARY = {
@@ -40,6 +44,9 @@ _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_
 FUNCTIONS = {
     "min": min,
     "max": max,
+    "mean": statistics.fmean,
+    "median": statistics.median,
+    "len": len,
     "abs": abs,
     "log": math.log,
     "log10": math.log10,
@@ -66,10 +73,14 @@ class MissingMetricError(KeyError):
 def _parse(expression: str) -> ast.Expression:
     if not isinstance(expression, str) or not expression.strip():
         raise ExpressionError("a check must be a non-empty string")
+    if len(expression) > MAX_LENGTH:
+        raise ExpressionError(f"a check may have at most {MAX_LENGTH} characters, got {len(expression)}")
     try:
         return ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"cannot parse check {expression!r}: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ExpressionError(f"cannot parse check {expression[:80]!r}: {type(exc).__name__}: {exc}") from None
 
 
 def _dotted_name(node: ast.AST) -> str | None:
@@ -107,8 +118,16 @@ def metric_names(expression: str) -> list[str]:
 
 
 def validate(expression: str) -> None:
-    """Raise :class:`ExpressionError` unless the expression is inside the grammar."""
-    _walk(_parse(expression).body, metrics=None)
+    """Raise :class:`ExpressionError` unless the expression is inside the grammar (constant
+    sub-expressions are computed, so an overflow such as ``2.0 ** 2000`` is caught here)."""
+    _guarded(_parse(expression).body, None, expression)
+
+
+def _guarded(body: ast.AST, metrics, expression: str):
+    try:
+        return _walk(body, metrics)
+    except RecursionError:
+        raise ExpressionError(f"check {expression[:80]!r} is nested too deeply") from None
 
 
 def evaluate(expression: str, metrics: Mapping[str, float]):
@@ -119,11 +138,48 @@ def evaluate(expression: str, metrics: Mapping[str, float]):
     missing = [name for name in metric_names(expression) if name not in metrics]
     if missing:
         raise MissingMetricError(missing)
-    return _walk(_parse(expression).body, metrics)
+    return _guarded(_parse(expression).body, metrics, expression)
+
+
+class _Unknown:
+    """A metric's value while validating (no metrics yet): operations on it stay unknown."""
+
+    def __repr__(self) -> str:
+        return "<metric>"
+
+
+_UNKNOWN = _Unknown()
+MAX_LENGTH = 4000
+ARRAY_FUNCTIONS = ("min", "max", "mean", "median", "len")
+
+
+def _reject_array(value, node: ast.AST):
+    if isinstance(value, (list, tuple)):
+        raise ExpressionError(
+            f"{ast.unparse(node)!r} is a per-seed array; reduce it first with one of {list(ARRAY_FUNCTIONS)}")
+    return value
+
+
+def _arith(func, *args):
+    """Apply an arithmetic operator in bounded time: powers are taken in floating point."""
+    if any(a is _UNKNOWN for a in args):
+        return _UNKNOWN
+    try:
+        if func is operator.pow:
+            base, exponent = (float(a) for a in args)
+            return math.pow(base, exponent)
+        return func(*args)
+    except ZeroDivisionError:
+        return math.nan
+    except OverflowError:
+        raise ExpressionError(f"overflow computing {func.__name__}{tuple(args)!r}") from None
+    except ValueError:  # math domain error, e.g. a negative number to a fractional power
+        return math.nan
 
 
 def _walk(node: ast.AST, metrics: Mapping[str, float] | None):
-    checking = metrics is None
+    """Evaluate ``node``; with ``metrics=None`` only validate (metric names are unknown values,
+    constant sub-expressions are still computed, so ``2.0 ** 2000`` fails when the claim is loaded)."""
     if isinstance(node, ast.Constant):
         if isinstance(node.value, (bool, int, float)):
             return node.value
@@ -134,29 +190,28 @@ def _walk(node: ast.AST, metrics: Mapping[str, float] | None):
             raise ExpressionError("attributes are only allowed inside dotted metric names")
         if name in FUNCTIONS:
             raise ExpressionError(f"{name} is a function; call it with parentheses")
-        return 0.0 if checking else metrics[name]
+        if name in ("True", "False"):
+            return name == "True"
+        return _UNKNOWN if metrics is None else metrics[name]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _walk(node.left, metrics), _walk(node.right, metrics)
-        if checking:
-            return 0.0
-        try:
-            return _BINARY[type(node.op)](left, right)
-        except ZeroDivisionError:
-            return math.nan
+        left = _reject_array(_walk(node.left, metrics), node.left)
+        right = _reject_array(_walk(node.right, metrics), node.right)
+        return _arith(_BINARY[type(node.op)], left, right)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        value = _walk(node.operand, metrics)
-        return 0.0 if checking else _UNARY[type(node.op)](value)
+        value = _reject_array(_walk(node.operand, metrics), node.operand)
+        return _arith(_UNARY[type(node.op)], value)
     if isinstance(node, ast.BoolOp):
-        values = [_walk(v, metrics) for v in node.values]
-        if checking:
-            return True
+        values = [_reject_array(_walk(v, metrics), v) for v in node.values]
+        if any(v is _UNKNOWN for v in values):
+            return _UNKNOWN
         return all(values) if isinstance(node.op, ast.And) else any(values)
     if isinstance(node, ast.Compare):
         if not all(type(op) in _COMPARE for op in node.ops):
             raise ExpressionError("only < <= > >= == != comparisons are allowed")
-        values = [_walk(node.left, metrics)] + [_walk(c, metrics) for c in node.comparators]
-        if checking:
-            return True
+        operands = [node.left, *node.comparators]
+        values = [_reject_array(_walk(n, metrics), n) for n in operands]
+        if any(v is _UNKNOWN for v in values):
+            return _UNKNOWN
         return all(_COMPARE[type(op)](a, b) for op, a, b in zip(node.ops, values, values[1:], strict=False))
     if isinstance(node, ast.Call):
         name = node.func.id if isinstance(node.func, ast.Name) else None
@@ -165,10 +220,23 @@ def _walk(node: ast.AST, metrics: Mapping[str, float] | None):
         if node.keywords or not node.args:
             raise ExpressionError(f"{name}() takes positional arguments only")
         args = [_walk(a, metrics) for a in node.args]
-        if checking:
-            return 0.0
+        arrays = [a for a in args if isinstance(a, (list, tuple))]
+        if arrays:
+            if name not in ARRAY_FUNCTIONS or len(args) != 1:
+                raise ExpressionError(f"{name}() cannot take a per-seed array; array reductions: {list(ARRAY_FUNCTIONS)} "
+                                      "with the array as their only argument")
+            values = [math.nan if v is None else v for v in args[0]]
+            if not values:
+                return math.nan
+            return FUNCTIONS[name](values)
+        if name in ("mean", "median", "len") and (len(args) != 1 or args[0] is not _UNKNOWN):
+            raise ExpressionError(f"{name}() takes one per-seed array")
+        if any(a is _UNKNOWN for a in args):
+            return _UNKNOWN
         try:
             return FUNCTIONS[name](*args)
-        except (ValueError, OverflowError):
+        except OverflowError:
+            raise ExpressionError(f"overflow computing {name}{tuple(args)!r}") from None
+        except (ValueError, TypeError):
             return math.nan
     raise ExpressionError(f"{type(node).__name__} is not allowed in a check ({ast.unparse(node)!r})")

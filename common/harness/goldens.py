@@ -1,10 +1,28 @@
-"""Goldens: the expected metrics of a paper's ci run, with tolerances from the seed spread.
+"""Goldens: the expected metrics of a paper's ci run, with tolerances that hold on any machine.
 
-``expected/ci.json`` holds, per notebook and metric, the value at the ci profile's
-own seed and an absolute tolerance ``atol = max(3 * spread, floor)`` where ``spread``
-is the standard deviation of the metric over ``len(seeds)`` runs with different
-seeds. A code change that alters a metric by less than the seed-to-seed noise passes;
-a real regression fails. ``make bless`` rewrites the file with provenance.
+``expected/ci.json`` holds, per notebook and metric, the value of the canonical ci run and an
+absolute tolerance built from three measured or declared sources, all recorded beside it so a
+reader sees why a tolerance is what it is::
+
+    atol = max(SIGMAS × seed spread, HARDWARE_K × hardware spread, floor)
+
+- **seed spread**: standard deviation over ``n_seeds`` runs with the notebooks' ``seed`` shifted
+  (the per-seed values are kept under ``seeds``);
+- **hardware spread**: the largest deviation from the canonical value when the canonical seed is
+  re-run under other numeric kernels that one machine can emulate (:data:`KERNEL_VARIANTS`: torch's
+  ``ATEN_CPU_CAPABILITY``, MKL's ``MKL_ENABLE_INSTRUCTIONS`` (MKL dispatches differently on AMD and
+  Intel), oneDNN's ``DNNL_MAX_CPU_ISA``, OpenBLAS's ``OPENBLAS_CORETYPE`` and another thread count);
+  the values are kept under ``hardware``;
+- **floor**: from the metric's precision, ``REL_FLOOR[dtype] × |value|`` (float32 when the notebook
+  recorded a float32 scalar, otherwise the conservative default), or exact for integers.
+
+A metric that measures rounding itself (a round-trip error near machine precision) is declared by
+its notebook with ``record(name, value, log_factor=F)`` and compared on a log scale instead:
+``max(value / golden, golden / value) <= F``. Booleans compare exactly. A per-seed array compares
+element by element with one tolerance (the largest over its elements).
+
+A code change that moves a metric by less than the noise between seeds and machines passes; a real
+regression fails. ``make bless`` rewrites the file with provenance.
 """
 
 from __future__ import annotations
@@ -13,25 +31,114 @@ import math
 import statistics
 
 SIGMAS = 3.0
-RELATIVE_FLOOR = 1e-9
+HARDWARE_K = 3.0
+# relative floors by the precision a metric was computed in: 64 ulps of float32 where the notebook
+# recorded a float32 scalar; 1e-6 otherwise (most metrics come from float32 networks through float64
+# reductions, and CPUs differ by a few float32 ulps); 16 ulps for bfloat16/float16
+REL_FLOOR = {"float16": 16 * 2.0 ** -10, "bfloat16": 16 * 2.0 ** -7, "float32": 64 * 2.0 ** -23, "default": 1e-6}
 ABSOLUTE_FLOOR = 1e-12
 
+# The numeric kernels `make bless` emulates on one machine (each: environment of the kernel).
+KERNEL_VARIANTS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
+             "OPENBLAS_CORETYPE": "Haswell", "OMP_NUM_THREADS": "2"},
+    "sse": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "DNNL_MAX_CPU_ISA": "SSE41",
+            "OPENBLAS_CORETYPE": "Nehalem", "OMP_NUM_THREADS": "1"},
+}
+# The environment variables that select numeric kernels (recorded in provenance).
+NUMERIC_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "OPENBLAS_CORETYPE",
+               "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
-def tolerance(values: list) -> tuple[float, float]:
-    """(spread, atol) for a metric observed at several seeds."""
-    numbers = [float(v) for v in values if v is not None and not isinstance(v, bool)]
-    numbers = [v for v in numbers if math.isfinite(v)]
-    spread = statistics.stdev(numbers) if len(numbers) >= 2 else 0.0
-    scale = max((abs(v) for v in numbers), default=0.0)
-    return spread, max(SIGMAS * spread, RELATIVE_FLOOR * scale, ABSOLUTE_FLOOR)
+RULE = (f"atol = max({SIGMAS:g} x stdev over seeds, {HARDWARE_K:g} x max |kernel variant - canonical|, "
+        f"floor = REL_FLOOR[dtype] x |value| (exact for integers)); metrics recorded with log_factor=F "
+        f"compare as max(v/g, g/v) <= F")
 
 
-def build(per_seed_metrics: list[dict], volatile: dict, provenance: dict) -> dict:
-    """Goldens from ``per_seed_metrics[k][notebook][name]``; entry 0 is the ci seed."""
+def _numbers(values) -> list[float]:
+    out = []
+    for v in values:
+        if v is None or isinstance(v, bool):
+            continue
+        v = float(v)
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _elements(value) -> list:
+    return list(value) if _is_array(value) else [value]
+
+
+def seed_spread(values: list) -> float:
+    """Largest standard deviation over seeds (element-wise for arrays; arrays of unequal length: 0)."""
+    runs = [_elements(v) for v in values if v is not None]
+    if len(runs) < 2 or len({len(r) for r in runs}) != 1:
+        return 0.0
+    spreads = []
+    for column in zip(*runs, strict=True):
+        numbers = _numbers(column)
+        spreads.append(statistics.stdev(numbers) if len(numbers) >= 2 else 0.0)
+    return max(spreads, default=0.0)
+
+
+class HardwareDependenceError(ValueError):
+    """A metric changes shape, or becomes NaN, under another numeric kernel: no tolerance can cover that."""
+
+
+def hardware_spread(canonical, variants: list) -> float:
+    """Largest |variant - canonical| over kernel variants (element-wise for arrays)."""
+    base = _elements(canonical)
+    worst = 0.0
+    for other in variants:
+        other = _elements(other)
+        if len(other) != len(base):
+            raise HardwareDependenceError(f"{len(base)} values on the canonical kernels, {len(other)} on another")
+        for a, b in zip(base, other, strict=True):
+            if a is None or b is None:
+                if a is not b:
+                    raise HardwareDependenceError(f"NaN on one kernel only ({a!r} vs {b!r})")
+                continue
+            if math.isfinite(float(a)) and math.isfinite(float(b)):
+                worst = max(worst, abs(float(a) - float(b)))
+    return worst
+
+
+def floor(value, dtype: str | None = None) -> float:
+    """The tolerance floor from the metric's precision (0 for integers: they compare exactly)."""
+    elements = [v for v in _elements(value) if v is not None]
+    if elements and all(isinstance(v, int) and not isinstance(v, bool) for v in elements):
+        return 0.0
+    scale = max((abs(v) for v in _numbers(elements)), default=0.0)
+    return max(REL_FLOOR.get(dtype or "default", REL_FLOOR["default"]) * scale, ABSOLUTE_FLOOR)
+
+
+def tolerance(values: list, variants: list | None = None, dtype: str | None = None) -> dict:
+    """The golden entry's tolerance fields for a metric: ``values[0]`` is the canonical seed."""
+    seeds = seed_spread(values)
+    hardware = hardware_spread(values[0], variants or [])
+    low = floor(values[0], dtype)
+    return {"spread": seeds, "hardware_spread": hardware, "floor": low,
+            "atol": max(SIGMAS * seeds, HARDWARE_K * hardware, low)}
+
+
+def build(per_seed_metrics: list[dict], volatile: dict, provenance: dict, *, variants: dict | None = None,
+          log_factors: dict | None = None, dtypes: dict | None = None) -> dict:
+    """Goldens from ``per_seed_metrics[k][notebook][name]`` (entry 0 is the canonical ci seed) and the
+    canonical seed's metrics under each kernel variant, ``variants[variant][notebook][name]``.
+
+    ``log_factors[notebook][name]`` and ``dtypes[notebook][name]`` are what the notebooks declared.
+    """
     base = per_seed_metrics[0]
+    variants = variants or {}
     notebooks = {}
     for notebook, metrics in base.items():
         entries = {}
+        factors = (log_factors or {}).get(notebook, {})
+        kinds = (dtypes or {}).get(notebook, {})
         for name, value in metrics.items():
             if name in volatile.get(notebook, ()):
                 continue
@@ -39,12 +146,72 @@ def build(per_seed_metrics: list[dict], volatile: dict, provenance: dict) -> dic
                 entries[name] = {"value": value}
                 continue
             values = [run.get(notebook, {}).get(name) for run in per_seed_metrics]
-            spread, atol = tolerance(values)
-            entries[name] = {"value": value, "spread": spread, "atol": atol}
+            other = {v: run.get(notebook, {}).get(name) for v, run in variants.items()}
+            entry = {"value": value, "seeds": values, "hardware": other}
+            if name in factors:
+                # rounding-level metric: compared on a log scale; its spreads are shown, not used
+                entry.update({"compare": "log", "factor": float(factors[name])})
+                outside = [v for v, x in other.items() if compare_metric(name, x, entry)]
+                if outside:
+                    raise HardwareDependenceError(
+                        f"{notebook}: {name}: the kernel variant(s) {outside} differ by more than the declared "
+                        f"log_factor {factors[name]:g} ({_fmt(value)} vs {_fmt([other[v] for v in outside])})")
+            else:
+                try:
+                    entry.update(tolerance(values, list(other.values()), kinds.get(name)))
+                except HardwareDependenceError as exc:
+                    raise HardwareDependenceError(f"{notebook}: {name}: {exc}") from None
+                if kinds.get(name):
+                    entry["dtype"] = kinds[name]
+            entries[name] = entry
         notebooks[notebook] = entries
     # volatile metrics (wall times) get no golden, but their names are kept: claims may read them
     volatile_names = {notebook: sorted(volatile.get(notebook, ())) for notebook in base}
-    return {"provenance": provenance, "notebooks": notebooks, "volatile": volatile_names}
+    return {"provenance": provenance, "rule": RULE, "notebooks": notebooks, "volatile": volatile_names}
+
+
+def _log_close(value, target, factor: float) -> bool:
+    if value == target:
+        return True
+    if value is None or target is None:
+        return False
+    value, target = float(value), float(target)
+    if not (math.isfinite(value) and math.isfinite(target)) or value <= 0 or target <= 0:
+        return False
+    return max(value / target, target / value) <= factor
+
+
+def _close(value, target, atol: float) -> bool:
+    if value is None or target is None:
+        return value is target
+    return math.isclose(float(value), float(target), rel_tol=0.0, abs_tol=atol)
+
+
+def _fmt(value) -> str:
+    if _is_array(value):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return f"{value:.6g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+
+
+def compare_metric(name: str, value, entry: dict) -> str | None:
+    """A problem description when ``value`` does not match the golden ``entry`` (None = match)."""
+    target = entry["value"]
+    if isinstance(target, bool) or isinstance(value, bool):
+        return None if value == target else f"{name} = {value!r}, golden {target!r}"
+    got, want = _elements(value), _elements(target)
+    if _is_array(value) != _is_array(target) or len(got) != len(want):
+        return f"{name} = {_fmt(value)}, golden {_fmt(target)} (shape differs)"
+    if entry.get("compare") == "log":
+        factor = entry["factor"]
+        if all(_log_close(v, t, factor) for v, t in zip(got, want, strict=True)):
+            return None
+        return f"{name} = {_fmt(value)}, golden {_fmt(target)} (log scale: within a factor {factor:g} required)"
+    atol = entry["atol"]
+    if all(_close(v, t, atol) for v, t in zip(got, want, strict=True)):
+        return None
+    return (f"{name} = {_fmt(value)}, golden {_fmt(target)} ± {atol:.3g} (3 × seed spread "
+            f"{SIGMAS * entry.get('spread', 0):.3g}, {HARDWARE_K:g} × hardware spread "
+            f"{HARDWARE_K * entry.get('hardware_spread', 0):.3g}, floor {entry.get('floor', 0):.3g})")
 
 
 def compare(goldens: dict, metrics: dict, volatile: dict) -> list[str]:
@@ -66,14 +233,7 @@ def compare(goldens: dict, metrics: dict, volatile: dict) -> list[str]:
             if name not in got:
                 problems.append(f"{notebook}: metric {name} has a golden but was not recorded")
                 continue
-            value, target = got[name], entry["value"]
-            if isinstance(target, bool) or isinstance(value, bool) or target is None or value is None:
-                if value != target:
-                    problems.append(f"{notebook}: {name} = {value!r}, golden {target!r}")
-                continue
-            if not math.isclose(value, target, rel_tol=0.0, abs_tol=entry["atol"]):
-                problems.append(
-                    f"{notebook}: {name} = {value:.6g}, golden {target:.6g} ± {entry['atol']:.3g} "
-                    f"(3 × seed spread {entry.get('spread', 0):.3g})"
-                )
+            problem = compare_metric(name, got[name], entry)
+            if problem:
+                problems.append(f"{notebook}: {problem}")
     return problems

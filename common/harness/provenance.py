@@ -98,6 +98,13 @@ def git_state(root: Path = REPO_ROOT) -> dict:
     return {"commit": commit, "dirty": bool(status)}
 
 
+def numeric_env() -> dict:
+    """The environment variables that select numeric kernels (torch, MKL, oneDNN, OpenBLAS, threads)."""
+    from .goldens import NUMERIC_ENV
+
+    return {name: os.environ.get(name) for name in NUMERIC_ENV}
+
+
 def versions() -> dict:
     found = {"python": platform.python_version()}
     for name in VERSIONED_PACKAGES:

@@ -26,14 +26,23 @@ from .io import atomic_write_bytes, atomic_write_json, sha256_bytes
 METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 SCRAP_MIME = "application/scrapbook.scrap.json+json"
 
-_metrics: dict[str, float | int | bool] = {}
+_metrics: dict[str, float | int | bool | list] = {}
 _volatile: set[str] = set()
+_log_factors: dict[str, float] = {}
+_dtypes: dict[str, str] = {}
 _figures: dict[str, dict] = {}
+_LOW_PRECISION = ("float32", "float16", "bfloat16")
 
 
 def recorded() -> dict:
     """A copy of the metrics recorded so far in this kernel."""
     return dict(_metrics)
+
+
+def _dtype_of(value) -> str | None:
+    """``float32``/``float16``/``bfloat16`` when the value is a NumPy or torch scalar/array of that type."""
+    dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
+    return dtype if dtype in _LOW_PRECISION else None
 
 
 def _as_scalar(name: str, value):
@@ -47,28 +56,58 @@ def _as_scalar(name: str, value):
         except (TypeError, ValueError, RuntimeError):
             pass
     if not isinstance(value, (bool, int, float)):
-        raise TypeError(f"record({name!r}, ...): a metric must be a number or a bool, got {type(value).__name__}")
+        raise TypeError(f"record({name!r}, ...): a metric must be a number, a bool or a 1-D sequence of numbers "
+                        f"(per-seed values), got {type(value).__name__}")
     if isinstance(value, float) and math.isinf(value):
         raise ValueError(f"record({name!r}, ...): infinite value")
     return value
 
 
-def record(name: str, value, *, volatile: bool = False):
+def _as_metric(name: str, value):
+    """A scalar, or a list of scalars for a 1-D sequence (per-seed values)."""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "shape") and len(getattr(value, "shape", ())) == 1):
+        items = value.tolist() if hasattr(value, "tolist") else list(value)
+        if not items:
+            raise ValueError(f"record({name!r}, ...): an empty sequence")
+        out = [_as_scalar(name, v) for v in items]
+        if any(isinstance(v, bool) for v in out):
+            raise TypeError(f"record({name!r}, ...): a sequence must hold numbers, not booleans")
+        return out
+    if hasattr(value, "shape") and len(getattr(value, "shape", ())) > 1:
+        raise ValueError(f"record({name!r}, ...): only scalars and 1-D sequences are metrics, got shape {value.shape}")
+    return _as_scalar(name, value)
+
+
+def record(name: str, value, *, volatile: bool = False, log_factor: float | None = None):
     """Record metric ``name`` = ``value`` for this run and return the value.
+
+    ``value`` is a number, a bool, or a 1-D sequence of numbers (per-seed values, so that claims can be
+    decided across seeds: see :mod:`common.stats`).
 
     ``volatile=True`` marks metrics that legitimately change from run to run (wall
     times): they are stored and usable in claims but never compared with goldens.
+    ``log_factor=F`` marks a metric that measures rounding itself (a round-trip error near machine
+    precision): its golden is compared on a log scale, within a factor ``F`` (> 1), because other CPUs'
+    kernels move it by tens of percent.
     A name may be recorded once per run; in an interactive session re-recording
     overwrites, so cells can be re-run.
     """
     if not isinstance(name, str) or not METRIC_NAME_RE.match(name):
         raise ValueError(f"metric name {name!r} must be dot-separated identifiers, e.g. 'soug.T1000.svarm.mse'")
-    value = _as_scalar(name, value)
+    if log_factor is not None and (isinstance(log_factor, bool) or not isinstance(log_factor, (int, float))
+                                   or not log_factor > 1):
+        raise ValueError(f"record({name!r}, ...): log_factor must be a number > 1, got {log_factor!r}")
+    dtype = _dtype_of(value)
+    value = _as_metric(name, value)
     if context.run_dir() is not None and name in _metrics:
         raise ValueError(f"metric {name!r} was already recorded in this run")
     _metrics[name] = value
     if volatile:
         _volatile.add(name)
+    if log_factor is not None:
+        _log_factors[name] = float(log_factor)
+    if dtype is not None:
+        _dtypes[name] = dtype
     _flush()
     _emit_scrap(name, value)
     return value
@@ -88,9 +127,15 @@ def _emit_scrap(name: str, value) -> None:
         return
     if get_ipython() is None:
         return
-    payload = {"name": name, "data": None if isinstance(value, float) and math.isnan(value) else value,
+    payload = {"name": name, "data": _jsonable(value),
                "encoder": "json", "version": 1}
     display({SCRAP_MIME: payload}, raw=True, metadata={"scrapbook": {"name": name, "data": True, "display": False}})
+
+
+def _jsonable(value):
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _peak_rss_mb() -> float:
@@ -103,8 +148,10 @@ def _flush() -> None:
     if folder is None:
         return
     atomic_write_json(folder / "metrics.json", {
-        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in _metrics.items()},
+        "metrics": {k: _jsonable(v) for k, v in _metrics.items()},
         "volatile": sorted(_volatile),
+        "log_factors": dict(sorted(_log_factors.items())),
+        "dtypes": dict(sorted(_dtypes.items())),
     })
     atomic_write_json(folder / "figures.json", _figures)
     atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1)})
@@ -176,12 +223,13 @@ def show_claims():
         rows.append({
             "claim": r.id,
             "statement": claim.statement,
+            "kind": claim.kind,
             "source": claim.source,
             "paper": claim.paper_value if claim.paper_value is not None else "",
             "ours": _format(r.value) if r.value is not None else ", ".join(f"{k}={_format(v)}" for k, v in r.metrics.items()),
             "status": r.status,
         })
-    frame = pd.DataFrame(rows, columns=["claim", "statement", "source", "paper", "ours", "status"])
+    frame = pd.DataFrame(rows, columns=["claim", "kind", "statement", "source", "paper", "ours", "status"])
     return frame.style.hide(axis="index") if len(frame) else frame
 
 
@@ -189,14 +237,16 @@ def claim_verdicts() -> None:
     """Print claim ids and statuses only (no numbers), for the nbval-checked last cell."""
     _, results = _results()
     width = max([len(r.id) for r in results] + [5])
-    print(f"{'claim':<{width}}  status")
+    print(f"{'claim':<{width}}  {'kind':<6}  status")
     for r in results:
-        print(f"{r.id:<{width}}  {r.status}")
+        print(f"{r.id:<{width}}  {r.kind:<6}  {r.status}")
     if not results:
         print("(no claims are checked by this notebook at this profile)")
 
 
 def _format(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_format(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import claims as claims_mod
-from . import context, goldens, netguard, parameters, provenance, spec
+from . import context, expressions, goldens, netguard, parameters, provenance, spec
 from .io import atomic_write_json, read_json
 
 RESULTS_ROOT = spec.REPO_ROOT / "results"
@@ -70,7 +70,7 @@ class RunReport:
                 lines += ["      " + line for line in n.error.splitlines()]
         for c in self.claims:
             note = f" ({c.message})" if c.message and c.status != "not_reproduced" else ""
-            lines.append(f"   claim {c.id}: {c.status}{note}")
+            lines.append(f"   claim {c.id}: {c.status} [{c.kind}]{note}")
         lines += [f"   golden: {p}" for p in self.golden_problems]
         if self.destination is not None:
             lines.append(f"   {'results in' if self.ok else 'previous results kept in'} {self.destination}")
@@ -165,8 +165,13 @@ def run_paper(
     progress: bool = True,
     destination: Path | None = None,
     per_notebook: dict | None = None,
+    env: dict | None = None,
 ) -> RunReport:
-    """Run every notebook of ``slug`` at ``profile``; see the module docstring."""
+    """Run every notebook of ``slug`` at ``profile``; see the module docstring.
+
+    ``env`` sets environment variables of the kernels for this run only (``make bless`` uses it to
+    re-run the canonical seed under other numeric kernels, see :data:`goldens.KERNEL_VARIANTS`).
+    """
     import papermill
     from tqdm.auto import tqdm
 
@@ -188,9 +193,10 @@ def run_paper(
     started, t0 = provenance.now(), time.perf_counter()
     saved_env = {k: os.environ.get(k) for k in
                  (context.RUN_DIR_ENV, context.PAPER_ENV, context.PROFILE_ENV, context.NOTEBOOK_ENV,
-                  context.PAPERS_ROOT_ENV, "IPYTHONDIR", "PYTHONPATH")}
+                  context.PAPERS_ROOT_ENV, "IPYTHONDIR", "PYTHONPATH", *(env or {}))}
     per_notebook = {}
     try:
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
         os.environ["IPYTHONDIR"] = str(_ipython_dir(staging / ".ipython"))
         os.environ[context.PAPER_ENV] = slug
         os.environ[context.PROFILE_ENV] = profile
@@ -233,6 +239,8 @@ def run_paper(
             per_notebook[key] = {
                 "metrics": recorded["metrics"],
                 "volatile": recorded["volatile"],
+                "log_factors": recorded.get("log_factors", {}),
+                "dtypes": recorded.get("dtypes", {}),
                 "duration_s": round(outcome.duration_s, 2),
                 "cell_durations_s": _cell_durations(output),
                 "peak_rss_mb": read_json(kernel_file).get("peak_rss_mb") if kernel_file.is_file() else None,
@@ -247,7 +255,10 @@ def run_paper(
         flat = {name: value for values in metrics.values() for name, value in values.items()}
         flat = {k: (float("nan") if v is None else v) for k, v in flat.items()}
         if all(n.ok for n in report.notebooks) and check_claims:
-            report.claims = claims_mod.evaluate_claims(paper, profile, flat)
+            try:
+                report.claims = claims_mod.evaluate_claims(paper, profile, flat)
+            except expressions.ExpressionError as exc:
+                report.errors.append(f"{paper.yaml_path}: {exc}")
             golden_file = paper.root / "expected" / "ci.json"
             if canonical and profile == "ci" and check_goldens:
                 if golden_file.is_file():
@@ -257,11 +268,16 @@ def run_paper(
 
         git = provenance.git_state()
         device = provenance.device()
-        atomic_write_json(staging / "metrics.json", {"notebooks": metrics, "volatile": volatile})
+        atomic_write_json(staging / "metrics.json", {
+            "notebooks": metrics, "volatile": volatile,
+            "log_factors": {k: v["log_factors"] for k, v in per_notebook.items() if v["log_factors"]},
+            "dtypes": {k: v["dtypes"] for k, v in per_notebook.items() if v["dtypes"]},
+        })
         atomic_write_json(staging / "claims.json", {
             "profile": profile,
             "verdict": claims_mod.verdict(report.claims) if report.claims else "pending",
             "score": claims_mod.score(report.claims),
+            "counts": claims_mod.counts(report.claims),
             "claims": {c.id: c.to_json() for c in report.claims},
         })
         atomic_write_json(staging / "provenance.json", {
@@ -274,12 +290,13 @@ def run_paper(
             "user_parameters": user_params,
             "seeds": {k: {n: v for n, v in p["parameters"].items() if "seed" in n} for k, p in per_notebook.items()},
             "versions": provenance.versions(),
+            "numeric_env": provenance.numeric_env(),
             "device": device,
             "device_label": provenance.device_label(device),
             "started": started,
             "finished": finished,
             "duration_s": round(time.perf_counter() - t0, 2),
-            "notebooks": {k: {n: v for n, v in p.items() if n not in ("metrics", "volatile")}
+            "notebooks": {k: {n: v for n, v in p.items() if n not in ("metrics", "volatile", "log_factors", "dtypes")}
                           for k, p in per_notebook.items()},
         })
         shutil.rmtree(staging / ".ipython", ignore_errors=True)

@@ -140,6 +140,7 @@ def scaffold(slug: str, papers_root: Path | None = None, *, check_catalog: bool 
         "profiles": {"full": {"01_main": {"n_samples": 1_000_000, "n_repeats": 200}}},
         "claims": [{
             "id": "mc_rate",
+            "kind": "sanity",
             "statement": "Placeholder: the Monte Carlo error falls as n^-1/2 (replace with the paper's claims).",
             "source": "TODO table/figure/section",
             "paper_value": -0.5,

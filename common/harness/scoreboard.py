@@ -22,7 +22,8 @@ from . import provenance, spec
 from .io import atomic_write_bytes, dumps, read_json
 
 CATALOG = spec.PAPERS_ROOT / "catalog.yaml"
-VERDICT_BADGE = {"Re": "✅ Re", "partial": "🟡 partial", "not-Re": "❌ not-Re", "pending": "⏳ pending", "stale": "♻️ stale"}
+VERDICT_BADGE = {"Re": "✅ Re", "partial": "🟡 partial", "not-Re": "❌ not-Re", "inconclusive": "❔ inconclusive",
+                 "pending": "⏳ pending", "stale": "♻️ stale"}
 
 
 def catalog() -> list[dict]:
@@ -32,8 +33,10 @@ def catalog() -> list[dict]:
 def _profile_entry(paper: spec.PaperSpec, profile: str, results_root: Path, with_staleness: bool) -> dict:
     folder = results_root / paper.slug / profile
     applicable = paper.claims_for(profile)
-    pending_claims = {c.id: {"status": "pending", "value": None, "paper_value": c.paper_value} for c in applicable}
-    entry = {"verdict": "pending", "score": None, "claims": pending_claims, "duration_s": None,
+    pending = [claims_mod.ClaimResult(c.id, "pending", None, c.paper_value, {}, weight=c.weight, kind=c.kind)
+               for c in applicable]
+    entry = {"verdict": "pending", "score": None, "claims": _claim_entries(pending),
+             "counts": claims_mod.counts(pending), "duration_s": None,
              "device": None, "commit": None, "stale": False, "finished": None}
     if not (folder / "claims.json").is_file() or not (folder / "provenance.json").is_file():
         return entry
@@ -43,9 +46,11 @@ def _profile_entry(paper: spec.PaperSpec, profile: str, results_root: Path, with
     for claim in applicable:
         raw = stored["claims"].get(claim.id)
         if raw is None:
-            results.append(claims_mod.ClaimResult(claim.id, "pending", None, claim.paper_value, {}, weight=claim.weight))
+            results.append(claims_mod.ClaimResult(claim.id, "pending", None, claim.paper_value, {},
+                                                  weight=claim.weight, kind=claim.kind))
         else:
-            raw = {**raw, "paper_value": claim.paper_value, "weight": claim.weight}
+            # kind and weight come from paper.yaml (they describe the claim, not the run)
+            raw = {**raw, "paper_value": claim.paper_value, "weight": claim.weight, "kind": claim.kind}
             results.append(claims_mod.ClaimResult(**raw))
     verdict = claims_mod.verdict(results)
     stale = False
@@ -55,7 +60,8 @@ def _profile_entry(paper: spec.PaperSpec, profile: str, results_root: Path, with
         "verdict": "stale" if stale else verdict,
         "claims_verdict": verdict,
         "score": claims_mod.score(results),
-        "claims": {r.id: {"status": r.status, "value": r.value, "paper_value": r.paper_value} for r in results},
+        "claims": _claim_entries(results),
+        "counts": claims_mod.counts(results),
         "duration_s": prov.get("duration_s"),
         "device": prov.get("device_label"),
         "commit": (prov.get("git") or {}).get("commit"),
@@ -64,6 +70,11 @@ def _profile_entry(paper: spec.PaperSpec, profile: str, results_root: Path, with
         "finished": prov.get("finished"),
     })
     return entry
+
+
+def _claim_entries(results) -> dict:
+    return {r.id: {"kind": r.kind, "status": r.status, "value": r.value, "paper_value": r.paper_value}
+            for r in results}
 
 
 def build_index(results_root: Path | None = None, papers_root: Path | None = None, with_staleness: bool = True) -> dict:
@@ -79,7 +90,8 @@ def build_index(results_root: Path | None = None, papers_root: Path | None = Non
             entry["title"] = paper.title
             entry["profiles"] = {p: _profile_entry(paper, p, results_root, with_staleness) for p in spec.PROFILES}
         else:
-            entry["profiles"] = {p: {"verdict": "pending", "score": None, "claims": {}, "duration_s": None,
+            entry["profiles"] = {p: {"verdict": "pending", "score": None, "claims": {},
+                                     "counts": claims_mod.counts([]), "duration_s": None,
                                      "device": None, "commit": None, "stale": False} for p in spec.PROFILES}
         papers[slug] = entry
     return {"papers": papers}
@@ -97,6 +109,22 @@ def _score(entry: dict) -> str:
     return "" if entry["score"] is None else f" {entry['score']:.2f}"
 
 
+def _count_text(counts: dict) -> str:
+    """``4/6 paper claims, 1 inconclusive; sanity 3/3; peer 1/1``: reproduced / decided, by kind."""
+    parts = []
+    for kind in spec.CLAIM_KINDS:
+        c = counts[kind]
+        total = sum(c.values())
+        if not total:
+            continue
+        decided = total - c["inconclusive"] - c["pending"]
+        text = f"{c['reproduced']}/{decided} {kind}" if kind != "paper" else f"{c['reproduced']}/{decided} paper claims"
+        if c["inconclusive"]:
+            text += f", {c['inconclusive']} inconclusive"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def papers_table(index: dict, *, link_prefix: str = "papers/", stale_aware: bool = False) -> str:
     lines = ["| paper | grade | group | ci | full |", "|---|---|---|---|---|"]
     # implemented papers first (alphabetical), then the rest in catalog order
@@ -110,16 +138,15 @@ def papers_table(index: dict, *, link_prefix: str = "papers/", stale_aware: bool
             verdict = p["verdict"] if stale_aware else p.get("claims_verdict", p["verdict"])
             counts = ""
             if entry["implemented"] and p["claims"] and verdict != "pending":
-                done = sum(c["status"] == "reproduced" for c in p["claims"].values())
-                counts = f" ({done}/{len(p['claims'])} claims)"
+                counts = " (" + _count_text(p["counts"]) + ")"
             cells.append(VERDICT_BADGE[verdict] + (_score(p) if entry["implemented"] else "") + counts)
         lines.append(f"| {name} {_fmt(entry['title'])} | {_fmt(entry['grade'])} | {entry['group']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
 def claims_table(paper: spec.PaperSpec, entry: dict) -> str:
-    lines = ["| claim | statement | source | paper | ours (ci) | ci | ours (full) | full |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| claim | kind | statement | source | paper | ours (ci) | ci | ours (full) | full |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for claim in paper.claims:
         cells = []
         for profile in spec.PROFILES:
@@ -129,7 +156,7 @@ def claims_table(paper: spec.PaperSpec, entry: dict) -> str:
             else:
                 cells += [_fmt(result["value"]), result["status"]]
         marker = " (expected: not reproduced)" if claim.expected_outcome == "not_reproduced" else ""
-        lines.append(f"| `{claim.id}` | {_fmt(claim.statement)}{marker} | {_fmt(claim.source)} | "
+        lines.append(f"| `{claim.id}` | {claim.kind} | {_fmt(claim.statement)}{marker} | {_fmt(claim.source)} | "
                      f"{_fmt(claim.paper_value)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -142,9 +169,13 @@ def results_readme(index: dict, papers_root: Path | None = None) -> str:
         "",
         "Generated by `make scoreboard` from the artifacts in this folder; do not edit by hand.",
         f"{len(done)} of {len(index['papers'])} papers implemented; {reproduced} fully reproduced at the ci profile.",
-        "Verdicts: Re = every claim reproduced, partial, not-Re = none, pending = not run, stale = the code "
-        "changed since the run (re-run with `make run PAPER=<slug>`). The number is the weighted fraction of "
-        "claims reproduced.",
+        "Verdicts come from the paper's own claims (kind `paper`) only: Re = every decidable paper claim "
+        "reproduced, partial, not-Re = none, inconclusive = no paper claim could be decided by the experiment, "
+        "pending = not run, stale = the code changed since the run (re-run with `make run PAPER=<slug>`). "
+        "The number is the weighted fraction of decidable paper claims reproduced. `sanity` claims (true by "
+        "construction or by a theorem) and `peer` claims (agreement with a peer library) are checked and "
+        "counted separately; an `inconclusive` claim is one the experiment could not decide (see its "
+        "`decisive` condition) and weighs nothing.",
         "",
         papers_table(index, link_prefix="../papers/", stale_aware=True),
     ]

@@ -18,7 +18,14 @@ from . import expressions
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAPERS_ROOT = REPO_ROOT / "papers"
 PROFILES = ("ci", "full")
-CLAIM_STATUSES = ("reproduced", "not_reproduced", "failed", "pending")
+CLAIM_STATUSES = ("reproduced", "not_reproduced", "inconclusive", "failed", "pending")
+# What kind of evidence a claim is. Only `paper` claims make a paper's verdict and score.
+CLAIM_KINDS = {
+    "paper": "a claim the paper makes (counts in the verdict)",
+    "sanity": "true by construction or by a theorem the code must satisfy (identities, equivariance by "
+              "construction, parameter counts, NFE arithmetic, a budget rule)",
+    "peer": "agreement with a peer library",
+}
 SLUG_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 NOTEBOOK_RE = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
 CLAIM_ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -63,14 +70,22 @@ class Claim:
     value: str = ""
     expected_outcome: str = "reproduced"
     explanation: str = ""
+    kind: str = "paper"
+    decisive: str = ""
 
     @property
     def metrics(self) -> list[str]:
-        """Every metric the claim reads (its check and its displayed value)."""
+        """Every metric the claim reads (its check, its displayed value and its decisive condition)."""
         names = expressions.metric_names(self.check)
-        if self.value:
-            names += [n for n in expressions.metric_names(self.value) if n not in names]
+        for extra in (self.value, self.decisive):
+            if extra:
+                names += [n for n in expressions.metric_names(extra) if n not in names]
         return names
+
+    @property
+    def counts(self) -> bool:
+        """Only the paper's own claims make the verdict."""
+        return self.kind == "paper"
 
     def applies_to(self, profile: str) -> bool:
         return profile in self.profiles
@@ -219,8 +234,8 @@ def parse(data: Any, *, slug: str, root: Path, where: str) -> PaperSpec:
     )
 
 
-_CLAIM_REQUIRED = ("id", "statement", "source", "check", "profiles")
-_CLAIM_OPTIONAL = ("weight", "paper_value", "value", "expected_outcome", "explanation")
+_CLAIM_REQUIRED = ("id", "kind", "statement", "source", "check", "profiles")
+_CLAIM_OPTIONAL = ("weight", "paper_value", "value", "expected_outcome", "explanation", "decisive")
 
 
 def _parse_claim(raw: Any, where: str, fail) -> Claim:
@@ -248,12 +263,22 @@ def _parse_claim(raw: Any, where: str, fail) -> Claim:
             fail(f"{where}: check {raw['check']!r} names no metric, so it asserts nothing")
     except expressions.ExpressionError as exc:
         fail(f"{where}: {exc}")
+    if raw["kind"] not in CLAIM_KINDS:
+        fail(f"{where}: kind must be one of {list(CLAIM_KINDS)} "
+             f"({'; '.join(f'{k}: {v}' for k, v in CLAIM_KINDS.items())}), got {raw['kind']!r}")
+    for name in ("value", "decisive"):
+        text = raw.get(name, "")
+        if text:
+            if not isinstance(text, str):
+                fail(f"{where}: {name} must be an expression string")
+            try:
+                expressions.validate(text)
+            except expressions.ExpressionError as exc:
+                fail(f"{where}: {name}: {exc}")
     value = raw.get("value", "")
-    if value:
-        try:
-            expressions.validate(value)
-        except expressions.ExpressionError as exc:
-            fail(f"{where}: value: {exc}")
+    decisive = raw.get("decisive", "")
+    if decisive and not expressions.metric_names(decisive):
+        fail(f"{where}: decisive {decisive!r} names no metric, so it cannot tell whether the experiment decides")
     weight = raw.get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
         fail(f"{where}: weight must be a positive number")
@@ -263,6 +288,8 @@ def _parse_claim(raw: Any, where: str, fail) -> Claim:
     explanation = raw.get("explanation", "")
     if outcome == "not_reproduced" and not (isinstance(explanation, str) and explanation.strip()):
         fail(f"{where}: a not_reproduced claim needs an explanation")
+    if decisive and not (isinstance(explanation, str) and explanation.strip()):
+        fail(f"{where}: a claim with `decisive:` needs an explanation (shown when the experiment cannot decide)")
     return Claim(
         id=claim_id,
         statement=raw["statement"].strip(),
@@ -274,4 +301,6 @@ def _parse_claim(raw: Any, where: str, fail) -> Claim:
         value=(value or "").strip(),
         expected_outcome=outcome,
         explanation=(explanation or "").strip(),
+        kind=raw["kind"],
+        decisive=(decisive or "").strip(),
     )
