@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -42,6 +43,31 @@ def _run(slugs: list[str], profile: str, params: dict, progress: bool, papers_ro
         print(f"FAILED: {', '.join(failures)}", file=sys.stderr)
         return 2 if usage_errors == len(slugs) else 1
     return 0
+
+
+def _stop_children() -> None:
+    """SIGKILL every process this one started (the notebook kernels and theirs): an interrupted run is
+    discarded, and a kernel shut down gracefully while a cell still runs prints a ZMQ traceback (an
+    ipykernel race: the reply goes to a socket the shutdown has closed)."""
+    try:
+        import psutil  # a dependency of IPython, hence always installed with the kernel
+    except ImportError:
+        return
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=5)
+
+
+def _on_interrupt(signum, frame) -> None:
+    _stop_children()
+    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,4 +147,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Ctrl-C and `kill -INT` interrupt a run even when the parent shell ignored SIGINT (`nohup make run &`
+    # hands SIG_IGN down to a background job); the handler stops the kernels first (see _stop_children).
+    signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # a second Ctrl-C during the clean-up
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
