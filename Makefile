@@ -12,6 +12,39 @@ PAPER ?=
 # the machine's core count. A notebook that wants more threads sets them itself.
 export OMP_NUM_THREADS ?= 1
 
+# --- Bad input stops here, while make reads this file: before the environment is built or a shell runs.
+# User values are read with $(value X) (the text as typed, never expanded by make), checked with make's
+# own text functions, and reach recipes only single-quoted through $(call shell_quote,...). They are not exported
+# (make would expand them to build the environment of every recipe).
+unexport PAPER PROFILE PARAMS MODEL
+shell_quote = '$(subst ','\'',$(1))'
+SLUG_CHARS := a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9 _
+strip_chars = $(if $(2),$(call strip_chars,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
+# an identifier: one word, only [a-z0-9_], starting with a letter (^[a-z][a-z0-9_]*$)
+is_slug = $(and $(filter 1,$(words $(1))),$(if $(call strip_chars,$(1),$(SLUG_CHARS)),,ok),$(if $(filter 0% 1% 2% 3% 4% 5% 6% 7% 8% 9% _%,$(1)),,ok))
+CATALOG_SLUGS = $(shell sed -n 's/^ *- *slug: *\([a-z0-9_]*\) *$$/\1/p' papers/catalog.yaml)
+ifneq ($(filter run bless verify new cite,$(MAKECMDGOALS)),)
+  ifeq ($(strip $(value PAPER)),)
+    $(error give a paper, e.g. make $(firstword $(filter run bless verify new cite,$(MAKECMDGOALS))) PAPER=svarm)
+  endif
+  ifeq ($(call is_slug,$(value PAPER)),)
+    $(error PAPER=$(value PAPER) is not a paper slug: lowercase letters, digits and underscores, from papers/catalog.yaml)
+  endif
+  ifeq ($(filter $(value PAPER),$(CATALOG_SLUGS)),)
+    $(error PAPER=$(value PAPER) is not in papers/catalog.yaml)
+  endif
+endif
+ifneq ($(filter-out ci full,$(value PROFILE)),)
+  $(error PROFILE=$(value PROFILE) is not a profile: use ci or full)
+endif
+ifneq ($(filter zoo,$(MAKECMDGOALS)),)
+  ifneq ($(strip $(value MODEL)),)
+    ifeq ($(and $(call is_slug,$(value MODEL)),$(wildcard common/zoo/notebooks/$(value MODEL).ipynb)),)
+      $(error MODEL=$(value MODEL) is not a zoo notebook (make zoo lists them))
+    endif
+  endif
+endif
+
 .DEFAULT_GOAL := help
 .PHONY: help all test run lab scoreboard bless verify new cite clean lock env lint zoo
 
@@ -40,14 +73,13 @@ $(STAMP): pyproject.toml requirements.lock
 env: $(STAMP)
 
 all: $(STAMP)
-	$(PY) -m common.harness all --profile $(PROFILE)
+	$(PY) -m common.harness all --profile $(call shell_quote,$(value PROFILE))
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
 run: $(STAMP)
-	@test -n "$(PAPER)" || { echo "error: give a paper, e.g. make run PAPER=svarm"; exit 2; }
-	$(PY) -m common.harness run $(PAPER) --profile $(PROFILE) --params "$(PARAMS)"
+	$(PY) -m common.harness run $(call shell_quote,$(value PAPER)) --profile $(call shell_quote,$(value PROFILE)) --params $(call shell_quote,$(value PARAMS))
 
 lab: $(STAMP)
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[lab]'
@@ -57,25 +89,21 @@ scoreboard: $(STAMP)
 	$(PY) -m common.harness scoreboard
 
 bless: $(STAMP)
-	@test -n "$(PAPER)" || { echo "error: give a paper, e.g. make bless PAPER=svarm"; exit 2; }
-	$(PY) -m common.harness bless $(PAPER)
+	$(PY) -m common.harness bless $(call shell_quote,$(value PAPER))
 
 verify: $(STAMP)
-	@test -n "$(PAPER)" || { echo "error: give a paper, e.g. make verify PAPER=svarm"; exit 2; }
-	@ls results/$(PAPER)/ci/*.ipynb >/dev/null 2>&1 || { echo "error: no executed notebooks in results/$(PAPER)/ci/ (run make run PAPER=$(PAPER))"; exit 2; }
-	REPRO_PAPER=$(PAPER) REPRO_PROFILE=ci $(PY) -m pytest -p no:xdist --nbval-lax --nbval-current-env -o testpaths= -q results/$(PAPER)/ci/*.ipynb
+	@ls results/$(call shell_quote,$(value PAPER))/ci/*.ipynb >/dev/null 2>&1 || { echo "error: no executed notebooks in results/$(value PAPER)/ci/ (run make run PAPER=$(value PAPER))"; exit 2; }
+	REPRO_PAPER=$(call shell_quote,$(value PAPER)) REPRO_PROFILE=ci $(PY) -m pytest -p no:xdist --nbval-lax --nbval-current-env -o testpaths= -q results/$(call shell_quote,$(value PAPER))/ci/*.ipynb
 
 new: $(STAMP)
-	@test -n "$(PAPER)" || { echo "error: give a slug from papers/catalog.yaml, e.g. make new PAPER=umap"; exit 2; }
-	$(PY) -m common.harness new $(PAPER)
+	$(PY) -m common.harness new $(call shell_quote,$(value PAPER))
 
 cite: $(STAMP)
-	@test -n "$(PAPER)" || { echo "error: give a paper, e.g. make cite PAPER=svarm"; exit 2; }
-	@$(PY) -m common.harness cite $(PAPER)
+	@$(PY) -m common.harness cite $(call shell_quote,$(value PAPER))
 
 zoo: $(STAMP)
-	@test -n "$(MODEL)" || { $(PY) -m common.zoo list; echo "error: give a zoo notebook, e.g. make zoo MODEL=train_digits_eps"; exit 2; }
-	$(PY) -m common.zoo train $(MODEL) $(foreach p,$(PARAMS),-p $(p))
+	@test -n $(call shell_quote,$(value MODEL)) || { $(PY) -m common.zoo list; echo "error: give a zoo notebook, e.g. make zoo MODEL=train_digits_eps"; exit 2; }
+	$(PY) -m common.zoo train $(call shell_quote,$(value MODEL)) --params $(call shell_quote,$(value PARAMS))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check common papers tests

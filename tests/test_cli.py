@@ -41,3 +41,68 @@ def test_interrupt_is_quiet_and_exits_130(toy, tmp_path, disposition):
     assert proc.returncode == 130, err
     assert err.strip() == "interrupted: previous results are untouched", err
     assert "Traceback" not in err + out and "zmq" not in (err + out).lower()
+
+
+# --- bad input to the Makefile and the CLI --------------------------------------------------------
+
+@pytest.fixture
+def fake_venv(tmp_path):
+    """A VENV whose python only logs its arguments, with an up-to-date stamp: `make` targets run nothing real."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    python = venv / "bin" / "python"
+    python.write_text(f"#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\" >> '{log}'; done\necho --- >> '{log}'\n")
+    python.chmod(0o755)
+    (venv / ".installed").touch()
+    return venv, log
+
+
+def make(fake_venv, *args):
+    venv, log = fake_venv
+    log.unlink(missing_ok=True)
+    result = subprocess.run(["make", "--no-print-directory", *args, f"VENV={venv}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    calls = log.read_text().split("---\n")[:-1] if log.exists() else []
+    return result, [c.splitlines() for c in calls]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "PAPER=svarm;touch {x}"], "is not a paper slug"),
+    (["run", "PAPER=svarm' ; touch {x} ; '"], "is not a paper slug"),
+    (["cite", "PAPER=$(shell touch {x})"], "is not a paper slug"),
+    (["bless", "PAPER=svarm`touch {x}`"], "is not a paper slug"),
+    (["run", "PAPER=Svarm"], "is not a paper slug"),
+    (["run", "PAPER=not_a_paper"], "is not in papers/catalog.yaml"),
+    (["run"], "give a paper"),
+    (["run", "PAPER=svarm", "PROFILE=ci;touch {x}"], "is not a profile"),
+    (["zoo", "MODEL=*"], "is not a zoo notebook"),
+    (["zoo", "MODEL=train_digits_eps;touch {x}"], "is not a zoo notebook"),
+])
+def test_make_rejects_bad_input_before_anything_runs(fake_venv, tmp_path, args, message):
+    marker = tmp_path / "ran"
+    result, calls = make(fake_venv, *[a.format(x=marker) for a in args])
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert calls == [] and not marker.exists()
+
+
+def test_make_passes_values_quoted(fake_venv, tmp_path):
+    marker = tmp_path / "ran"
+    params = f"seed=3 note='a b';touch {marker} \"$HOME\" `id` $(shell touch {marker})"
+    result, calls = make(fake_venv, "run", "PAPER=svarm", "PROFILE=full", f"PARAMS={params}")
+    assert result.returncode == 0, result.stderr
+    assert calls == [["-m", "common.harness", "run", "svarm", "--profile", "full", "--params", params]]
+    assert not marker.exists()
+    result, calls = make(fake_venv, "zoo", "MODEL=train_digits_eps", "PARAMS=steps=2 name='x y'")
+    assert calls == [["-m", "common.zoo", "train", "train_digits_eps", "--params", "steps=2 name='x y'"]]
+
+
+@pytest.mark.parametrize("command", ["run", "bless", "cite"])
+@pytest.mark.parametrize("slug, message", [("svarm;id", "is not a paper slug"), ("not_a_paper", "not in papers/catalog.yaml")])
+def test_cli_rejects_a_slug_that_is_not_a_catalog_identifier(command, slug, message):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "common.harness", command, slug], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr and "Traceback" not in result.stderr

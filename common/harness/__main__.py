@@ -45,6 +45,19 @@ def _run(slugs: list[str], profile: str, params: dict, progress: bool, papers_ro
     return 0
 
 
+def _slug_problem(slug: str, papers_root: Path | None) -> str | None:
+    """Why ``slug`` cannot name a paper (checked before anything runs), or None."""
+    if not spec.SLUG_RE.match(slug):
+        return (f"{slug!r} is not a paper slug: lowercase letters, digits and underscores, starting with a letter, "
+                "as in papers/catalog.yaml (e.g. svarm)")
+    if papers_root is None:
+        from .scaffold import catalog_slugs
+
+        if slug not in catalog_slugs():
+            return f"unknown paper {slug!r}: not in papers/catalog.yaml (`python -m common.harness list` lists the implemented ones)"
+    return None
+
+
 def _stop_children() -> None:
     """SIGKILL every process this one started (the notebook kernels and theirs): an interrupted run is
     discarded, and a kernel shut down gracefully while a cell still runs prints a ZMQ traceback (an
@@ -96,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("paper")
     sub.add_parser("list", help="list implemented papers")
     args = parser.parse_args(argv)
+    if getattr(args, "paper", None) is not None:
+        problem = _slug_problem(args.paper, getattr(args, "papers_root", None))
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
 
     try:
         if args.command == "run":

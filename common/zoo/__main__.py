@@ -1,4 +1,4 @@
-"""Run a zoo training notebook: ``python -m common.zoo train <notebook> [-p name=value ...]``.
+"""Run a zoo training notebook: ``python -m common.zoo train <notebook> [-p name=value ...] [--params 'a=1 b=2']``.
 
 The notebook ``common/zoo/notebooks/<notebook>.ipynb`` trains a model and writes its checkpoint with
 :func:`common.zoo.save_checkpoint`; the executed copy goes to ``results/zoo/<notebook>.ipynb`` so the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="execute a zoo notebook (it writes its checkpoint)")
     train.add_argument("notebook", help="name of a notebook in common/zoo/notebooks/ (without .ipynb)")
     train.add_argument("-p", "--param", action="append", default=[], help="name=value parameter override")
+    train.add_argument("--params", default="", help="space-separated name=value pairs, shell-style quoting (make's PARAMS)")
     sub.add_parser("list", help="list the zoo notebooks and checkpoints")
     args = parser.parse_args(argv)
 
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.notebook not in notebooks:
         print(f"error: unknown zoo notebook {args.notebook!r} (known: {', '.join(notebooks) or 'none'})", file=sys.stderr)
         return 2
+    try:
+        params = _parse_params(shlex.split(args.params) + args.param)
+    except ValueError as exc:  # unbalanced quotes
+        raise SystemExit(f"error: cannot read --params {args.params!r}: {exc}") from None
     import papermill
 
     out_dir = REPO_ROOT / "results" / "zoo"
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     papermill.execute_notebook(
         str(source),
         str(out_dir / f"{args.notebook}.ipynb"),
-        parameters=_parse_params(args.param),
+        parameters=params,
         cwd=str(NOTEBOOK_DIR),
         kernel_name="python3",
         progress_bar=True,
