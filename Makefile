@@ -52,7 +52,7 @@ help:
 	@echo "make all                      run every paper's notebooks at the ci profile, check claims and goldens, write results/"
 	@echo "make test                     run the whole test suite (contract, harness, unit tests, notebooks)"
 	@echo "make run PAPER=svarm [PROFILE=full] [PARAMS='seed=3 n_runs=5']"
-	@echo "make lab                      JupyterLab on the notebooks"
+	@echo "make lab                      JupyterLab at the repository root, on localhost (prints the URL with its token)"
 	@echo "make scoreboard               regenerate results/README.md, results/index.json and generated sections"
 	@echo "make bless PAPER=x            rewrite papers/x/expected/ci.json from fresh runs (tolerances from the seed spread)"
 	@echo "make verify PAPER=x           re-execute results/x/ci/*.ipynb with nbval and check the claims verdicts"
@@ -81,9 +81,11 @@ test: $(STAMP)
 run: $(STAMP)
 	$(PY) -m common.harness run $(call shell_quote,$(value PAPER)) --profile $(call shell_quote,$(value PROFILE)) --params $(call shell_quote,$(value PARAMS))
 
+# JupyterLab (pinned in the lock, installed by `make env`) on localhost only, opened at the repository root
+# (papers/, results/ and common/ all visible); it prints its URL with the token. As root (Docker, many cloud
+# notebooks) Jupyter refuses to start without --allow-root, so it is added then. JUPYTER_PORT picks the port.
 lab: $(STAMP)
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[lab]'
-	$(VENV)/bin/jupyter lab papers/
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(call shell_quote,$(CURDIR)) $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 scoreboard: $(STAMP)
 	$(PY) -m common.harness scoreboard
