@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import claims as claims_mod
 from . import context, expressions, goldens, netguard, parameters, provenance, spec
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, make_temp_dir, read_json
 
 RESULTS_ROOT = spec.REPO_ROOT / "results"
 RUNS_ROOT = spec.REPO_ROOT / "runs"
@@ -188,7 +187,7 @@ def run_paper(
             destination = Path(runs_root or RUNS_ROOT) / slug / f"{profile}-{input_hash[:10]}"
     report = RunReport(slug, profile, destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
+    staging = make_temp_dir(f".{destination.name}.tmp-", destination.parent)
     moved = False
     started, t0 = provenance.now(), time.perf_counter()
     saved_env = {k: os.environ.get(k) for k in
