@@ -35,7 +35,7 @@ def test_verdict_and_score_count_paper_claims_only():
     assert table["paper"]["reproduced"] == 1 and table["paper"]["inconclusive"] == 1
     assert table["sanity"]["reproduced"] == 1 and table["peer"]["reproduced"] == 1
     # identities alone never make a paper "reproduced"
-    assert claims.verdict(results[2:4]) == "pending"
+    assert claims.verdict(results[2:4]) == "inconclusive"
     assert claims.verdict([results[0], results[4]]) == "Re"
     assert claims.verdict([results[4]]) == "inconclusive"
 
@@ -47,3 +47,19 @@ def test_a_failing_sanity_claim_fails_the_run():
 def test_bad_expression_names_the_claim():
     with pytest.raises(expressions.ExpressionError, match="claim big: overflow"):
         claims.evaluate_claim(claim("big", check="m ** 1e6 > 0"), {"m": 10.0})
+
+
+def test_nan_never_decides_and_arrays_must_be_reduced():
+    nan = float("nan")
+    assert claims.evaluate_claim(claim(check="not (m > 1)"), {"m": nan}).status == "failed"
+    result = claims.evaluate_claim(claim(decisive="n > 1"), {"m": 1.0, "n": nan})
+    assert result.status == "failed" and "NaN" in result.message
+    assert claims.evaluate_claim(claim(check="min(m) > 1"), {"m": [5.0, None]}).status == "failed"
+    assert claims.evaluate_claim(claim(check="m > 0", outcome="not_reproduced"), {"m": nan}).status == "not_reproduced"
+    with pytest.raises(expressions.ExpressionError, match="reduce it first"):
+        claims.evaluate_claim(claim(check="m"), {"m": [-1.0, -2.0]})
+
+
+def test_only_sanity_claims_give_an_inconclusive_verdict_after_a_run():
+    results = [claims.evaluate_claim(claim("s", kind="sanity"), {"m": 1.0})]
+    assert claims.verdict(results) == "inconclusive"

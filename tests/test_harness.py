@@ -228,8 +228,13 @@ def test_log_scale_arrays_and_integers_compare():
     assert "log scale" in goldens.compare_metric("err", 7e-6, entries["err"])
     assert goldens.compare_metric("err", 0.0, entries["err"])
     assert goldens.compare_metric("per_seed", [1.05, 2.05], entries["per_seed"]) is None
+    assert isinstance(entries["per_seed"]["atol"], list) and len(entries["per_seed"]["atol"]) == 2
     assert "shape" in goldens.compare_metric("per_seed", [1.0], entries["per_seed"])
     assert goldens.compare_metric("nfe", 11, entries["nfe"])
+    # a generous declared factor is capped by what the kernels show: max(3, ratio^3)
+    capped = goldens.build([{"nb": {"err": 2e-6}}], {}, {}, variants={"sse": {"nb": {"err": 2e-6}}},
+                           log_factors={"nb": {"err": 100.0}})["notebooks"]["nb"]["err"]
+    assert capped["factor"] == goldens.LOG_MIN and capped["declared_factor"] == 100.0
     # a declared factor that the measured kernels already exceed is refused at bless time
     with pytest.raises(goldens.HardwareDependenceError, match="log_factor"):
         goldens.build([{"nb": {"err": 2e-6}}], {}, {}, variants={"sse": {"nb": {"err": 9e-6}}},
@@ -260,6 +265,8 @@ def test_kernel_environment_reaches_the_notebook_and_provenance(toy, tmp_path):
     assert report.ok
     prov = read_json(report.destination / "provenance.json")
     assert prov["numeric_env"]["OPENBLAS_CORETYPE"] == "Haswell"
+    # what the kernel process itself saw (written from inside the notebook's kernel)
+    assert prov["notebooks"]["01_toy"]["kernel"]["numeric_env"]["OPENBLAS_CORETYPE"] == "Haswell"
     assert "OPENBLAS_CORETYPE" not in os.environ or os.environ["OPENBLAS_CORETYPE"] != "Haswell"
 
 

@@ -21,6 +21,7 @@ def _kernels(env: dict | None) -> dict:
     """The kernel-selecting variables, with the Makefile's default of one thread made explicit."""
     env = {k: v for k, v in (env or {}).items() if v}
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])  # MKL follows OMP unless told otherwise
     return env
 
 
@@ -48,6 +49,11 @@ def test_ci_profile(slug):
                 continue
             got = fresh["notebooks"][notebook][name]
             # equal up to float noise between CPUs (SIMD paths); a changed random stream is far larger
-            same = got == value or (got is not None and value is not None and not isinstance(got, bool)
-                                    and math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12))
+            pairs = list(zip(got, value, strict=False)) if isinstance(got, list) and isinstance(value, list) else [
+                (got, value)]
+            same = got == value or (
+                (not isinstance(got, list) or len(got) == len(value)) and all(
+                    a is not None and b is not None and not isinstance(a, (bool, list))
+                    and not isinstance(b, (bool, list)) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+                    for a, b in pairs))
             assert same, f"{notebook}: {name} = {got!r} differs from the committed {value!r} with the same code"

@@ -55,7 +55,22 @@ def test_loglog_slope_recovers_a_rate():
     (lambda: stats.mean_interval([1.0, 2.0], confidence=95), "confidence"),
     (lambda: stats.ratio_of_means([1.0, 2.0], [-1.0, -2.0]), "mean\\(b\\) > 0"),
     (lambda: stats.loglog_slope([1, 2, 3], [1, 0, 2]), "positive"),
+    (lambda: stats.paired_difference([[1.0, 2.0]], [[0.0, 1.0]]), "1-D"),
 ])
 def test_errors_are_clear(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_ratio_delta_interval_covers_with_few_seeds():
+    rng = np.random.default_rng(3)
+    covered = 0
+    for _ in range(400):
+        a, b = 2 * rng.lognormal(0, 0.3, 5), rng.lognormal(0, 0.3, 5)
+        covered += not stats.ratio_of_means(a, b).excludes(2.0)
+    assert 0.91 < covered / 400 < 0.99
+
+
+def test_small_bootstrap_warns():
+    with pytest.warns(UserWarning, match="under-covers"):
+        stats.paired_difference([1.0, 2.0, 3.0], [0.0, 1.0, 1.5], method="bootstrap", n_resamples=200)

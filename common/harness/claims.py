@@ -68,6 +68,20 @@ def _truth(value) -> bool:
     return bool(value)
 
 
+def _is_nan(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_is_nan(v) for v in value)
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _nan_metrics(claim: Claim, metrics: dict) -> list[str]:
+    """Metrics read by the check or the decisive condition that are NaN (or hold a NaN element)."""
+    names = expressions.metric_names(claim.check)
+    if claim.decisive:
+        names += expressions.metric_names(claim.decisive)
+    return sorted({n for n in names if n in metrics and _is_nan(metrics[n])})
+
+
 def evaluate_claim(claim: Claim, metrics: dict) -> ClaimResult:
     """The status of one claim; raises :class:`expressions.ExpressionError` naming the claim."""
     used = {name: metrics[name] for name in claim.metrics if name in metrics}
@@ -75,6 +89,11 @@ def evaluate_claim(claim: Claim, metrics: dict) -> ClaimResult:
     def result(status, value=None, message="", holds=None):
         return ClaimResult(claim.id, status, value, claim.paper_value, used, message, claim.weight, claim.kind, holds)
 
+    nan = _nan_metrics(claim, metrics)
+    if nan:
+        # a NaN never decides anything: `not (x > 1)` would pass and a NaN `decisive` would hide a failure
+        status = "not_reproduced" if claim.expected_outcome == "not_reproduced" else "failed"
+        return result(status, message=f"metric(s) recorded as NaN: {', '.join(nan)}")
     try:
         try:
             holds = _truth(expressions.evaluate(claim.check, metrics))
@@ -126,10 +145,11 @@ def score(results: list[ClaimResult]) -> float | None:
 
 def verdict(results: list[ClaimResult]) -> str:
     """From the ``paper`` claims only: ``Re`` (all decidable ones reproduced), ``partial``, ``not-Re``
-    (none), ``inconclusive`` (no paper claim could be decided) or ``pending`` (not evaluated)."""
-    papers = [r for r in results if r.kind == "paper"]
-    if not papers or any(r.status == "pending" for r in papers):
+    (none), ``inconclusive`` (no paper claim could be decided, or the paper has none at this profile) or
+    ``pending`` (not evaluated)."""
+    if not results or any(r.status == "pending" for r in results):
         return "pending"
+    papers = [r for r in results if r.kind == "paper"]
     value = score(papers)
     if value is None:
         return "inconclusive"

@@ -125,7 +125,7 @@ def validate(expression: str) -> None:
 
 def _guarded(body: ast.AST, metrics, expression: str):
     try:
-        return _walk(body, metrics)
+        return _reject_array(_walk(body, metrics), body)
     except RecursionError:
         raise ExpressionError(f"check {expression[:80]!r} is nested too deeply") from None
 
@@ -226,8 +226,10 @@ def _walk(node: ast.AST, metrics: Mapping[str, float] | None):
                 raise ExpressionError(f"{name}() cannot take a per-seed array; array reductions: {list(ARRAY_FUNCTIONS)} "
                                       "with the array as their only argument")
             values = [math.nan if v is None else v for v in args[0]]
-            if not values:
-                return math.nan
+            if name == "len":
+                return len(values)
+            if not values or any(isinstance(v, float) and math.isnan(v) for v in values):
+                return math.nan  # min/max/median of an array with a NaN would depend on its position
             return FUNCTIONS[name](values)
         if name in ("mean", "median", "len") and (len(args) != 1 or args[0] is not _UNKNOWN):
             raise ExpressionError(f"{name}() takes one per-seed array")
@@ -237,6 +239,8 @@ def _walk(node: ast.AST, metrics: Mapping[str, float] | None):
             return FUNCTIONS[name](*args)
         except OverflowError:
             raise ExpressionError(f"overflow computing {name}{tuple(args)!r}") from None
-        except (ValueError, TypeError):
+        except TypeError as exc:
+            raise ExpressionError(f"{ast.unparse(node)!r}: {exc}") from None
+        except ValueError:  # math domain error: log of a negative number
             return math.nan
     raise ExpressionError(f"{type(node).__name__} is not allowed in a check ({ast.unparse(node)!r})")

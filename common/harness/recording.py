@@ -138,6 +138,23 @@ def _jsonable(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _kernel_numerics() -> dict:
+    """What the kernel itself sees: the kernel-selecting environment and torch's CPU capability."""
+    import os
+
+    from .goldens import NUMERIC_ENV
+
+    info = {"numeric_env": {name: os.environ.get(name) for name in NUMERIC_ENV}}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+            info["torch_threads"] = torch.get_num_threads()
+        except Exception:  # noqa: BLE001 - informational only
+            pass
+    return info
+
+
 def _peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
@@ -154,7 +171,7 @@ def _flush() -> None:
         "dtypes": dict(sorted(_dtypes.items())),
     })
     atomic_write_json(folder / "figures.json", _figures)
-    atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1)})
+    atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1), **_kernel_numerics()})
 
 
 atexit.register(_flush)

@@ -243,6 +243,8 @@ def run_paper(
                 "duration_s": round(outcome.duration_s, 2),
                 "cell_durations_s": _cell_durations(output),
                 "peak_rss_mb": read_json(kernel_file).get("peak_rss_mb") if kernel_file.is_file() else None,
+                "kernel": {k: v for k, v in (read_json(kernel_file) if kernel_file.is_file() else {}).items()
+                           if k != "peak_rss_mb"},
                 "parameters": {**declared[notebook], **effective[notebook]},
                 "overrides": effective[notebook],
             }
