@@ -13,9 +13,17 @@ from .inversion import (
     edict_round_trip,
     edict_sample,
     edict_step,
+    editing_grid,
+    growth_factor,
+    inverse_mode_roots,
+    max_abs_trajectory,
 )
 
+from .sampling import gamma_key, noise_and_labels, quality_across_seeds, samplers_for
+
 __all__ = [
+    "gamma_key", "noise_and_labels", "quality_across_seeds", "samplers_for",
     "LinearEpsModel", "bdia_invert", "bdia_inverse_step", "bdia_round_trip", "bdia_sample", "bdia_step",
     "ddim_round_trip", "edict_invert", "edict_inverse_step", "edict_round_trip", "edict_sample", "edict_step",
+    "editing_grid", "growth_factor", "inverse_mode_roots", "max_abs_trajectory",
 ]

@@ -112,12 +112,14 @@ def bdia_sample(model, x: torch.Tensor, ts, y=None, gamma: float = 1.0, x_prev: 
     return (z_next, z) if return_pair else z
 
 
-def bdia_invert(model, x0: torch.Tensor, ts_increasing, y=None, gamma: float = 1.0):
+def bdia_invert(model, x0: torch.Tensor, ts_increasing, y=None, gamma: float = 1.0,
+                return_trajectory: bool = False):
     r"""Exact BDIA inversion along increasing ``ts`` (one NFE per step), starting from ``x0`` at ``ts[0]``.
 
     First step: DDIM inversion ``ts[0] -> ts[1]``; then :func:`bdia_inverse_step`. Returns the pair
     (state at ``ts[-1]``, state at ``ts[-2]``), to be passed to :func:`bdia_sample` as ``(x_prev, x)``
-    with the reversed grid.
+    with the reversed grid; with ``return_trajectory=True`` also the list of all states ``z_0 = x0, ...,
+    z_N`` (as a third element).
     """
     _check_gamma(gamma, invertible=True)
     ts_up = check_times(ts_increasing, increasing=True)
@@ -128,10 +130,60 @@ def bdia_invert(model, x0: torch.Tensor, ts_increasing, y=None, gamma: float = 1
     n = len(ts) - 1  # x0 lives at ts[n]
     eps = model.eps(x0, c["t"][n], y)
     z_prev, z = x0, _ddim_map(x0, eps, c, n, n - 1)
+    trajectory = [x0, z]
     for k in range(n - 1, 0, -1):
         eps = model.eps(z, c["t"][k], y)
         z_prev, z = z, bdia_inverse_step(z_prev, z, eps, c, k, gamma)
-    return z, z_prev
+        trajectory.append(z)
+    return (z, z_prev, trajectory) if return_trajectory else (z, z_prev)
+
+
+# --- why gamma < 1 diverges ---------------------------------------------------------------------------
+
+
+def inverse_mode_roots(gamma: float) -> tuple[float, float]:
+    r"""Roots of the BDIA *inversion* recurrence in the small-step limit.
+
+    With :math:`F_i(z) \approx B_i(z) \approx z` (both DDIM maps tend to the identity as the step shrinks),
+    :math:`z_{i+1} = (z_{i-1} - F_i(z_i))/\gamma + B_i(z_i)` becomes
+    :math:`z_{i+1} = z_{i-1}/\gamma + (1 - 1/\gamma) z_i`, whose characteristic polynomial
+    :math:`r^2 - (1 - 1/\gamma) r - 1/\gamma = (r - 1)(r + 1/\gamma)` has the roots 1 (the ODE's own,
+    slowly varying solution) and :math:`-1/\gamma` (a sign-alternating parasitic mode). The first inversion
+    step is a plain DDIM-inversion step, whose local error is not the BDIA-consistent state, so it excites the
+    parasitic mode with an O(h^2) amplitude; for gamma < 1 that mode grows like :math:`(1/\gamma)^N` **in
+    exact arithmetic** (gamma = 1: it oscillates with constant amplitude). Regeneration runs the recurrence
+    backwards, where the same mode decays like gamma^N, so the round trip is still exact algebraically; in
+    floating point it subtracts numbers of size :math:`|z_N|` and its error is about
+    :math:`\epsilon_{mach}\,|z_N|`.
+    """
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    return 1.0, -1.0 / gamma
+
+
+def max_abs_trajectory(trajectory) -> list[float]:
+    """max |z_k| over all entries, for each state of a trajectory (inf where a state is not finite)."""
+    out = []
+    for z in trajectory:
+        v = float(z.abs().max())
+        out.append(v if v == v else float("inf"))
+    return out
+
+
+def growth_factor(values, tail: float = 0.5) -> float:
+    r"""Per-step growth factor :math:`\exp(\text{slope})` of a least-squares line through
+    :math:`\log v_k` over the last ``tail`` fraction of the steps (at least 3 points)."""
+    import math
+
+    v = [float(x) for x in values]
+    k0 = min(len(v) - 3, int(len(v) * (1.0 - tail)))
+    ks = list(range(max(k0, 0), len(v)))
+    if len(ks) < 3 or any(not (v[k] > 0 and math.isfinite(v[k])) for k in ks):
+        raise ValueError("need at least 3 positive finite values in the tail")
+    xs, ys = ks, [math.log(v[k]) for k in ks]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return math.exp(slope)
 
 
 # --- baselines ----------------------------------------------------------------------------------------
@@ -144,11 +196,26 @@ def ddim_round_trip(model, x0: torch.Tensor, ts, y=None) -> torch.Tensor:
     return ddim(model, latent, ts, y)
 
 
-def bdia_round_trip(model, x0: torch.Tensor, ts, y=None, gamma: float = 1.0) -> torch.Tensor:
-    """BDIA inversion (keeping the last two states), then BDIA regeneration from that pair."""
+def bdia_round_trip(model, x0: torch.Tensor, ts, y=None, gamma: float = 1.0, return_latents: bool = False):
+    """BDIA inversion (keeping the last two states), then BDIA regeneration from that pair.
+
+    With ``return_latents=True`` returns ``(regenerated, max_abs)`` where ``max_abs[k]`` is max |z_k| over the
+    inversion's states k = 0..N (see :func:`max_abs_trajectory`)."""
     ts = check_times(ts)
-    top, below = bdia_invert(model, x0, ts.flip(0), y, gamma)
-    return bdia_sample(model, below, ts, y, gamma, x_prev=top)
+    top, below, trajectory = bdia_invert(model, x0, ts.flip(0), y, gamma, return_trajectory=True)
+    out = bdia_sample(model, below, ts, y, gamma, x_prev=top)
+    return (out, max_abs_trajectory(trajectory)) if return_latents else out
+
+
+def editing_grid(n_steps: int = 40, strength: float = 0.8, kind: str = "uniform_t") -> torch.Tensor:
+    """The decreasing grid of an SDEdit-style edit: the last ``round(strength * n_steps)`` steps of an
+    ``n_steps`` grid, i.e. inversion only up to t ~ strength (the official editing setting: 40 steps, 0.8)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must lie in (0, 1], got {strength}")
+    from common.diffusion.samplers import time_grid
+
+    ts = time_grid(n_steps, kind)
+    return ts[n_steps - round(strength * n_steps):]
 
 
 def _edict_coefficients(c: dict, i: int) -> tuple[float, float]:

@@ -16,6 +16,12 @@ from papers.bdia import (
     edict_invert,
     edict_round_trip,
     edict_sample,
+    editing_grid,
+    gamma_key,
+    growth_factor,
+    inverse_mode_roots,
+    max_abs_trajectory,
+    noise_and_labels,
 )
 
 
@@ -42,7 +48,7 @@ def test_bdia_step_and_its_inverse_are_exact(toy):
 def test_bdia_round_trip_is_exact_in_float64(toy, gamma):
     x0 = _x0()
     ts = time_grid(10, "uniform_t")
-    # rounding errors are amplified by about (1/gamma) per inversion step (see the README)
+    # the inversion's parasitic mode grows like (1/gamma)^N in exact arithmetic; the error is eps * |z_N|
     assert (bdia_round_trip(toy, x0, ts, gamma=gamma) - x0).abs().max() < 1e-12 * (1 / gamma) ** 10
 
 
@@ -97,3 +103,62 @@ def test_network_call_counts(toy):
     toy.nfe = 0
     edict_sample(toy, lx, ly, ts)
     assert toy.nfe == 2 * n
+
+
+def test_inverse_mode_roots_and_growth_factor():
+    for gamma in (0.5, 0.9, 1.0):
+        for r in inverse_mode_roots(gamma):
+            assert r * r - (1 - 1 / gamma) * r - 1 / gamma == pytest.approx(0.0, abs=1e-12)
+    assert growth_factor([3.0 * 2.0**k for k in range(12)]) == pytest.approx(2.0)
+    assert growth_factor([5.0] * 8) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        growth_factor([1.0, float("inf"), 2.0])
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0])
+def test_pair_map_jacobian_determinant_is_minus_one_over_gamma_to_the_d(toy, gamma):
+    """Whatever the network, the inversion's pair map (z_i, z_{i-1}) -> (z_{i+1}, z_i) has |det J| = gamma^-d."""
+    ts = time_grid(10, "uniform_t")
+    c = grid_coefficients(toy.schedule, ts)
+    d = 6
+
+    def pair_map(v):
+        z, z_prev = v[:d][None], v[d:][None]
+        z_new = bdia_inverse_step(z_prev, z, toy.eps(z, c["t"][4]), c, 4, gamma)
+        return torch.cat([z_new[0], z[0]])
+
+    jac = torch.autograd.functional.jacobian(pair_map, torch.cat([_x0(1, d, 7)[0], _x0(1, d, 8)[0]]))
+    assert abs(float(torch.linalg.det(jac))) == pytest.approx(gamma ** -d, rel=1e-9)
+
+
+def test_gamma_half_inversion_diverges_in_exact_arithmetic():
+    """The gamma = 0.5 latent blows up identically in float32 and float64 (not rounding); gamma = 1 stays bounded."""
+    ts = time_grid(40, "uniform_t")
+    lat = {}
+    toy = LinearEpsModel(VPSchedule(), dim=6, random_state=0)  # float64 weights, cast to x's dtype in eps
+    for dtype in (torch.float32, torch.float64):
+        for gamma in (0.5, 1.0):
+            *_, traj = bdia_invert(toy, _x0().to(dtype), ts.flip(0), gamma=gamma, return_trajectory=True)
+            lat[(dtype, gamma)] = max_abs_trajectory(traj)
+    big32, big64 = lat[(torch.float32, 0.5)][-1], lat[(torch.float64, 0.5)][-1]
+    assert big64 > 1e6 and abs(big32 - big64) / big64 < 1e-3
+    assert growth_factor(lat[(torch.float64, 0.5)]) > 2**0.5
+    assert lat[(torch.float64, 1.0)][-1] < 1e-4 * big64  # gamma = 1: the mode only oscillates
+
+
+def test_round_trip_returns_latents_and_editing_grid(toy):
+    ts = editing_grid(40, 0.8)
+    assert len(ts) == 33 and float(ts[0]) == pytest.approx(0.8, abs=1e-3) and float(ts[-1]) == toy.schedule.t_min
+    out, lat = bdia_round_trip(toy, _x0(), ts, gamma=1.0, return_latents=True)
+    assert len(lat) == 33 and lat[0] == pytest.approx(float(_x0().abs().max()))
+    assert (out - _x0()).abs().max() < 1e-12
+    with pytest.raises(ValueError):
+        editing_grid(40, 0.0)
+
+
+def test_sampling_seeds_share_noise_across_samplers():
+    a, la = noise_and_labels(3, 20)
+    b, lb = noise_and_labels(3, 20)
+    assert torch.equal(a, b) and torch.equal(la, lb) and la.tolist()[:11] == list(range(10)) + [0]
+    assert not torch.equal(a, noise_and_labels(4, 20)[0])
+    assert gamma_key(0.5) == "bdia_g0p5" and gamma_key(1.0) == "bdia_g1"
