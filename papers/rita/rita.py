@@ -12,13 +12,18 @@ every query has norm at most R, each attention weight is within a factor exp(2·
 the exact one, so r ≤ ln(ε)·√d/(2R) keeps every weight ratio in [1/ε, ε]; in particular the
 result is exact when every key equals its centroid.
 
-RITA's **adaptive scheduler** picks N during training from that bound (official code:
-``utils.py::group_measure`` and ``update_N_auto_once``): per layer it counts the groups whose
-radius exceeds the distance threshold (to split) and the pairs of centroids closer than
-twice the threshold (to merge), and moves N towards N + splits − merges with momentum
-(N ← a·N + (1 − a)·N_new, a = 0.5). :class:`AdaptiveGroupScheduler` implements that rule with
-the bound's own quantities (largest radius, largest query norm); the official code uses
-their averages (mean squared distance, mean squared norm), a looser average-case version.
+RITA's **adaptive scheduler** picks N during training. The official rule (``code/utils.py::
+group_measure`` and ``update_N_auto_once`` of ljmzlh/RITA) is **merge only**: per (sequence, head)
+it counts the centroids that have an earlier centroid within squared distance 4·r², with
+r² = (ln ε)²/(4·mean‖q‖²) (mean over the queries; the official threshold has no 1/√d even
+though the scores are divided by √d), and moves N towards N − mean(merges) with momentum
+(N ← a·N + (1 − a)·N_new, a = 0.5), never below N_min (10 in the official code). Its split
+count (groups whose mean squared key-to-centroid distance, ``compatness = compatness_sum /
+cnt`` in ``grouping.py::kmeans_gpu``, exceeds r²) is computed but the line that would use it is
+commented out. :class:`AdaptiveGroupScheduler` implements that rule (``rule="official"``) and two
+variants of ours, both with splits and merges and the threshold of the guarantee
+r = ln(ε)·√d/(2R): ``rule="rms"`` (R and the group radii as root mean squares, the official
+statistics) and ``rule="bound"`` (the bound's own maxima: largest query norm, largest radius).
 
 This module supplies the replication's pieces: :func:`make_synhar` (a procedural
 human-activity-like classification task: class-specific motif bursts with jitter, drift and
@@ -118,16 +123,30 @@ def windows(X: np.ndarray | torch.Tensor, window: int) -> torch.Tensor:
 # ------------------------------------------------------------------ the adaptive scheduler
 
 
+RULES = ("official", "rms", "bound")
+
+
 @dataclass
 class AdaptiveGroupScheduler:
     """RITA's dynamic choice of the number of groups N, one value per layer.
 
     ``epsilon`` is the error target: every attention weight within a factor ε of exact.
-    After each batch, :meth:`observe` counts per (sequence, head) the groups whose radius
-    exceeds ln(ε)·√d/(2·max‖q‖) (to split) and the centroid pairs closer than twice that
-    (to merge), and N moves towards N + mean(splits) − mean(merges) with momentum ``a``.
-    ``statistic="mean"`` uses root-mean-square query norms and within-group distances
-    instead of maxima, as the official code does (no longer a guarantee).
+    After each batch, :meth:`observe` counts per (sequence, head) the groups to split and the
+    centroid pairs to merge, and N moves towards its new value with momentum ``momentum``:
+
+    - ``rule="official"`` (ljmzlh/RITA ``update_N_auto_once``): merges only, N_new = N − mean(merges);
+      a centroid merges when an earlier centroid lies within 2r, r² = (ln ε)²/(4·mean‖q‖²) (no
+      1/√d, as in the official code); splits (mean squared distance to the centroid above r²) are
+      counted and reported but not applied (the official split line is commented out);
+    - ``rule="rms"`` (ours): N_new = N + mean(splits) − mean(merges) with the guarantee's threshold
+      r = ln(ε)/(2·scale·R), R the root-mean-square query norm and the group radius the root mean
+      square key-to-centroid distance (no guarantee);
+    - ``rule="bound"`` (ours): as ``rms`` with the bound's own maxima (largest query norm, largest
+      key-to-centroid distance), which is what the guarantee needs.
+
+    The official code updates N once every ``N_sample`` = 3000 training samples from the counts
+    accumulated since the last update; here N is updated after every batch (a ci run has a few
+    thousand samples).
     """
 
     n_tokens: int
@@ -136,12 +155,12 @@ class AdaptiveGroupScheduler:
     n_init: int | None = None
     n_min: int = 2
     momentum: float = 0.5
-    statistic: str = "max"
+    rule: str = "bound"
     n: list = field(default_factory=list)
 
     def __post_init__(self):
-        if self.statistic not in ("max", "mean"):
-            raise ValueError(f"statistic must be 'max' (the bound) or 'mean' (the official code), got {self.statistic!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
         if self.epsilon <= 1:
             raise ValueError(f"epsilon bounds a ratio of weights and must exceed 1, got {self.epsilon}")
         if not 0 <= self.momentum < 1:
@@ -152,18 +171,24 @@ class AdaptiveGroupScheduler:
     def n_groups(self, layer: int) -> int:
         return int(min(self.n_tokens, max(self.n_min, round(self.n[layer]))))
 
+    def thresholds(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """The distance threshold r per (sequence, head) (``(...,)``) of this rule."""
+        if self.rule == "official":
+            return math.log(self.epsilon) / (2 * q.square().sum(-1).mean(-1).sqrt())
+        if self.rule == "rms":
+            return math.log(self.epsilon) / (2 * scale * q.square().sum(-1).mean(-1).sqrt())
+        return at.radius_for_ratio(q, self.epsilon, scale=scale)
+
     def observe(self, layer: int, q: torch.Tensor, k: torch.Tensor, grouping: at.Grouping,
                 scale: float | None = None) -> dict:
         """Update N of ``layer`` from one batch's queries, keys and grouping (``(..., n, d)``)."""
         with torch.no_grad():
             q, k = q.detach().double(), k.detach().double()
             scale = at.default_scale(q.shape[-1]) if scale is None else scale
-            if self.statistic == "max":   # the bound: largest query norm, largest key-to-centroid distance
-                threshold = at.radius_for_ratio(q, self.epsilon, scale=scale)      # (...,)
+            threshold = self.thresholds(q, scale)                                   # (...,)
+            if self.rule == "bound":
                 radius = at.group_radius(k, grouping)                               # (..., N)
-            else:                         # official code: root mean squares of both
-                q_rms = q.square().sum(-1).mean(-1).sqrt()
-                threshold = math.log(self.epsilon) / (2 * scale * q_rms)
+            else:   # root mean square key-to-centroid distance per group (official "compatness", rooted)
                 centroids_k, counts = at.group_means(k, grouping.assignment, grouping.n_groups)
                 member = torch.gather(centroids_k, -2, grouping.assignment.unsqueeze(-1).expand(k.shape))
                 sq = (k - member).square().sum(-1)
@@ -177,7 +202,8 @@ class AdaptiveGroupScheduler:
             dist = dist.masked_fill(~(present.unsqueeze(-1) & present.unsqueeze(-2)), far)
             dist = dist + torch.triu(torch.full_like(dist, far), diagonal=0)         # each pair once, no self
             merges = (dist.amin(-1) < 2 * threshold.unsqueeze(-1)).sum(-1).double()
-            target = self.n[layer] + float(splits.mean()) - float(merges.mean())
+            applied_splits = 0.0 if self.rule == "official" else float(splits.mean())
+            target = self.n[layer] + applied_splits - float(merges.mean())
             new = self.momentum * self.n[layer] + (1 - self.momentum) * target
             self.n[layer] = float(min(self.n_tokens, max(self.n_min, new)))
         return {"splits": float(splits.mean()), "merges": float(merges.mean()), "n_groups": grouping.n_groups}
@@ -230,17 +256,32 @@ class TimeSeriesEncoder(nn.Module):
                                   for _ in range(n_layers))
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, n_classes))
         self.monitor = False
+        self.monitor_sequences: int | None = None
         self.log: list[dict] = []
+
+    def set_attention(self, attention: str, *, n_groups: int | None = None,
+                      scheduler: AdaptiveGroupScheduler | None = None) -> TimeSeriesEncoder:
+        """Switch the attention core (the parameters are shared by every core); returns ``self``."""
+        if attention not in ("exact", "group", "adaptive"):
+            raise ValueError(f"attention must be 'exact', 'group' or 'adaptive', got {attention!r}")
+        if attention == "adaptive" and scheduler is None:
+            raise ValueError("adaptive group attention needs a scheduler")
+        self.attention = attention
+        self.n_groups = self.n_groups if n_groups is None else n_groups
+        self.scheduler = scheduler
+        return self
 
     def _core(self, layer: int):
         def core(q, k, v):
             if self.attention == "exact":
-                return at.softmax_attention(q, k, v)
+                return nn.functional.scaled_dot_product_attention(q, k, v)
             n_groups = self.n_groups if self.attention == "group" else self.scheduler.n_groups(layer)
             out, grouping = at.group_attention(q, k, v, n_groups=n_groups, n_iter=self.n_iter,
                                                generator=self.generator, return_grouping=True)
             if self.monitor:
-                self.log.append({"layer": layer, **group_error_stats(q, k, v, grouping, out)})
+                m = self.monitor_sequences or q.shape[0]
+                sub = at.Grouping(grouping.assignment[:m], grouping.centroids[:m], grouping.counts[:m])
+                self.log.append({"layer": layer, **group_error_stats(q[:m], k[:m], v[:m], sub, out[:m])})
             if self.attention == "adaptive" and self.training:
                 self.scheduler.observe(layer, q, k, grouping)
             return out
@@ -309,6 +350,87 @@ def accuracy(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, batch
         correct = sum(int((model(tokens[i:i + batch_size]).argmax(-1) == labels[i:i + batch_size]).sum())
                       for i in range(0, len(tokens), batch_size))
     return correct / len(tokens)
+
+
+# ------------------------------------------------------------------ experiments
+
+
+def compare_attention(train_tokens: torch.Tensor, train_labels: torch.Tensor, test_tokens: torch.Tensor,
+                      test_labels: torch.Tensor, *, modes=("exact", "group"), n_seeds: int, seed: int = 0,
+                      n_groups: int = 16, epochs: int = 1, batch_size: int = 32, lr: float = 0.005,
+                      log=print) -> dict:
+    """Test accuracy of each attention mode over ``n_seeds`` seeds, paired by seed.
+
+    For a given seed every mode starts from the same initialisation and sees the batches in the
+    same order (and group attention's k-means draws from a generator with that seed); seeds
+    differ in initialisation, batch order and k-means draws. Returns ``{"accuracy": {mode: [per
+    seed]}, "seconds": {mode: total training seconds}}``.
+    """
+    import time
+
+    accuracies = {mode: [] for mode in modes}
+    seconds = {mode: 0.0 for mode in modes}
+    for rep in range(n_seeds):
+        run_seed = seed * 100 + rep
+        for mode in modes:
+            torch.manual_seed(run_seed)
+            model = TimeSeriesEncoder(train_tokens.shape[-1], train_tokens.shape[1], len(MOTIFS), attention=mode,
+                                      n_groups=n_groups, generator=torch.Generator().manual_seed(run_seed))
+            start = time.perf_counter()
+            losses = train(model, train_tokens, train_labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                           generator=torch.Generator().manual_seed(run_seed))
+            seconds[mode] += time.perf_counter() - start
+            accuracies[mode].append(accuracy(model, test_tokens, test_labels))
+            if log is not None:
+                log(f"seed {rep} {mode:5s}: final loss {losses[-1]:.3f}, test accuracy {accuracies[mode][-1]:.4f}")
+    return {"accuracy": accuracies, "seconds": seconds}
+
+
+def scheduler_study(train_tokens: torch.Tensor, train_labels: torch.Tensor, test_tokens: torch.Tensor,
+                    test_labels: torch.Tensor, *, rules=RULES, epsilon: float = 2.0, pretrain_steps: int,
+                    steps: int, batch_size: int = 32, lr: float = 0.005, n_min: int = 2, seed: int = 0,
+                    monitor_sequences: int | None = None) -> dict:
+    """The adaptive scheduler of each rule, measured on an encoder that has learned the task.
+
+    The encoder is first trained with exact attention for ``pretrain_steps`` batches (the first
+    ``pretrain_steps·batch_size`` series); then, for each rule, a copy continues for ``steps``
+    batches (the next series, the same for every rule) with adaptive group attention, starting
+    at N = n/10, while every batch and layer is compared with exact attention. Returns
+    ``{"pretrain_accuracy", "logs": {rule: DataFrame}, "accuracy": {rule: test accuracy}}``; each
+    log row is one (batch, layer) with ``max_log_ratio``, ``rel_out_error``, ``bound``,
+    ``n_groups``, ``N_over_n`` and ``within_target`` (max log ratio ≤ ln ε).
+    """
+    import copy
+
+    import pandas as pd
+
+    n_pre, n_post = pretrain_steps * batch_size, steps * batch_size
+    if n_pre + n_post > len(train_tokens):
+        raise ValueError(f"need {n_pre + n_post} training series, got {len(train_tokens)}")
+    n_tokens, n_layers = train_tokens.shape[1], 2
+    torch.manual_seed(seed)
+    model = TimeSeriesEncoder(train_tokens.shape[-1], n_tokens, len(MOTIFS), n_layers=n_layers, attention="exact",
+                              generator=torch.Generator().manual_seed(seed))
+    if pretrain_steps:
+        train(model, train_tokens[:n_pre], train_labels[:n_pre], epochs=1, batch_size=batch_size, lr=lr,
+              generator=torch.Generator().manual_seed(seed))
+    result = {"pretrain_accuracy": accuracy(model, test_tokens, test_labels), "logs": {}, "accuracy": {}}
+    tokens, labels = train_tokens[n_pre:n_pre + n_post], train_labels[n_pre:n_pre + n_post]
+    for rule in rules:
+        scheduler = AdaptiveGroupScheduler(n_tokens, n_layers, epsilon=epsilon, rule=rule, n_min=n_min)
+        adaptive = copy.deepcopy(model).set_attention("adaptive", scheduler=scheduler)
+        adaptive.generator = torch.Generator().manual_seed(seed + 1)
+        adaptive.monitor, adaptive.monitor_sequences, adaptive.log = True, monitor_sequences, []
+        train(adaptive, tokens, labels, epochs=1, batch_size=batch_size, lr=lr,
+              generator=torch.Generator().manual_seed(seed + 1))
+        adaptive.monitor = False
+        log = pd.DataFrame(adaptive.log)
+        log["batch"] = np.repeat(np.arange(len(log) // n_layers), n_layers)
+        log["within_target"] = log["max_log_ratio"] <= math.log(epsilon)
+        log["N_over_n"] = log["n_groups"] / log["n_tokens"]
+        result["logs"][rule] = log
+        result["accuracy"][rule] = accuracy(adaptive, test_tokens, test_labels)
+    return result
 
 
 # ------------------------------------------------------------------ attention-only timing
