@@ -1,0 +1,1 @@
+"""Pseudo-NTK (sum of logits)."""
