@@ -1,0 +1,1 @@
+"""Stable CP decomposition of conv kernels."""
