@@ -118,6 +118,22 @@ def aol_rescale(X: torch.Tensor, eps: float = 1e-7) -> tuple[torch.Tensor, torch
     return X, A
 
 
+def aol_polar_limit(G: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """The limit of Newton–Schulz after AOL: ``polar(diag(s)·X)`` on the short side, in float64.
+
+    AOL rescales the rows of the short-side matrix (tall inputs are transposed first, as in
+    :func:`newton_schulz`), so a converging iteration ends at the polar factor of the *rescaled*
+    matrix, not at ``polar(G)``. Returned in ``G``'s orientation (tall inputs transposed back).
+    """
+    X = _as_matrix_batch(G).to(torch.float64)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    scaled, _ = aol_rescale(X, eps)
+    P = polar_svd(scaled)
+    return P.mT if transposed else P
+
+
 def newton_schulz(G: torch.Tensor, steps: int = 5, schedule: str | Sequence[Coefficients] = "muon",
                   preconditioner: str = "frobenius", *, dtype: torch.dtype | None = None,
                   eps: float = 1e-7) -> torch.Tensor:

@@ -14,7 +14,8 @@ the optimizer in :mod:`common.muon`. This module holds the paper's experiments:
   identical inputs; the algorithmic gain is bounded by the FLOP ratio 5/4 (one iteration
   removed, the AOL Gram matrix reused); the rest of the paper's 2.8× comes from Triton kernels.
 * **End-to-end** (:func:`train_muon_mlp`): the same MLP trained with Muon on the standard and on
-  the Turbo backend, same seeds and hyperparameters.
+  the Turbo backend, same seeds and hyperparameters, compared per seed (:func:`compare_backends`:
+  paired differences of loss and accuracy, step-time and NS-time ratios, Amdahl's prediction).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from common import newton_schulz as ns
+from common import stats
 from common.muon import Muon, split_muon_params
 from common.smallnets import MLP, evaluate, load_digits_data, train_classifier
 from common.timing import compare
@@ -82,29 +84,92 @@ def random_matrices(family: str, batch: int, rows: int, cols: int,
 
 def polar_error_grid(G: torch.Tensor, steps: Sequence[int] = (1, 2, 3, 4, 5),
                      preconditioners: Sequence[str] = ns.PRECONDITIONERS,
-                     schedules: Sequence[str] = ns.SCHEDULES) -> dict[tuple[str, str, int], float]:
-    """Mean polar error of every (preconditioner, schedule, steps) cell on the stack ``G``."""
+                     schedules: Sequence[str] = ns.SCHEDULES, reduce: bool = True) -> dict:
+    """Polar error of every (preconditioner, schedule, steps) cell on the stack ``G``.
+
+    ``reduce=True``: the mean over the stack (a float per cell); ``False``: the per-matrix errors
+    (a float64 tensor of the stack's batch shape per cell).
+    """
     polar = ns.polar_svd(G)
     grid = {}
     for pre in preconditioners:
         for sched in schedules:
             for k in steps:
-                X = ns.newton_schulz(G, k, sched, pre)
-                grid[(pre, sched, k)] = float(ns.polar_error(X, G, polar).mean())
+                err = ns.polar_error(ns.newton_schulz(G, k, sched, pre), G, polar)
+                grid[(pre, sched, k)] = float(err.mean()) if reduce else err
     return grid
 
 
-def variant_errors(G: torch.Tensor) -> dict[str, float]:
-    """Mean polar error of the three named variants (Muon ×5, Muon+ ×5, Turbo ×4) and the AOL floor.
+def aol_win_fraction(grid: dict) -> tuple[int, int]:
+    """``(wins, cells)``: how often AOL's error is below Frobenius's at the same schedule and steps.
 
-    ``aol_floor`` is ``‖polar(diag(s)G) − polar(G)‖_F / ‖polar(G)‖_F``: AOL rescales the rows, so
-    Newton–Schulz after AOL converges to the polar factor of the *rescaled* matrix.
+    ``grid`` is a :func:`polar_error_grid`; with ``reduce=False`` every matrix of the stack is a cell.
+    """
+    wins = total = 0
+    for (pre, sched, k), err in grid.items():
+        if pre != "aol" or ("frobenius", sched, k) not in grid:
+            continue
+        diff = torch.as_tensor(err) < torch.as_tensor(grid[("frobenius", sched, k)])
+        wins += int(diff.sum())
+        total += diff.numel()
+    return wins, total
+
+
+#: Equal-step companions of the named variants: ``name: (steps, schedule, preconditioner)``.
+EQUAL_STEP_VARIANTS = {"muon4": (4, "muon", "frobenius"), "muon_plus4": (4, "dion", "frobenius"),
+                       "turbo5": (5, "dion", "aol")}
+
+
+def variant_errors(G: torch.Tensor) -> dict[str, float]:
+    """Mean polar error of the named variants, their equal-step companions and the AOL floor.
+
+    Named: Muon ×5, Muon+ ×5, Turbo ×4. Equal-step companions (:data:`EQUAL_STEP_VARIANTS`):
+    ``muon4`` and ``muon_plus4`` (Frobenius ×4, to compare with Turbo ×4) and ``turbo5`` (AOL +
+    per-iteration ×5, to compare with Muon ×5 / Muon+ ×5), so that "one step fewer" and "AOL
+    instead of Frobenius" can be told apart. ``aol_floor`` is ``‖polar(diag(s)X) − polar(G)‖_F /
+    ‖polar(G)‖_F`` (:func:`common.newton_schulz.aol_polar_limit`, short side first): AOL rescales
+    the rows, so Newton–Schulz after AOL converges to the polar factor of the *rescaled* matrix.
     """
     polar = ns.polar_svd(G)
     out = {name: float(ns.polar_error(fn(G), G, polar).mean()) for name, fn in ns.VARIANTS.items()}
-    scaled, _ = ns.aol_rescale(G.double())
-    out["aol_floor"] = float(ns.polar_error(ns.polar_svd(scaled), G, polar).mean())
+    for name, (k, sched, pre) in EQUAL_STEP_VARIANTS.items():
+        out[name] = float(ns.polar_error(ns.newton_schulz(G, k, sched, pre), G, polar).mean())
+    out["aol_floor"] = float(ns.polar_error(ns.aol_polar_limit(G), G, polar).mean())
     return out
+
+
+def spectrum_profile(G: torch.Tensor, ks: Sequence[int] = (8, 32)) -> dict[str, float]:
+    """Median over the stack of ``σ_k / σ_1`` for each ``k`` in ``ks`` (1-based), of the fraction of
+    singular values above ``1e-3·σ_1``, and of ``σ_1 / ‖G‖_F`` (how much the Frobenius scaling shrinks).
+    """
+    sv = torch.linalg.svdvals(_short_side_first(G).double())
+    if max(ks) > sv.size(-1) or min(ks) < 1:
+        raise ValueError(f"ks must lie in 1..{sv.size(-1)}, got {list(ks)}")
+    ratio = sv / sv[..., :1]
+    out = {f"sigma{k}_over_sigma1": float(ratio[..., k - 1].median()) for k in ks}
+    out["fraction_above_thousandth"] = float((ratio > 1e-3).double().mean(-1).median())
+    out["sigma1_over_fro"] = float((sv[..., 0] / sv.norm(dim=-1)).median())
+    return out
+
+
+def tail_error_share(X: torch.Tensor, G: torch.Tensor, head: int) -> float:
+    """Mean share of the squared polar error outside the top-``head`` singular directions of ``G``.
+
+    With ``G = U Σ Vᵀ`` (descending σ) and ``E = Uᵀ (X − U Vᵀ) V``, the share is
+    ``1 − ‖E[:head, :head]‖²_F / ‖E‖²_F``: near 1 when the error sits in the directions of the small
+    singular values (the ill-conditioned part of the polar factor).
+    """
+    U, _, Vh = torch.linalg.svd(_short_side_first(G).double(), full_matrices=False)
+    X = _short_side_first(X).double()
+    E = U.mT @ (X - U @ Vh) @ Vh.mT
+    total = (E ** 2).sum((-2, -1))
+    top = (E[..., :head, :head] ** 2).sum((-2, -1))
+    share = torch.where(total > 0, 1 - top / total.clamp_min(1e-300), torch.zeros_like(total))
+    return float(share.mean())
+
+
+def _short_side_first(G: torch.Tensor) -> torch.Tensor:
+    return G.mT if G.size(-2) > G.size(-1) else G
 
 
 def aol_sigma_max(G: torch.Tensor) -> float:
@@ -193,7 +258,43 @@ def train_muon_mlp(backend: str, seed: int, epochs: int = 15, hidden: int = 128,
     train_loss, train_acc = evaluate(model, data.X_train, data.y_train)
     test_loss, test_acc = evaluate(model, data.X_test, data.y_test)
     return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "step_seconds": elapsed / max(steps[0], 1), "ns_fraction": ns_seconds[0] / elapsed}
+            "step_seconds": elapsed / max(steps[0], 1), "ns_seconds": ns_seconds[0] / max(steps[0], 1),
+            "ns_fraction": ns_seconds[0] / elapsed}
+
+
+def compare_backends(base: Sequence[dict[str, float]], other: Sequence[dict[str, float]],
+                     confidence: float = 0.95) -> dict[str, stats.Interval]:
+    """Paired comparison of two backends' :func:`train_muon_mlp` runs over the same seeds (``other − base``).
+
+    Returns intervals for ``test_loss`` and ``test_acc`` (paired differences, Student t), for the
+    end-to-end step-time ratio ``step = base / other`` and the Newton–Schulz time ratio ``ns``
+    (ratios of means, paired bootstrap), and ``amdahl``: the end-to-end speed-up the NS ratio
+    predicts, ``1 / (1 − f·(1 − 1/r_ns))`` with ``f`` the base's NS fraction of the step (its
+    interval maps the NS ratio's bounds at the mean ``f``).
+    """
+    if len(base) != len(other) or len(base) < 2:
+        raise ValueError("need the same seeds (at least 2) for both backends")
+    col = {key: (np.array([r[key] for r in other]), np.array([r[key] for r in base]))
+           for key in ("test_loss", "test_acc", "step_seconds", "ns_seconds")}
+    out = {key: stats.paired_difference(*col[key], confidence=confidence) for key in ("test_loss", "test_acc")}
+    out["step"] = stats.ratio_of_means(col["step_seconds"][1], col["step_seconds"][0], confidence=confidence)
+    ns_ratio = out["ns"] = stats.ratio_of_means(col["ns_seconds"][1], col["ns_seconds"][0], confidence=confidence)
+    f = float(np.mean([r["ns_seconds"] / r["step_seconds"] for r in base]))
+    out["amdahl"] = stats.Interval(amdahl_speedup(f, ns_ratio.estimate), amdahl_speedup(f, ns_ratio.lo),
+                                   amdahl_speedup(f, ns_ratio.hi), ns_ratio.n, confidence, "bootstrap (mapped)")
+    return out
+
+
+def amdahl_speedup(ns_share: float, ns_ratio: float) -> float:
+    """End-to-end speed-up when a share ``ns_share`` of the step gets ``ns_ratio`` times faster (Amdahl's law)."""
+    if not 0 <= ns_share <= 1 or ns_ratio <= 0:
+        raise ValueError(f"need 0 <= ns_share <= 1 and ns_ratio > 0, got {ns_share}, {ns_ratio}")
+    return 1.0 / (1.0 - ns_share * (1.0 - 1.0 / ns_ratio))
+
+
+def update_rms(X: torch.Tensor) -> float:
+    """Mean over the stack of ``‖X‖_F / √min(rows, cols)``: 1 for an exact polar factor of a full-rank input."""
+    return float((torch.linalg.matrix_norm(X.double()) / min(X.shape[-2:]) ** 0.5).mean())
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:

@@ -108,3 +108,25 @@ def test_flop_model_ratio_is_five_quarters():
     assert muon["matmul"] == 5 * 6 * 1024 ** 3
     assert 1.2 < muon["total"] / turbo["total"] < 1.25
     assert ns.ns_flops(512, 2048, 1)["matmul"] == ns.ns_flops(2048, 512, 1)["matmul"]
+
+
+@pytest.mark.parametrize("shape", [(2, 48, 20), (2, 20, 48), (30, 30)])
+def test_aol_polar_limit_is_where_aol_newton_schulz_converges(shape):
+    # tall inputs are transposed before AOL (rows of the short side are rescaled), as in newton_schulz
+    G = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    classic = [(15 / 8, -10 / 8, 3 / 8)] * 40
+    X = ns.newton_schulz(G, steps=40, schedule=classic, preconditioner="aol")
+    limit = ns.aol_polar_limit(G)
+    assert limit.shape == G.shape
+    assert (X - limit).abs().max() < 1e-10
+    if G.size(-2) != G.size(-1):  # square inputs are never transposed
+        assert torch.allclose(limit, ns.aol_polar_limit(G.mT).mT, atol=1e-12)
+
+
+def test_aol_polar_limit_of_tall_input_rescales_the_short_side():
+    G = torch.randn(64, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    scaled, _ = ns.aol_rescale(G.mT)
+    assert torch.allclose(ns.aol_polar_limit(G), ns.polar_svd(scaled).mT, atol=1e-12)
+    # rescaling the 64 long-side rows instead (the old bug) gives another matrix
+    wrong, _ = ns.aol_rescale(G)
+    assert (ns.aol_polar_limit(G) - ns.polar_svd(wrong)).abs().max() > 1e-3
