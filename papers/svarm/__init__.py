@@ -3,6 +3,7 @@
 from .approximators import (
     ESTIMATORS,
     LABELS,
+    VARIANTS,
     BudgetExceeded,
     BudgetMeter,
     approshapley,
@@ -11,15 +12,27 @@ from .approximators import (
     stratified_sampling,
     stratified_svarm,
     stratified_svarm_minimum_budget,
+    stratified_svarm_scheme,
+    stratified_svarm_shapiq_scheme,
     svarm,
     unbiased_kernelshap,
 )
-from .benchmark import additive_r2, bias_check, mse_table, run_estimator, shapiq_available, shapiq_estimate
+from .benchmark import (
+    additive_r2,
+    bias_check,
+    mse_table,
+    per_game_mse,
+    rank_among,
+    run_estimator,
+    shapiq_available,
+    shapiq_estimate,
+    stratum_variance_ratio,
+)
 from .cooperative_games import SOUG, AirportGame, Game, ModelGame, ShoeGame, exact_shapley_by_enumeration
 
 __all__ = [
-    "ESTIMATORS", "LABELS", "BudgetExceeded", "BudgetMeter", "approshapley", "kernelshap", "paper_size_distribution",
+    "ESTIMATORS", "LABELS", "VARIANTS", "stratified_svarm_scheme", "stratified_svarm_shapiq_scheme", "BudgetExceeded", "BudgetMeter", "approshapley", "kernelshap", "paper_size_distribution",
     "stratified_sampling", "stratified_svarm", "stratified_svarm_minimum_budget", "svarm", "unbiased_kernelshap",
-    "additive_r2", "bias_check", "mse_table", "run_estimator", "shapiq_available", "shapiq_estimate",
+    "additive_r2", "bias_check", "mse_table", "per_game_mse", "rank_among", "stratum_variance_ratio", "run_estimator", "shapiq_available", "shapiq_estimate",
     "SOUG", "AirportGame", "Game", "ModelGame", "ShoeGame", "exact_shapley_by_enumeration",
 ]

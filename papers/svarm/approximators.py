@@ -32,6 +32,12 @@ per size; then sizes ``s ∈ {2..n−2}`` are drawn from the paper's distributio
 small and large sizes, :func:`paper_size_distribution`) and each evaluated ``v(A)`` updates
 stratum ``|A|-1`` of every ``i ∈ A`` and stratum ``|A|`` of every ``i ∉ A``.
 
+**Sampling-scheme variant** (:func:`stratified_svarm_scheme`): the same stratified estimator with the
+scheme's four choices as options: the size distribution (the paper's P̃ or KernelSHAP's 1/(s(n−s)),
+shapiq's default), shapiq's border trick (enumerate every size whose expected draws cover it), the
+warm-up, and a budget that counts distinct coalitions (a coalition drawn again is not re-evaluated but
+counts again). :func:`stratified_svarm_shapiq_scheme` is the combination shapiq 1.4.1's ``SVARM`` uses.
+
 Baselines: ApproShapley (Castro et al. 2009; permutation sampling, one evaluation per
 marginal contribution), KernelSHAP (Lundberg and Lee 2017; with the exact efficiency
 constraint and complete enumeration of the sizes the budget covers), Unbiased KernelSHAP
@@ -170,6 +176,28 @@ def stratified_svarm_minimum_budget(n: int) -> int:
     return 2 * n + 1 + 2 * sum(math.ceil(n / s) for s in range(2, n - 1))
 
 
+def _partition_blocks(rng: np.random.Generator, n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """The warm-up's blocks of size ``s``: a random permutation cut into ⌈n/s⌉ blocks, the last one
+    padded with random other players; ``owners`` marks the players each block is credited to
+    (every player exactly once; padding players are not credited)."""
+    order = rng.permutation(n)
+    blocks, owners = [], []
+    for k in range(n // s):
+        block = np.zeros(n, dtype=bool)
+        block[order[k * s:(k + 1) * s]] = True
+        blocks.append(block)
+        owners.append(block.copy())
+    if n % s:
+        owner = np.zeros(n, dtype=bool)
+        owner[order[n - n % s:]] = True
+        others = np.flatnonzero(~owner)
+        block = owner.copy()
+        block[rng.choice(others, s - n % s, replace=False)] = True
+        blocks.append(block)
+        owners.append(owner)
+    return np.array(blocks), np.array(owners)
+
+
 def stratified_svarm(game, budget: int, rng: np.random.Generator) -> np.ndarray:
     """Stratified SVARM (Algorithm 2): exact border strata, warm-up, then sampling from P̃."""
     n = game.n
@@ -196,23 +224,9 @@ def stratified_svarm(game, budget: int, rng: np.random.Generator) -> np.ndarray:
 
     # warm-up: for each size s = 2..n-2, a random partition into blocks of s (the last block padded)
     for positive in (True, False):
-        blocks, owners = [], []
-        for s in range(2, n - 1):
-            order = rng.permutation(n)
-            for k in range(n // s):
-                block = np.zeros(n, dtype=bool)
-                block[order[k * s:(k + 1) * s]] = True
-                blocks.append(block)
-                owners.append(block.copy())
-            if n % s:
-                owner = np.zeros(n, dtype=bool)
-                owner[order[n - n % s:]] = True
-                others = np.flatnonzero(~owner)
-                block = owner.copy()
-                block[rng.choice(others, s - n % s, replace=False)] = True
-                blocks.append(block)
-                owners.append(owner)
-        blocks, owners = np.array(blocks), np.array(owners)
+        parts = [_partition_blocks(rng, n, s) for s in range(2, n - 1)]
+        blocks = np.concatenate([b for b, _ in parts])
+        owners = np.concatenate([o for _, o in parts])
         sizes = blocks.sum(axis=1)
         if positive:
             values = meter(blocks)
@@ -396,6 +410,134 @@ def stratified_sampling(game, budget: int, rng: np.random.Generator) -> np.ndarr
     return np.divide(means.sum(axis=1), filled, out=np.zeros(n), where=filled > 0)
 
 
+# ------------------------------------------------------------------ Stratified SVARM, scheme variants
+
+def kernel_size_distribution(n: int) -> np.ndarray:
+    """shapiq's default size weights for SVARM: ∝ 1/(s (n−s)) on sizes 1..n−1 (KernelSHAP's), zero on 0 and n."""
+    return _shapley_kernel_sizes(n)
+
+
+SIZE_DISTRIBUTIONS = {"paper": paper_size_distribution, "kernel": kernel_size_distribution}
+
+
+def _border_sizes(n: int, budget: int, weights: np.ndarray, exact: list[int]) -> list[int]:
+    """shapiq's border trick: while some sampled size s expects at least C(n, s) draws from the remaining
+    budget, enumerate all its coalitions instead (and renormalise the weights over the other sizes)."""
+    exact = list(exact)
+    left = budget - sum(int(comb(n, s, exact=True)) for s in exact if s > 0)
+    while True:
+        sampled = [s for s in range(n + 1) if s not in exact and weights[s] > 0]
+        if not sampled or left <= 0:
+            return exact
+        p = weights[sampled] / weights[sampled].sum()
+        move = [s for s, q in zip(sampled, p, strict=True) if left * q >= comb(n, s, exact=True)]
+        if not move:
+            return exact
+        exact += move
+        left -= sum(int(comb(n, s, exact=True)) for s in move)
+
+
+def _distinct_prefix(rng: np.random.Generator, n: int, sizes_p: np.ndarray, n_distinct: int,
+                     available: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw coalitions (size from ``sizes_p``, members uniform) until ``n_distinct`` different ones
+    have appeared; returns every draw (duplicates included, in order) and the index of its distinct row."""
+    n_distinct = min(n_distinct, available)
+    draws = np.zeros((0, n), dtype=bool)
+    while True:
+        batch = max(2 * n_distinct, 64)
+        sizes = rng.choice(n + 1, batch, p=sizes_p)
+        draws = np.concatenate([draws, random_coalitions(rng, n, sizes)])
+        keys = np.packbits(draws, axis=1)
+        _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        if len(first) >= n_distinct:
+            cut = np.sort(first)[n_distinct - 1] + 1   # the draw that brings the n_distinct-th new coalition
+            draws = draws[:cut]
+            _, first, inverse = np.unique(np.packbits(draws, axis=1), axis=0, return_index=True,
+                                          return_inverse=True)
+            return draws, first, np.asarray(inverse).reshape(-1)
+
+
+def stratified_svarm_scheme(game, budget: int, rng: np.random.Generator, *, sizes: str = "paper",
+                            border: bool = False, warm_up: bool = True, distinct: bool = False) -> np.ndarray:
+    """Stratified SVARM with the sampling scheme's four choices as options (the estimator — stratum means
+    of v(S) over S ∋ i and S ∌ i by size, averaged — is the same in every combination).
+
+    - ``sizes``: the size distribution of the sampled coalitions, ``"paper"`` (P̃, the paper's) or
+      ``"kernel"`` (∝ 1/(s(n−s)), shapiq's default);
+    - ``border``: after the exact sizes 0, 1, n−1, n, also enumerate every size that would expect at
+      least all of its coalitions from the remaining budget (shapiq's border trick);
+    - ``warm_up``: one coalition per stratum and player before sampling (the paper's Algorithm 2); without
+      it an unsampled stratum contributes 0 (shapiq);
+    - ``distinct``: the budget counts distinct coalitions; a coalition drawn again is not re-evaluated but
+      counts again in its strata's means (shapiq's sampler).
+
+    ``stratified_svarm_scheme(game, T, rng)`` with the defaults is the paper's scheme (the same estimator as
+    :func:`stratified_svarm`, drawn differently); ``sizes="kernel", border=True, warm_up=False,
+    distinct=True`` is shapiq's ``SVARM``.
+    """
+    n = game.n
+    if n < 4:
+        raise ValueError("Stratified SVARM needs n >= 4 players")
+    if sizes not in SIZE_DISTRIBUTIONS:
+        raise ValueError(f"sizes must be one of {sorted(SIZE_DISTRIBUTIONS)}, got {sizes!r}")
+    weights = SIZE_DISTRIBUTIONS[sizes](n).copy()
+    exact = [0, 1, n - 1, n]
+    weights[exact] = 0.0
+    minimum = 2 * n + 1 + (2 * sum(math.ceil(n / s) for s in range(2, n - 1)) if warm_up else 0)
+    if budget < minimum:
+        raise ValueError(f"this scheme with n={n} needs a budget of at least {minimum}")
+    if border:
+        exact = _border_sizes(n, budget - (minimum - 2 * n - 1), weights, exact)
+    weights[exact] = 0.0
+    meter = BudgetMeter(game, budget)
+    plus_sum, plus_count = np.zeros((n, n)), np.zeros((n, n))    # [player, ℓ = |S|-1, S ∋ i]
+    minus_sum, minus_count = np.zeros((n, n)), np.zeros((n, n))  # [player, ℓ = |S|,   S ∌ i]
+
+    def add(coalitions, values, plus_credit=None, minus_credit=None):
+        """Each coalition A updates stratum |A|-1 of the players in A and |A| of the others (or of the credited ones)."""
+        plus_credit = coalitions if plus_credit is None else plus_credit
+        minus_credit = ~coalitions if minus_credit is None else minus_credit
+        size = coalitions.sum(axis=1)
+        plus = np.zeros((len(size), n))
+        plus[size > 0, size[size > 0] - 1] = 1.0
+        minus = np.zeros((len(size), n))
+        minus[size < n, size[size < n]] = 1.0
+        plus_sum[:] += plus_credit.T @ (values[:, None] * plus)
+        plus_count[:] += plus_credit.T @ plus
+        minus_sum[:] += minus_credit.T @ (values[:, None] * minus)
+        minus_count[:] += minus_credit.T @ minus
+
+    for s in sorted(exact):
+        block = _all_of_size(n, s)
+        add(block, meter(block))
+    sampled = [s for s in range(n + 1) if weights[s] > 0]
+    if warm_up:  # as in stratified_svarm: per sampled size, a partition of the players into blocks
+        for s in sampled:
+            blocks, owners = _partition_blocks(rng, n, s)
+            add(blocks, meter(blocks), owners, np.zeros_like(owners))
+        for s in sampled:
+            blocks, owners = _partition_blocks(rng, n, n - s)
+            add(~blocks, meter(~blocks), np.zeros_like(owners), owners)
+    if not sampled or meter.left == 0:
+        return _mean(plus_sum, plus_count).mean(axis=1) - _mean(minus_sum, minus_count).mean(axis=1)
+    p = weights / weights.sum()
+    if distinct:
+        available = int(sum(comb(n, s, exact=True) for s in sampled))
+        draws, first, inverse = _distinct_prefix(rng, n, p, meter.left, available)
+        values = meter(draws[first])[inverse]
+    else:
+        draws = random_coalitions(rng, n, rng.choice(n + 1, meter.left, p=p))
+        values = meter(draws)
+    add(draws, values)
+    return _mean(plus_sum, plus_count).mean(axis=1) - _mean(minus_sum, minus_count).mean(axis=1)
+
+
+def stratified_svarm_shapiq_scheme(game, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Stratified SVARM drawn as shapiq 1.4.1 draws it: kernel size weights, border trick, no warm-up,
+    distinct coalitions (see :func:`stratified_svarm_scheme`)."""
+    return stratified_svarm_scheme(game, budget, rng, sizes="kernel", border=True, warm_up=False, distinct=True)
+
+
 ESTIMATORS: dict[str, Estimator] = {
     "stratified_svarm": stratified_svarm,
     "svarm": svarm,
@@ -405,8 +547,14 @@ ESTIMATORS: dict[str, Estimator] = {
     "stratified_sampling": stratified_sampling,
 }
 
+# Variants of the paper's estimators (not among the paper's six; never ranked with them)
+VARIANTS: dict[str, Estimator] = {
+    "stratified_svarm_shapiq_scheme": stratified_svarm_shapiq_scheme,
+}
+
 LABELS = {
     "stratified_svarm": "Stratified SVARM",
+    "stratified_svarm_shapiq_scheme": "Stratified SVARM, shapiq's scheme (variant)",
     "svarm": "SVARM",
     "approshapley": "ApproShapley",
     "kernelshap": "KernelSHAP",

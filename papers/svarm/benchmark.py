@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .approximators import ESTIMATORS
+from .approximators import ESTIMATORS, VARIANTS
 
 
 def shapiq_available() -> bool:
@@ -48,9 +48,12 @@ def shapiq_estimate(name: str, game, budget: int, rng: np.random.Generator) -> n
 def run_estimator(name: str, game, budget: int, rng: np.random.Generator) -> np.ndarray:
     if name in ESTIMATORS:
         return ESTIMATORS[name](game, budget, rng)
+    if name in VARIANTS:
+        return VARIANTS[name](game, budget, rng)
     if name.startswith("shapiq_"):
         return shapiq_estimate(name, game, budget, rng)
-    raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)} and shapiq_svarm, shapiq_permutation")
+    raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}, {sorted(VARIANTS)} "
+                     "and shapiq_svarm, shapiq_permutation")
 
 
 def _rng(random_state: int, game_index: int, run: int, budget: int, name: str) -> np.random.Generator:
@@ -99,3 +102,51 @@ def additive_r2(game) -> float:
     X = np.column_stack([np.ones(len(Z)), Z.astype(float)])
     coef, *_ = np.linalg.lstsq(X, values, rcond=None)
     return float(1 - np.var(values - X @ coef) / np.var(values))
+
+
+def per_game_mse(table: pd.DataFrame, name: str, budget: int) -> np.ndarray:
+    """MSE of estimator ``name`` at ``budget``, one value per game (mean over runs), ordered by game."""
+    rows = table[(table["estimator"] == name) & (table["budget"] == budget)]
+    return rows.groupby("game")["mse"].mean().sort_index().to_numpy()
+
+
+def rank_among(summary: pd.DataFrame, name: str, budget: int, candidates, top: int = 2) -> dict:
+    """Rank of ``name`` by mean MSE at ``budget`` among ``candidates`` (1 = best), and how clearly the
+    top-``top`` question is decided: ``z = (mse − mse_other) / sqrt(se² + se_other²)`` against the
+    ``top``-th best of the other candidates (z < 0: inside the top; |z| >= 2: decided at about 95 %)."""
+    at = summary[(summary["budget"] == budget) & summary["estimator"].isin(list(candidates))].set_index("estimator")
+    if name not in at.index:
+        raise ValueError(f"{name!r} is not among the candidates at budget {budget}")
+    others = at.drop(index=name).sort_values("mean")
+    if len(others) < top:
+        raise ValueError(f"need at least {top} other candidates, got {len(others)}")
+    other = others.iloc[top - 1]
+    se = float(np.hypot(at.loc[name, "sem"], other["sem"]))
+    gap = float(at.loc[name, "mean"] - other["mean"])
+    return {"rank": int(at["mean"].rank(method="min")[name]), "top_z": gap / se if se > 0 else float(np.sign(gap)) * np.inf,
+            "versus": str(other.name)}
+
+
+def stratum_variance_ratio(game) -> float:
+    """What a stratified coalition-value estimator pays against a marginal-contribution one, by enumeration.
+
+    For every player ``i`` and size ``ℓ``: ``Var v(S ∪ {i}) + Var v(S)`` (the variance SVARM's two strata
+    means carry) against ``Var [v(S ∪ {i}) − v(S)]`` (what sampling marginal contributions carries),
+    over the coalitions ``S ∌ i`` of size ``ℓ``; returned as the ratio of their means over ``(i, ℓ)``.
+    Large when the coalition values vary much more than the contributions (nearly additive games).
+    """
+    from .cooperative_games import _all_coalitions
+
+    n = game.n
+    if n > 16:
+        raise ValueError("stratum_variance_ratio enumerates all coalitions; use n <= 16")
+    coalitions = _all_coalitions(n)
+    values, sizes, masks = game.value(coalitions), coalitions.sum(axis=1), np.arange(2**n)
+    coalition_var, contribution_var = [], []
+    for i in range(n):
+        without = masks[(masks >> i) & 1 == 0]
+        for size in range(n):
+            S = without[sizes[without] == size]
+            coalition_var.append(values[S | (1 << i)].var() + values[S].var())
+            contribution_var.append((values[S | (1 << i)] - values[S]).var())
+    return float(np.mean(coalition_var) / np.mean(contribution_var))

@@ -163,3 +163,98 @@ def test_random_coalitions_have_requested_sizes_and_constraints():
         counts[tuple(np.flatnonzero(row))] += 1
     assert max(counts.values()) / min(counts.values()) < 1.2
     assert math.comb(5, 2) == len(counts)
+
+
+# ----------------------------------------------------------------- sampling-scheme variants (shapiq's scheme)
+
+from papers.svarm import VARIANTS, rank_among, stratified_svarm_scheme, stratum_variance_ratio  # noqa: E402
+from papers.svarm.approximators import _border_sizes, _shapley_kernel_sizes  # noqa: E402
+
+SCHEMES = [dict(), dict(sizes="kernel"), dict(warm_up=False), dict(distinct=True), dict(border=True),
+           dict(sizes="kernel", border=True, warm_up=False, distinct=True)]
+
+
+@pytest.mark.parametrize("options", SCHEMES)
+@pytest.mark.parametrize("budget", [300, 1000])
+def test_scheme_variants_respect_the_budget_and_seed(options, budget):
+    game = CountingGame(SOUG(12, random_state=1))
+    a = stratified_svarm_scheme(game, budget, np.random.default_rng(3), **options)
+    assert game.calls <= budget
+    b = stratified_svarm_scheme(SOUG(12, random_state=1), budget, np.random.default_rng(3), **options)
+    assert np.array_equal(a, b)
+
+
+def test_distinct_scheme_spends_the_whole_budget_on_distinct_coalitions():
+    seen = []
+
+    class Recording(Game):
+        n = 10
+
+        def _values(self, coalitions):
+            seen.extend(bytes(row) for row in np.packbits(coalitions, axis=1))
+            return coalitions.sum(axis=1).astype(float)
+
+    game = CountingGame(Recording())
+    stratified_svarm_scheme(game, 400, np.random.default_rng(0), sizes="kernel", warm_up=False, distinct=True)
+    assert game.calls == 400
+    assert len(seen) == len(set(seen))  # no coalition was evaluated twice
+
+
+def test_every_scheme_is_exact_on_a_game_that_depends_only_on_size():
+    class Symmetric(Game):
+        n = 8
+
+        def _values(self, coalitions):
+            return coalitions.sum(axis=1).astype(float) ** 2
+
+    for options in SCHEMES:
+        phi = stratified_svarm_scheme(Symmetric(), 600, np.random.default_rng(0), **options)
+        assert np.allclose(phi, 64 / 8), options
+
+
+def test_border_trick_matches_shapiq_at_n20_and_enumerates_more_at_n13():
+    # n = 20, budget 1000, kernel weights: nothing beyond the sizes 0, 1, 19, 20 (as shapiq's sampler)
+    w = _shapley_kernel_sizes(20)
+    w[[0, 1, 19, 20]] = 0
+    assert sorted(_border_sizes(20, 1000, w, [0, 1, 19, 20])) == [0, 1, 19, 20]
+    w = _shapley_kernel_sizes(13)
+    w[[0, 1, 12, 13]] = 0
+    assert {2, 11} <= set(_border_sizes(13, 1000, w, [0, 1, 12, 13]))
+
+
+def test_scheme_variant_is_unbiased_in_the_mean_and_close_to_shapiq():
+    pytest.importorskip("shapiq")
+    from papers.svarm import shapiq_estimate
+
+    game = SOUG(10, random_state=5)
+    exact = game.shapley_values()
+    ours = np.mean([VARIANTS["stratified_svarm_shapiq_scheme"](game, 200, np.random.default_rng(r))
+                    for r in range(200)], axis=0)
+    assert np.max(np.abs(ours - exact)) < 0.5
+    # shapiq's SVARM on a budget that enumerates everything is exact, and so is our variant
+    full = 2**10 - 1
+    np.testing.assert_allclose(shapiq_estimate("shapiq_svarm", game, full, np.random.default_rng(0)), exact, atol=1e-8)
+    np.testing.assert_allclose(VARIANTS["stratified_svarm_shapiq_scheme"](game, full, np.random.default_rng(0)),
+                               exact, atol=1e-8)
+
+
+def test_rank_among_and_top2_z():
+    import pandas as pd
+
+    summary = pd.DataFrame({"estimator": ["a", "b", "c", "d"], "budget": [10] * 4,
+                            "mean": [1.0, 2.0, 3.0, 10.0], "sem": [0.1, 0.1, 0.1, 0.1]})
+    r = rank_among(summary, "c", 10, ["a", "b", "c", "d"])
+    assert r["rank"] == 3 and r["versus"] == "b" and r["top_z"] == pytest.approx(1.0 / np.hypot(0.1, 0.1))
+    r = rank_among(summary, "a", 10, ["a", "b", "c"])
+    assert r["rank"] == 1 and r["versus"] == "c" and r["top_z"] < 0
+
+
+def test_stratum_variance_ratio_is_large_for_near_additive_games():
+    class Additive(Game):
+        n = 6
+
+        def _values(self, coalitions):
+            return coalitions @ np.arange(1.0, 7.0) + 0.1 * (coalitions[:, 0] & coalitions[:, 1])
+
+    assert stratum_variance_ratio(Additive()) > 100
+    assert stratum_variance_ratio(SOUG(8, random_state=0)) < stratum_variance_ratio(Additive())
