@@ -317,8 +317,8 @@ def explicit_entk(model: nn.Module, X1: torch.Tensor, X2: torch.Tensor) -> torch
     for n, a in enumerate(g1):
         for m, b in enumerate(g2):
             for k in range(o):
-                for l in range(o):
-                    theta[n, k, m, l] = torch.dot(a[k], b[l])
+                for j in range(o):
+                    theta[n, k, m, j] = torch.dot(a[k], b[j])
     return theta
 
 
