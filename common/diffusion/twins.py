@@ -36,6 +36,7 @@ from common.diffusion.data import NULL_LABEL
 from common.diffusion.schedule import VPSchedule
 
 LOG_2PI = math.log(2.0 * math.pi)
+COVARIANCES = ("ml", "ledoit_wolf", "isotropic", "zero")
 
 
 def _times(t, batch: int) -> torch.Tensor:
@@ -98,13 +99,28 @@ class GaussianTwin:
         self.schedule = schedule
 
     @classmethod
-    def fit(cls, x_train: torch.Tensor, schedule: VPSchedule | None = None) -> GaussianTwin:
+    def fit(cls, x_train: torch.Tensor, schedule: VPSchedule | None = None, covariance: str = "ml") -> GaussianTwin:
+        """Fit mean and covariance. ``covariance``: ``"ml"`` (maximum likelihood, divided by N; the default),
+        ``"ledoit_wolf"`` (sklearn LedoitWolf shrinkage), ``"isotropic"`` (tr(Sigma_ML)/d times I: the
+        isotropic-Gaussian baseline) or ``"zero"`` (Sigma = 0: the mean-only baseline, whose score
+        -(x - alpha mu)/sigma^2 "rescales around the mean")."""
         x = _as64(x_train)
         if x.ndim != 2 or x.shape[0] < 2:
             raise ValueError(f"x_train must be [N >= 2, d], got {tuple(x.shape)}")
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
         mu = x.mean(0)
-        centred = x - mu
-        return cls(mu, centred.T @ centred / x.shape[0], schedule or VPSchedule())
+        if covariance == "ledoit_wolf":
+            cov = torch.from_numpy(_class_covariance(x.numpy(), "ledoit_wolf"))
+        else:
+            centred = x - mu
+            cov = centred.T @ centred / x.shape[0]
+            d = x.shape[1]
+            if covariance == "isotropic":
+                cov = torch.eye(d, dtype=torch.float64) * torch.trace(cov) / d
+            elif covariance == "zero":
+                cov = torch.zeros(d, d, dtype=torch.float64)
+        return cls(mu, cov, schedule or VPSchedule())
 
     def score(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
         alpha, sigma = _alpha_sigma(self.schedule, t, x.shape[0])
@@ -297,3 +313,51 @@ class DeltaTwin:
         n_comp = torch.isfinite(logits).sum(-1).to(torch.float64)
         d = x.shape[-1]
         return torch.logsumexp(logits, -1) - torch.log(n_comp) - 0.5 * d * (LOG_2PI + torch.log(sigma[:, 0] ** 2))
+
+
+class ClassGaussianTwins:
+    """One :class:`GaussianTwin` per class (same covariance estimator for all), for class-conditional
+    sampling: ``eps(x, t, y)`` and ``ode_solution(x, t_from, t_to, y)`` apply each sample's own class Gaussian
+    (the conditional analogue of teleportation: every label jumps with its own closed form)."""
+
+    def __init__(self, twins: dict, schedule: VPSchedule):
+        self.twins = dict(twins)
+        self.schedule = schedule
+
+    @classmethod
+    def fit(cls, x_train, y_train, schedule: VPSchedule | None = None, covariance: str = "ml") -> ClassGaussianTwins:
+        x, y = _as64(x_train), torch.as_tensor(y_train, dtype=torch.long)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError("x_train and y_train must have the same length")
+        schedule = schedule or VPSchedule()
+        return cls({int(c): GaussianTwin.fit(x[y == c], schedule, covariance) for c in torch.unique(y)}, schedule)
+
+    def _per_class(self, x: torch.Tensor, y, fn) -> torch.Tensor:
+        if y is None:
+            raise ValueError("ClassGaussianTwins needs the labels y")
+        y = torch.as_tensor(y, dtype=torch.long).expand(x.shape[0])
+        out = torch.empty_like(x)
+        for c in torch.unique(y).tolist():
+            if c not in self.twins:
+                raise ValueError(f"no class Gaussian for label {c}")
+            rows = y == c
+            out[rows] = fn(self.twins[c], x[rows])
+        return out
+
+    def eps(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        t = _times(t, x.shape[0])
+        if y is None:
+            raise ValueError("ClassGaussianTwins needs the labels y")
+        y = torch.as_tensor(y, dtype=torch.long).expand(x.shape[0])
+        out = torch.empty_like(x)
+        for c in torch.unique(y).tolist():
+            rows = y == c
+            out[rows] = self.twins[c].eps(x[rows], t[rows])
+        return out
+
+    def ode_solution(self, x: torch.Tensor, t_from, t_to, y=None) -> torch.Tensor:
+        return self._per_class(x, y, lambda twin, xc: twin.ode_solution(xc, t_from, t_to))
+
+    def means_for(self, y) -> torch.Tensor:
+        """The class mean of every label in y; [B, d] float64."""
+        return torch.stack([self.twins[int(c)].mu for c in torch.as_tensor(y).tolist()])

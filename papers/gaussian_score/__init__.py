@@ -25,13 +25,23 @@ from papers.gaussian_score.score_structure import (
 from papers.gaussian_score.teleportation import (
     SOLVERS,
     edm_grid,
+    jump,
+    jump_gap,
+    method_nfe,
+    sample_methods,
+    model_trajectory,
+    n_intervals,
     nfe_of,
+    pooled_rel_rmse,
     skip_steps,
+    skip_to_sigma,
     teleport_sample,
+    trajectory_errors,
     trajectory_rel_rmse,
 )
 
 __all__ = [
     "SOLVERS", "edm_grid", "ev_profile", "explained_variance", "log_sigma_grid", "nfe_of", "noised", "sigma_hi",
-    "skip_steps", "teleport_sample", "trajectory_rel_rmse",
+    "skip_steps", "teleport_sample", "trajectory_rel_rmse", "jump", "model_trajectory", "n_intervals",
+    "pooled_rel_rmse", "skip_to_sigma", "trajectory_errors", "jump_gap", "method_nfe", "sample_methods",
 ]

@@ -8,8 +8,14 @@ import torch
 from common.diffusion.samplers import heun_edm
 from common.diffusion.schedule import VPSchedule
 from common.diffusion.twins import GaussianTwin
+from common.diffusion.twins import ClassGaussianTwins
 from papers.gaussian_score import (
     edm_grid,
+    jump,
+    jump_gap,
+    method_nfe,
+    n_intervals,
+    skip_to_sigma,
     ev_profile,
     explained_variance,
     log_sigma_grid,
@@ -50,7 +56,15 @@ def test_sigma_hi_takes_the_high_noise_run():
 def test_skip_and_nfe_bookkeeping():
     assert [skip_steps(f, 18) for f in (0.0, 0.1, 0.2, 0.3, 0.4)] == [0, 1, 3, 5, 7]
     assert skip_steps(0.2, 40) == 8
-    assert nfe_of("heun", 18) == 35 and nfe_of("dpmpp2m", 18) == 18
+    ts = edm_grid(18, SCHEDULE)
+    assert n_intervals(ts) == 19  # 18 EDM steps plus the final step to sigma = 0
+    assert nfe_of("heun", n_intervals(ts)) == 37 and nfe_of("dpmpp2m", n_intervals(ts)) == 19
+    assert skip_steps(0.2, 18) / n_intervals(ts) == pytest.approx(3 / 19)  # f = 0.2 skips 16 % of the steps
+    methods = {"full": ("heun", None, ts, 0), "tele": ("heun", None, ts, 3), "matched": ("dpmpp2m", None, edm_grid(15, SCHEDULE), 0)}
+    assert method_nfe(methods) == {"full": 37, "tele": 31, "matched": 16}
+    assert skip_to_sigma(ts, SCHEDULE, 2.5) == 11 and float(SCHEDULE.edm_sigma(ts[11])) < 2.5 < float(SCHEDULE.edm_sigma(ts[10]))
+    with pytest.raises(ValueError):
+        nfe_of("heun", 0)
     with pytest.raises(ValueError):
         skip_steps(1.0, 10)
     with pytest.raises(ValueError):
@@ -84,3 +98,42 @@ def test_teleport_on_a_gaussian_model_matches_the_closed_form():
     assert max(trajectory_rel_rmse(twin, twin, x_T, ts, 5)) < 1e-3
     with pytest.raises(ValueError):
         teleport_sample(twin, twin, x_T, ts, len(ts) - 2)
+
+
+def test_baseline_twins_mean_only_and_isotropic():
+    x = gaussian_data()
+    mean_only = GaussianTwin.fit(x, SCHEDULE, covariance="zero")
+    iso = GaussianTwin.fit(x, SCHEDULE, covariance="isotropic")
+    full = GaussianTwin.fit(x, SCHEDULE)
+    assert torch.all(mean_only.lam == 0) and torch.allclose(iso.lam, iso.lam.mean().expand(8))
+    assert float(iso.lam.sum()) == pytest.approx(float(full.lam.sum()))
+    x_t = torch.randn(5, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t = 0.6
+    a, s = SCHEDULE.alpha(t), SCHEDULE.sigma(t)
+    assert torch.allclose(mean_only.eps(x_t, t), (x_t - a * mean_only.mu) / s)  # "rescale around the mean"
+    assert torch.allclose(mean_only.ode_solution(x_t, 0.9, t),
+                          a * mean_only.mu + (s / SCHEDULE.sigma(0.9)) * (x_t - SCHEDULE.alpha(0.9) * mean_only.mu))
+    lw = GaussianTwin.fit(x, SCHEDULE, covariance="ledoit_wolf")
+    assert lw.lam.min() > full.lam.min()
+    with pytest.raises(ValueError):
+        GaussianTwin.fit(x, SCHEDULE, covariance="diag")
+
+
+def test_class_gaussian_twins_apply_each_label_its_own_gaussian():
+    x = torch.cat([gaussian_data(seed=0), gaussian_data(seed=1) + 2.0])
+    y = torch.cat([torch.zeros(400, dtype=torch.long), torch.ones(400, dtype=torch.long)])
+    twins = ClassGaussianTwins.fit(x, y, SCHEDULE)
+    x_t = torch.randn(6, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    out = jump(twins, x_t, 1.0, 0.5, labels)
+    for c in (0, 1):
+        rows = labels == c
+        assert torch.allclose(out[rows], twins.twins[c].ode_solution(x_t[rows], 1.0, 0.5))
+        assert torch.allclose(twins.eps(x_t, 0.5, labels)[rows], twins.twins[c].eps(x_t[rows], 0.5))
+    assert torch.allclose(twins.means_for(labels)[1], twins.twins[1].mu)
+    with pytest.raises(ValueError):
+        twins.ode_solution(x_t, 1.0, 0.5)
+    mean_twins = ClassGaussianTwins.fit(x, y, SCHEDULE, covariance="zero")
+    centre = twins.means_for(labels)
+    assert jump_gap(twins, twins, x_t, 1.0, 0.5, centre, labels) == 0.0
+    assert jump_gap(twins, mean_twins, x_t, 1.0, 1e-3, centre, labels) > jump_gap(twins, mean_twins, x_t, 1.0, 0.95, centre, labels)
