@@ -367,6 +367,23 @@ class HybridAttention(nn.Module):
         return f"window={self.window}, affine={self.affine}, recurrent={self.recurrent}"
 
 
+class SlidingWindowAttention(nn.Module):
+    """A model's ``attn_fn`` that keeps only causal softmax over the last ``window`` keys (no linear part,
+    no parameters): the sliding-window-only control of a hybrid. Inputs and output are ``(B, H, T, d)``."""
+
+    def __init__(self, window: int):
+        super().__init__()
+        if window < 1:
+            raise ValueError(f"sliding-window attention needs window >= 1, got {window}")
+        self.window = window
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return sliding_window_attention(q, k, v, self.window)
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}"
+
+
 def make_hybrid_attention(kind: str, n_heads: int, head_dim: int, *, window: int = 0,
                           feature_dim: int | None = None, init_window_factor: float = 0.1,
                           generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,

@@ -20,6 +20,15 @@ The corpus mixes four kinds of documents, each wrapped as ``<bos> ... <eos>``:
 4. **keywords**: ``keywords : fox see river => the fox sees the river .``: the lemmas of a sentence's
    subject, verb and object in random order, then the sentence (a CommonGen analogue).
 
+One more kind is *outside* the default mix (:data:`EXTRA_KINDS`; it never appears in the default stream,
+whose hash is therefore unchanged, and is drawn only when a ``mix`` names it):
+
+5. **recall_dense**: a multi-query associative-recall document: 2-12 bindings ``box B key C .`` (a
+   narrative sentence sometimes between two), a filler block of 0-150 tokens, then 2-10 queries
+   ``? box B key C`` of bound boxes (a sentence sometimes between two), so that one document carries many
+   recall answers at distances from a few to ~240 tokens. Used to continue training a checkpoint into a
+   teacher that actually recalls (``tinylm_recall``).
+
 Changing anything here changes the token stream; :data:`CORPUS_HASH` records the sha256 of the first
 1000 tokens at the canonical seed, and the test suite recomputes it, so a grammar change that would
 invalidate the committed checkpoint is caught. Bump :data:`GRAMMAR_VERSION` (and retrain) when it changes.
@@ -44,11 +53,15 @@ KIND_HASHES = {
     "recall": "8d57d032844d47ca509a4c3021d0fa7b9c3282bf1ac83fccb5d14025f98ca586",
     "arithmetic": "c31ef5873d85fda88908327effd7ef42be15d4dfadf54c67d33eaa38b84658a6",
     "keywords": "b0506fcc40fa1846ffbe1d3c35b0abda4b4e8a6e04181050c468c59d33c962a8",
+    "recall_dense": "8af35e4f9afdc26d38ed1974612a871ba3722f4fd5c9fc6656cdfd6dfe435224",
 }
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>")
 PUNCTUATION = (".", ",", "?", ":", "=>", ";", "+", "-", "=")
 KINDS = ("narrative", "recall", "arithmetic", "keywords")
+#: kinds outside the default mix (drawn only when a ``mix`` names them; the default stream never has them).
+EXTRA_KINDS = ("recall_dense",)
+ALL_KINDS = KINDS + EXTRA_KINDS
 DEFAULT_MIX = {"narrative": 0.4, "recall": 0.25, "arithmetic": 0.15, "keywords": 0.2}
 REGISTERS = ("formal", "informal")
 
@@ -288,9 +301,9 @@ class TinyGrammar:
         self.rng = random_state if isinstance(random_state, random.Random) else random.Random(random_state)
         self.vocab = VOCAB
         self.mix = dict(DEFAULT_MIX if mix is None else mix)
-        unknown = set(self.mix) - set(KINDS)
+        unknown = set(self.mix) - set(ALL_KINDS)
         if unknown or not self.mix:
-            raise ValueError(f"mix: unknown kinds {sorted(unknown)}; choose from {KINDS}")
+            raise ValueError(f"mix: unknown kinds {sorted(unknown)}; choose from {ALL_KINDS}")
         self._kinds = list(self.mix)
         self._weights = [float(self.mix[k]) for k in self._kinds]
 
@@ -392,6 +405,46 @@ class TinyGrammar:
         words += ["?", "box", box, "key", color]
         return words, len(words) - 1, binding_answer
 
+    def recall_dense(self, n_bindings: int | None = None, n_queries: int | None = None, max_tokens: int = 240) -> list[str]:
+        """A multi-query recall document (at most ``max_tokens`` words; see the module docstring).
+
+        Bindings ``box B key C .`` (distinct boxes, colours with replacement; after each, a narrative
+        sentence with probability 0.2), a filler block of narrative sentences whose length is drawn
+        uniformly up to 150 tokens (and what the budget leaves), then queries ``? box B key C`` of bound
+        boxes (before each but the first, a sentence with probability 0.25). :func:`recall_answer_positions`
+        checks every answer.
+        """
+        rng = self.rng
+        k = n_bindings or rng.randint(2, 12)
+        m = n_queries or rng.randint(2, 10)
+        if 5 * (k + m) > max_tokens:
+            raise ValueError(f"{k} bindings and {m} queries need more than max_tokens={max_tokens} words")
+        bindings = self._bindings(k)
+        reserve = 5 * m
+        words: list[str] = []
+        for i, (box, color) in enumerate(bindings):
+            words += ["box", box, "key", color, "."]
+            if i + 1 < k and rng.random() < 0.2:
+                s = self.sentence()
+                if len(words) + len(s) + 5 * (k - i - 1) + reserve <= max_tokens:
+                    words += s
+        target = rng.randint(0, max(0, min(150, max_tokens - len(words) - reserve)))
+        block: list[str] = []
+        while True:
+            s = self.sentence()
+            if len(block) + len(s) > target:
+                break
+            block += s
+        words += block
+        for j in range(m):
+            if j and rng.random() < 0.25:
+                s = self.sentence()
+                if len(words) + len(s) + 5 * (m - j) <= max_tokens:
+                    words += s
+            box, color = bindings[rng.randrange(k)]
+            words += ["?", "box", box, "key", color]
+        return words
+
     def arithmetic(self, n_steps: int | None = None) -> list[str]:
         """``calc v0 (op a = v)* ; answer v``: running state modulo 100, operands 1-9."""
         rng = self.rng
@@ -423,7 +476,9 @@ class TinyGrammar:
             return kind, self.arithmetic()
         if kind == "keywords":
             return kind, self.keywords()
-        raise ValueError(f"unknown document kind {kind!r}; choose from {KINDS}")
+        if kind == "recall_dense":
+            return kind, self.recall_dense()
+        raise ValueError(f"unknown document kind {kind!r}; choose from {ALL_KINDS}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -656,6 +711,25 @@ def check_recall(words) -> bool | None:
     return bound[query[1]] == query[3]
 
 
+def recall_answer_positions(words) -> list[tuple[int, bool]]:
+    """Every query answer of a (dense) recall document: ``[(index in words, answer is the bound colour)]``.
+
+    A query ``? box B key C`` of a box bound earlier (``box B key C'``) yields ``(index of C, C == C')``;
+    queries of unbound boxes are skipped. Works on ``words`` as given (keep ``<bos>`` to get token indices).
+    """
+    words = _words(words)
+    bound: dict[str, str] = {}
+    out = []
+    for i in range(len(words) - 3):
+        if words[i] == "box" and words[i + 2] == "key":
+            if i > 0 and words[i - 1] == "?":
+                if words[i + 1] in bound:
+                    out.append((i + 3, bound[words[i + 1]] == words[i + 3]))
+            else:
+                bound[words[i + 1]] = words[i + 3]
+    return out
+
+
 def check_arithmetic(words) -> dict:
     """Check a chain ``calc v0 (op a = v)* ; answer v``.
 
@@ -690,7 +764,7 @@ def document_kind(words) -> str:
         return "empty"
     first = words[0]
     if first == "box":
-        return "recall"
+        return "recall_dense" if words.count("?") > 1 else "recall"
     if first == "calc":
         return "arithmetic"
     if first == "keywords":

@@ -43,6 +43,10 @@ class TrainConfig:
     eval_every: int = 200
     log_every: int = 20
     threads: int = 1
+    init_from: str | None = None        # continued training: start from this zoo checkpoint's weights (fresh AdamW)
+    mix: dict | None = None             # document-kind weights of the training stream (None: grammar.DEFAULT_MIX)
+    max_seconds: float | None = None    # wall-time budget: stop then, the cosine schedule follows elapsed time
+    monitor_recall: int = 0             # > 0: recall accuracy (that many episodes per distance) at each evaluation
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -51,11 +55,17 @@ class TrainConfig:
         return d
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine decay from ``lr`` to ``min_lr_ratio * lr``."""
+def lr_at(step: int, total: int, cfg: TrainConfig, time_fraction: float | None = None) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay from ``lr`` to ``min_lr_ratio * lr``.
+
+    With ``time_fraction`` (elapsed / budget of a wall-time-budgeted run) the decay follows the larger of
+    the step and time fractions, so the schedule ends when the budget does.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    if time_fraction is not None:
+        progress = max(progress, min(1.0, time_fraction))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -157,48 +167,93 @@ def sample_quality(model: TinyGPT, n: int = 64, seed: int = 0) -> dict:
     return out
 
 
-def evaluate(model: TinyGPT, seed: int = 0, val_tokens: int = 65_536, distances=(20, 40, 80, 160, 240),
-             n_recall: int = 200, n_samples: int = 64) -> dict:
-    """All evaluation metrics of the manifest (validation streams from ``seed + VAL_SEED_OFFSET``)."""
+def evaluate(model: TinyGPT, seed: int = 0, val_tokens: int = 65_536, distances=(20, 40, 64, 80, 128, 160, 240),
+             n_recall: int = 200, n_samples: int = 64, kinds=G.ALL_KINDS, many_bindings: int = 8) -> dict:
+    """All evaluation metrics of the manifest (validation streams from ``seed + VAL_SEED_OFFSET``).
+
+    Recall: ``recall_accuracy.d{d}`` with 2 bindings (as ``recall_episodes`` makes them; a model that
+    guesses one of the two bound colours scores about 0.5, chance is 1/12) and, for distances that fit,
+    ``recall{many_bindings}_accuracy.d{d}`` with ``many_bindings`` bindings (guessing a bound colour scores
+    about 1/many_bindings).
+    """
     vseed = seed + VAL_SEED_OFFSET
     ctx = model.config.context
     out = {"val_loss": stream_loss(model, G.corpus_tokens(val_tokens, vseed), ctx)}
     out["val_perplexity"] = math.exp(out["val_loss"])
-    for kind in G.KINDS:
+    for kind in kinds:
         out[f"val_loss.{kind}"] = stream_loss(model, G.corpus_tokens(val_tokens // 4, vseed + 1, kinds=[kind]), ctx)
+    if "val_loss.narrative" in out:
+        out["val_perplexity.narrative"] = math.exp(out["val_loss.narrative"])
     for d in distances:
         if d + 8 < ctx:
             out[f"recall_accuracy.d{d}"] = answer_accuracy(model, *G.recall_episodes(n_recall, d, vseed + d))
+        if many_bindings and d + 5 * many_bindings + 8 < ctx and d >= 5 * many_bindings + 7:
+            out[f"recall{many_bindings}_accuracy.d{d}"] = answer_accuracy(
+                model, *G.recall_episodes(n_recall, d, vseed + 17 * d, n_bindings=many_bindings))
     for steps in (1, 4, 8):
         out[f"arithmetic_answer_accuracy.steps{steps}"] = answer_accuracy(model, *G.arithmetic_chains(n_recall, steps, vseed + steps))
     out.update(sample_quality(model, n_samples, seed=vseed))
     return out
 
 
+MONITOR_DISTANCES = (64, 160)
+
+
+def init_weights(cfg: TrainConfig, model_config: TinyGPTConfig, directory=None) -> tuple[TinyGPT, dict | None]:
+    """A fresh TinyGPT, or (``cfg.init_from``) the zoo checkpoint's weights with its manifest; the checkpoint's
+    config must equal ``model_config``."""
+    model = TinyGPT(model_config)
+    if not cfg.init_from:
+        return model, None
+    from common.zoo import load_checkpoint
+
+    tensors, manifest = load_checkpoint(cfg.init_from, directory)
+    if manifest["config"] != model_config.to_dict():
+        raise ValueError(f"init_from={cfg.init_from!r} has config {manifest['config']}, not {model_config.to_dict()}")
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return model, manifest
+
+
 def train_tinylm(model_config: TinyGPTConfig, cfg: TrainConfig, *, callback=None, checkpoint_every_s: float | None = None,
-                 on_checkpoint=None, progress: bool = True):
-    """Train a fresh TinyGPT; returns ``(model, history)``.
+                 on_checkpoint=None, progress: bool = True, init_directory=None):
+    """Train a TinyGPT (fresh, or continued from ``cfg.init_from``); returns ``(model, history)``.
 
     ``history`` has ``step``, ``tokens``, ``train_loss`` (mean over each ``log_every`` window), ``val``
     (``(step, tokens, val_loss)`` every ``eval_every`` steps), ``seconds`` and ``tokens_per_s``.
     ``on_checkpoint(model, history)`` is called every ``checkpoint_every_s`` seconds (and never at the end:
     the caller saves the final model).
+
+    ``cfg.mix`` sets the document kinds of the training stream (the validation stream keeps the default
+    mix, so validation losses compare across checkpoints); ``cfg.max_seconds`` stops the run when its wall
+    time is spent (``n_tokens`` is then an upper bound) and makes the cosine decay follow elapsed time, so
+    such a run is not bit-reproducible (its tokens and schedule depend on the machine's speed; both are
+    recorded). With ``cfg.monitor_recall``, ``history["recall"]`` gets ``(step, tokens, {distance: accuracy})``
+    at every evaluation.
     """
     from tqdm.auto import tqdm
 
     gen = seeded_training(cfg.seed, threads=cfg.threads)
-    model = TinyGPT(model_config)
+    model, parent = init_weights(cfg, model_config, init_directory)
     ctx = model_config.context
     steps = max(1, cfg.n_tokens // (cfg.batch_size * ctx))
-    stream = G.corpus_tokens(cfg.corpus_tokens or max(cfg.n_tokens, 4 * ctx), cfg.seed)
+    stream = G.corpus_tokens(cfg.corpus_tokens or max(cfg.n_tokens, 4 * ctx), cfg.seed, kinds=cfg.mix)
     val = G.corpus_tokens(cfg.val_tokens, cfg.seed + VAL_SEED_OFFSET)
     opt = make_optimizer(model, cfg)
     history = {"step": [], "tokens": [], "train_loss": [], "val": [], "lr": []}
+    if parent is not None:
+        history["init_from"] = {"name": cfg.init_from, "sha256": parent.get("sha256"),
+                                "tokens_seen": parent.get("training", {}).get("tokens_seen")}
+    if cfg.monitor_recall:
+        history["recall"] = []
+        episodes = {d: G.recall_episodes(cfg.monitor_recall, d, cfg.seed + VAL_SEED_OFFSET + 7 * d) for d in MONITOR_DISTANCES if d + 8 < ctx}
     start = last_ckpt = time.perf_counter()
     window = []
     model.train()
     for step in tqdm(range(steps), desc="tinylm", disable=not progress, mininterval=10):
-        lr = lr_at(step, steps, cfg)
+        elapsed = time.perf_counter() - start
+        if cfg.max_seconds is not None and step > 0 and elapsed >= cfg.max_seconds:
+            break
+        lr = lr_at(step, steps, cfg, None if cfg.max_seconds is None else elapsed / cfg.max_seconds)
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = sample_batch(stream, cfg.batch_size, ctx, gen)
@@ -209,21 +264,24 @@ def train_tinylm(model_config: TinyGPTConfig, cfg: TrainConfig, *, callback=None
         opt.step()
         window.append(loss.item())
         tokens = (step + 1) * cfg.batch_size * ctx
-        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+        last = step + 1 == steps or (cfg.max_seconds is not None and time.perf_counter() - start >= cfg.max_seconds)
+        if (step + 1) % cfg.log_every == 0 or last:
             history["step"].append(step + 1)
             history["tokens"].append(tokens)
             history["train_loss"].append(sum(window) / len(window))
             history["lr"].append(lr)
             window = []
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
+        if (step + 1) % cfg.eval_every == 0 or last:
             history["val"].append((step + 1, tokens, stream_loss(model, val, ctx)))
+            if cfg.monitor_recall:
+                history["recall"].append((step + 1, tokens, {d: answer_accuracy(model, *e) for d, e in episodes.items()}))
             model.train()
             if callback is not None:
                 callback(step + 1, history)
         history["seconds"] = time.perf_counter() - start
         history["tokens_seen"] = tokens
         history["tokens_per_s"] = tokens / history["seconds"]
-        if checkpoint_every_s and on_checkpoint and time.perf_counter() - last_ckpt > checkpoint_every_s and step + 1 < steps:
+        if checkpoint_every_s and on_checkpoint and time.perf_counter() - last_ckpt > checkpoint_every_s and not last:
             model.eval()
             on_checkpoint(model, history)
             model.train()
@@ -241,6 +299,11 @@ def build_manifest(model: TinyGPT, cfg: TrainConfig, history: dict, evaluation: 
                    status: str = "final") -> dict:
     """The zoo manifest: config, corpus version and hash, seed, tokens, losses, evaluation."""
     val = history["val"][-1][2] if history["val"] else None
+    extra = {}
+    if history.get("init_from"):
+        extra["init_from"] = history["init_from"]
+    if history.get("recall"):
+        extra["recall_curve"] = [[s, t, {str(d): a for d, a in acc.items()}] for s, t, acc in history["recall"]]
     return {
         "architecture": "TinyGPT (common/tinylm/model.py): pre-LN GPT, RoPE, erf-GeLU MLP, tied embeddings",
         "config": model.config.to_dict(),
@@ -249,20 +312,21 @@ def build_manifest(model: TinyGPT, cfg: TrainConfig, history: dict, evaluation: 
         "dtype": "float32",
         "corpus": {"grammar_version": G.GRAMMAR_VERSION, "corpus_hash_first_1000": G.CORPUS_HASH,
                    "kind_hashes_first_1000": G.KIND_HASHES,
-                   "canonical_seed": G.CANONICAL_SEED, "vocab_size": G.VOCAB.size, "mix": G.DEFAULT_MIX},
+                   "canonical_seed": G.CANONICAL_SEED, "vocab_size": G.VOCAB.size, "mix": cfg.mix or G.DEFAULT_MIX},
         "training": {**cfg.to_dict(), "status": status, "tokens_seen": history.get("tokens_seen", 0),
                      "seconds": round(history.get("seconds", 0.0), 1), "tokens_per_s": round(history.get("tokens_per_s", 0.0), 1),
                      "val_seed": cfg.seed + VAL_SEED_OFFSET, "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
                      "final_val_loss": val, "torch": torch.__version__,
                      "loss_curve": {"tokens": history["tokens"], "train_loss": [round(v, 5) for v in history["train_loss"]],
-                                    "val": [[s, t, round(v, 5)] for s, t, v in history["val"]]}},
+                                    "val": [[s, t, round(v, 5)] for s, t, v in history["val"]]}, **extra},
         "evaluation": evaluation or {},
         "notebook": notebook,
     }
 
 
 def train_and_save(model_config: TinyGPTConfig, cfg: TrainConfig, name: str | None = "tinylm_ci", directory=None,
-                   checkpoint_every_s: float | None = 600.0, eval_kwargs: dict | None = None, progress: bool = True):
+                   checkpoint_every_s: float | None = 600.0, eval_kwargs: dict | None = None, progress: bool = True,
+                   init_directory=None):
     """Train, evaluate and write the zoo checkpoint ``name`` (skipped when ``name`` is None).
 
     Every ``checkpoint_every_s`` seconds an intermediate checkpoint is written to the same name with
@@ -277,7 +341,8 @@ def train_and_save(model_config: TinyGPTConfig, cfg: TrainConfig, name: str | No
         save_checkpoint(name, state_tensors(model), manifest, directory=directory)
 
     model, history = train_tinylm(model_config, cfg, checkpoint_every_s=checkpoint_every_s,
-                                  on_checkpoint=save_partial if name else None, progress=progress)
+                                  on_checkpoint=save_partial if name else None, progress=progress,
+                                  init_directory=init_directory)
     evaluation = evaluate(model, seed=cfg.seed, **(eval_kwargs or {}))
     manifest = build_manifest(model, cfg, history, evaluation)
     if name:

@@ -22,10 +22,16 @@ then repairs the model with a little training. LoLCATs does it in two stages:
    cross-entropy (Section 3.2).
 
 **Baselines and ablations** (all at equal data: the same linearization tokens, the same
-fine-tuning batches in the same order, the same seeds):
+fine-tuning batches in the same order, the same seeds; and at equal optimizer steps: a method without
+attention transfer makes its single next-token stage over the linearization set twice, as many steps
+as LoLCATs' two stages together, see :func:`run_methods`):
 
-- *T2R-style*: ReLU feature maps φ(x) = relu(Wx + b), no window, no attention transfer; the feature
-  maps and LoRA are trained together by next-token loss (Kasai et al. 2021 fine-tune end to end).
+- *T2R-style (LoRA)*: ReLU feature maps φ(x) = relu(Wx + b), no window, no attention transfer; the
+  feature maps and LoRA are trained together by next-token loss.
+- *T2R (full fine-tuning)*: the same ReLU feature maps trained with *every* weight of the model by
+  next-token loss, as Kasai et al. (2021) do (learning rate ``full_finetune_lr``).
+- *Sliding window only*: softmax over the last w keys and nothing else (no linear attention, no
+  feature maps), repaired with LoRA: the control that says how much of LoLCATs is the window alone.
 - *Hedgehog without a window*: attention transfer of pure linear attention, then LoRA.
 - *LoRA only*: LoLCATs' architecture without attention transfer (feature maps, window factors and
   LoRA trained by next-token loss).
@@ -48,11 +54,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.attention import softmax_attention
-from common.attention.linear import HybridAttention, make_hybrid_attention
+from common.attention.linear import HybridAttention, SlidingWindowAttention, make_hybrid_attention
 from common.lora import apply_lora, lora_parameters
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-METHOD_NAMES = ("t2r", "hedgehog", "lolcats", "lora_only", "transfer_only")
+METHOD_NAMES = ("t2r", "t2r_full", "hedgehog", "lolcats", "window_only", "lora_only", "transfer_only")
+#: methods whose single next-token stage is repeated to match LoLCATs' optimizer steps (``equal_steps``).
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,9 @@ class Method:
     ``feature_map`` is a :func:`common.attention.linear.make_feature_map` kind, ``window`` the
     sliding window (0: pure linear attention), ``attention_transfer`` whether stage 1 runs,
     ``lora`` whether stage 2 runs, ``finetune_feature_maps`` whether the feature maps and window
-    factors are also trained by next-token loss in stage 2 (methods without attention transfer).
+    factors are also trained by next-token loss in stage 2 (methods without attention transfer),
+    ``full_finetune`` whether stage 2 trains every weight of the model instead of LoRA adapters.
+    ``feature_map="none"`` is sliding-window softmax only (no linear part).
     """
 
     name: str
@@ -71,6 +80,17 @@ class Method:
     attention_transfer: bool
     lora: bool
     finetune_feature_maps: bool
+    full_finetune: bool = False
+
+    def __post_init__(self):
+        if self.feature_map == "none" and (self.window < 1 or self.attention_transfer or self.finetune_feature_maps):
+            raise ValueError("a window-only method needs a window and has no feature maps to transfer or train")
+        if self.full_finetune and self.lora:
+            raise ValueError("full fine-tuning and LoRA are exclusive")
+
+    @property
+    def has_stage2(self) -> bool:
+        return self.lora or self.full_finetune
 
     @property
     def stage1_key(self) -> tuple[str, int]:
@@ -79,14 +99,18 @@ class Method:
 
 
 def methods(window: int) -> dict[str, Method]:
-    """The five recipes compared in the notebook, LoLCATs with sliding window ``window``."""
+    """The seven recipes compared in the notebook, LoLCATs with sliding window ``window``."""
     if window < 1:
         raise ValueError(f"LoLCATs needs a sliding window >= 1, got {window}")
     return {
         "t2r": Method("t2r", "t2r_relu", 0, attention_transfer=False, lora=True, finetune_feature_maps=True),
+        "t2r_full": Method("t2r_full", "t2r_relu", 0, attention_transfer=False, lora=False,
+                           finetune_feature_maps=True, full_finetune=True),
         "hedgehog": Method("hedgehog", "hedgehog", 0, attention_transfer=True, lora=True, finetune_feature_maps=False),
         "lolcats": Method("lolcats", "hedgehog", window, attention_transfer=True, lora=True,
                           finetune_feature_maps=False),
+        "window_only": Method("window_only", "none", window, attention_transfer=False, lora=True,
+                              finetune_feature_maps=False),
         "lora_only": Method("lora_only", "hedgehog", window, attention_transfer=False, lora=True,
                             finetune_feature_maps=True),
         "transfer_only": Method("transfer_only", "hedgehog", window, attention_transfer=True, lora=False,
@@ -116,8 +140,11 @@ def token_batches(tokens: torch.Tensor, context: int, batch_size: int, n_batches
 
 
 def attention_layers(model: nn.Module, method: Method, *, generator: torch.Generator,
-                     init_window_factor: float = 0.1) -> list[HybridAttention]:
-    """One :class:`HybridAttention` per block of ``model`` for ``method`` (seeded by ``generator``)."""
+                     init_window_factor: float = 0.1) -> list[nn.Module]:
+    """One :class:`HybridAttention` (or, for ``feature_map="none"``, :class:`SlidingWindowAttention`) per
+    block of ``model`` for ``method`` (seeded by ``generator``)."""
+    if method.feature_map == "none":
+        return [SlidingWindowAttention(method.window) for _ in model.blocks]
     first = model.blocks[0].attn
     d_model = first.q_proj.out_features
     n_heads = model.config.n_heads
@@ -153,6 +180,8 @@ def attention_parameters(layers: list[HybridAttention]) -> list[nn.Parameter]:
     """Feature-map weights and (for windowed layers) window factors: what stage 1 trains."""
     params = []
     for layer in layers:
+        if not isinstance(layer, HybridAttention):
+            continue
         params += list(layer.feature_map_q.parameters()) + list(layer.feature_map_k.parameters())
         if layer.window > 0:
             params.append(layer.window_factors)
@@ -320,6 +349,19 @@ class Linearized:
     stage2_tokens: int = 0
 
     @property
+    def stage1_steps(self) -> int:
+        return len(self.stage1_losses)
+
+    @property
+    def stage2_steps(self) -> int:
+        return len(self.stage2_losses)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of both stages together."""
+        return self.stage1_steps + self.stage2_steps
+
+    @property
     def stage1_fraction(self) -> float:
         return self.stage1_trainable / self.total_parameters
 
@@ -335,6 +377,7 @@ class TrainConfig:
     transfer_lr: float = 1e-2       # official attention-transfer learning rate
     lora_lr: float = 1e-3
     feature_map_lr: float = 1e-2    # feature maps trained by next-token loss (T2R, LoRA only)
+    full_finetune_lr: float = 3e-4  # every weight (T2R full fine-tuning): the teacher's final learning rate
     lora_rank: int = 8
     lora_alpha: float = 16.0
     init_window_factor: float = 0.1
@@ -362,9 +405,19 @@ def run_stage1(teacher: nn.Module, method: Method, batches: torch.Tensor, config
 
 def run_stage2(result: Linearized, batches: torch.Tensor, config: TrainConfig, seed: int, *,
                progress: Callable | None = None) -> Linearized:
-    """Apply LoRA to q, k, v, o (seeded by ``seed``) and fine-tune by next-token loss, if the method has stage 2."""
+    """Apply LoRA to q, k, v, o (seeded by ``seed``) and fine-tune by next-token loss, if the method has stage 2;
+    a ``full_finetune`` method instead trains every weight of the model (and its feature maps)."""
     method = result.method
-    if method.lora:
+    if method.full_finetune:
+        attn = {id(p) for p in attention_parameters(result.layers)}
+        weights = [p for p in parameter_set(result.model) if id(p) not in attn and not _is_window_factor(p, result.layers)]
+        groups = [{"params": weights, "lr": config.full_finetune_lr}]
+        if method.finetune_feature_maps and attention_parameters(result.layers):
+            groups.append({"params": attention_parameters(result.layers), "lr": config.feature_map_lr})
+        result.stage2_losses = finetune(result.model, groups, batches, progress=progress, desc=method.name)
+        result.stage2_trainable = sum(p.numel() for g in groups for p in g["params"])
+        result.stage2_tokens = _tokens(batches)
+    elif method.lora:
         apply_lora(result.model, LORA_TARGETS, config.lora_rank, config.lora_alpha,
                    generator=torch.Generator().manual_seed(seed + 1))
         groups = [{"params": lora_parameters(result.model), "lr": config.lora_lr}]
@@ -379,10 +432,20 @@ def run_stage2(result: Linearized, batches: torch.Tensor, config: TrainConfig, s
     return result
 
 
+def _is_window_factor(p: nn.Parameter, layers) -> bool:
+    return any(isinstance(layer, HybridAttention) and p is layer.window_factors for layer in layers)
+
+
 def run_methods(teacher: nn.Module, recipes: dict[str, Method], transfer_batches: torch.Tensor,
                 finetune_batches: torch.Tensor, config: TrainConfig, seed: int, *,
-                progress: Callable | None = None) -> dict[str, Linearized]:
-    """Every recipe from the same seed and data; recipes with the same stage 1 share one run of it."""
+                progress: Callable | None = None, equal_steps: bool = True) -> dict[str, Linearized]:
+    """Every recipe from the same seed and data; recipes with the same stage 1 share one run of it.
+
+    With ``equal_steps`` a method with a next-token stage but no attention transfer fine-tunes on
+    ``finetune_batches`` followed by ``transfer_batches`` (in the notebook the same linearization set,
+    i.e. two passes), so it takes as many optimizer steps, on the same unique tokens, as a two-stage
+    method (attention transfer + LoRA). ``transfer_only`` keeps its single stage.
+    """
     for p in teacher.parameters():
         p.requires_grad_(False)
     stage1_cache: dict[tuple[str, int], Linearized] = {}
@@ -400,7 +463,10 @@ def run_methods(teacher: nn.Module, recipes: dict[str, Method], transfer_batches
                 stage1_cache[key] = Linearized(method, result.model, copy.deepcopy(result.layers),
                                                list(result.stage1_losses), stage1_trainable=result.stage1_trainable,
                                                stage1_tokens=result.stage1_tokens)
-        results[name] = run_stage2(result, finetune_batches, config, seed, progress=progress)
+        batches = finetune_batches
+        if equal_steps and not method.attention_transfer and method.has_stage2:
+            batches = torch.cat([finetune_batches, transfer_batches])
+        results[name] = run_stage2(result, batches, config, seed, progress=progress)
     return results
 
 

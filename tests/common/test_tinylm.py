@@ -23,8 +23,29 @@ def tiny_model(seed=0, **kw):
 # -- grammar -----------------------------------------------------------------------------------------
 def test_corpus_hash_is_recorded():
     assert G.corpus_hash(1000, G.CANONICAL_SEED) == G.CORPUS_HASH
-    for kind in G.KINDS:
+    for kind in G.ALL_KINDS:
         assert G.corpus_hash(1000, G.CANONICAL_SEED, [kind]) == G.KIND_HASHES[kind], kind
+
+
+def test_recall_dense_is_outside_the_default_mix_and_its_answers_are_right():
+    assert "recall_dense" not in G.DEFAULT_MIX and "recall_dense" not in G.KINDS
+    g = G.TinyGrammar(3)
+    assert all(g.document()[0] != "recall_dense" for _ in range(500))
+    g = G.TinyGrammar(4)
+    n_answers = 0
+    for _ in range(200):
+        words = g.recall_dense()
+        answers = G.recall_answer_positions(words)
+        assert len(words) <= 240 and len(answers) == words.count("?") >= 2
+        assert all(ok for _, ok in answers) and G.document_kind(words) == "recall_dense"
+        n_answers += len(answers)
+    assert n_answers / 200 >= 4
+    words = "box 3 key red . box 4 key blue . ? box 4 key red ? box 9 key red ? box 3 key red".split()
+    assert G.recall_answer_positions(words) == [(14, False), (24, True)]
+    mixed = G.corpus_tokens(5000, 0, {"recall_dense": 1.0, "narrative": 1.0})
+    assert int(mixed.max()) < G.VOCAB.size
+    with pytest.raises(ValueError):
+        G.TinyGrammar(0, mix={"nonsense": 1.0})
 
 
 def test_corpus_is_deterministic_and_seed_dependent():
@@ -212,6 +233,30 @@ def test_training_smoke_and_checkpoint_round_trip(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(zoo.ChecksumError):
         load_tinylm("tinylm_smoke", directory=tmp_path)
+
+
+def test_continued_training_init_from_mix_and_time_budget(tmp_path):
+    mcfg = TinyGPTConfig(G.VOCAB.size, d_model=32, n_layers=2, n_heads=2, context=64)
+    small = {"val_tokens": 2048, "distances": (), "n_recall": 4, "n_samples": 2, "kinds": ("narrative",)}
+    base = TrainConfig(n_tokens=4 * 8 * 64, batch_size=8, warmup_steps=2, eval_every=4, log_every=2, val_tokens=2048)
+    parent, _, _ = train_and_save(mcfg, base, "parent", directory=tmp_path, progress=False, eval_kwargs=small)
+    # zero learning rate: the continued model is the parent, bit for bit
+    frozen = TrainConfig(n_tokens=8 * 64, batch_size=8, lr=0.0, warmup_steps=1, weight_decay=0.0, val_tokens=2048,
+                         init_from="parent", mix={"recall_dense": 1.0})
+    child, history, man = train_and_save(mcfg, frozen, None, progress=False, eval_kwargs=small, init_directory=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(parent.state_dict().values(), child.state_dict().values(), strict=True))
+    sha = zoo.load_manifest("parent", tmp_path)["sha256"]
+    assert man["training"]["init_from"] == {"name": "parent", "sha256": sha, "tokens_seen": 4 * 8 * 64}
+    assert man["corpus"]["mix"] == {"recall_dense": 1.0}
+    # a wall-time budget ends the run early; at least one step; recall monitored at each evaluation
+    timed = TrainConfig(n_tokens=10**9, corpus_tokens=20_000, batch_size=8, warmup_steps=1, eval_every=2, val_tokens=2048,
+                        init_from="parent", mix={"recall_dense": 1.0, "narrative": 1.0}, max_seconds=1e-9, monitor_recall=4)
+    _, history, man = train_and_save(mcfg, timed, None, progress=False, eval_kwargs=small, init_directory=tmp_path)
+    assert history["step"] == [1] and len(history["val"]) == 1 and man["training"]["tokens_seen"] == 8 * 64
+    assert len(man["training"]["recall_curve"]) == 1
+    bad = TinyGPTConfig(G.VOCAB.size, d_model=64, n_layers=2, n_heads=2, context=64)
+    with pytest.raises(ValueError):
+        train_and_save(bad, frozen, None, progress=False, eval_kwargs=small, init_directory=tmp_path)
 
 
 def test_committed_checkpoint_loads_and_is_verified(tmp_path):

@@ -101,7 +101,13 @@ def test_run_methods_bookkeeping_sharing_and_determinism(teacher, batches):
         assert a[name].stage1_losses == b[name].stage1_losses and a[name].stage2_losses == b[name].stage2_losses
     assert a["lolcats"].stage1_losses == a["transfer_only"].stage1_losses
     assert a["lolcats"].stage1_tokens == tokens and a["t2r"].stage1_tokens == 0
-    assert a["t2r"].stage2_tokens == a["lolcats"].stage2_tokens == tokens and a["transfer_only"].stage2_tokens == 0
+    assert a["lolcats"].stage2_tokens == tokens and a["transfer_only"].stage2_tokens == 0
+    # equal optimizer steps: single-stage methods pass over the linearization set twice
+    for name in ("t2r", "t2r_full", "window_only", "lora_only"):
+        assert a[name].stage2_tokens == 2 * tokens and a[name].steps == a["lolcats"].steps == 6, name
+    assert a["transfer_only"].steps == 3
+    c = L.run_methods(teacher, {"t2r": recipes["t2r"]}, batches[:3], batches[:3], config, seed=3, equal_steps=False)
+    assert c["t2r"].steps == 3
     lora = 2 * 4 * 8 * (32 + 32)                               # layers · projections · rank · (in + out)
     assert a["lolcats"].stage2_trainable == lora
     assert a["t2r"].stage2_trainable > lora                    # LoRA plus the ReLU feature maps
@@ -110,6 +116,43 @@ def test_run_methods_bookkeeping_sharing_and_determinism(teacher, batches):
     for name in recipes:
         assert torch.allclose(a[name].model(x), b[name].model(x))
         assert not any(p.requires_grad for p in a[name].model.parameters())
+
+
+def test_window_only_control_is_sliding_window_softmax_with_lora(teacher, batches):
+    method = L.methods(4)["window_only"]
+    layers = L.attention_layers(teacher, method, generator=torch.Generator().manual_seed(0))
+    assert L.attention_parameters(layers) == []
+    L.linearize(teacher, layers)
+    x = batches[0][:, :-1]
+    _, qkv = teacher(x, return_qkv=True)
+    q, k, v = qkv[0]
+    from common.attention.linear import sliding_window_attention
+    assert torch.equal(layers[0](q, k, v), sliding_window_attention(q, k, v, 4))
+    wide = L.linearize(teacher, L.attention_layers(teacher, L.Method("w", "none", CTX, False, True, False),
+                                                   generator=torch.Generator()))
+    assert torch.allclose(wide(x), teacher(x), atol=1e-5)    # a window covering the context is softmax
+    result = L.run_stage2(L.run_stage1(teacher, method, batches[:2], L.TrainConfig(), 0), batches[:2],
+                          L.TrainConfig(), 0)
+    assert result.stage2_trainable == 2 * 4 * 8 * (32 + 32) and result.stage1_trainable == 0
+    with pytest.raises(ValueError):
+        L.Method("bad", "none", 0, False, True, False)
+
+
+def test_t2r_full_finetune_trains_every_weight(teacher, batches):
+    config = L.TrainConfig()
+    method = L.methods(4)["t2r_full"]
+    result = L.run_stage1(teacher, method, batches[:2], config, seed=0)
+    before = {k: v.clone() for k, v in result.model.state_dict().items()}
+    L.run_stage2(result, batches[:2], config, seed=0)
+    after = result.model.state_dict()
+    assert not any(isinstance(m, LoRALinear) for m in result.model.modules())
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("q_proj" in k for k in changed) and any("mlp" in k for k in changed)
+    assert any("feature_map" in k for k in changed)
+    assert result.stage2_fraction > 0.95
+    assert not any(p.requires_grad for p in result.model.parameters())
+    with pytest.raises(ValueError):
+        L.Method("bad", "t2r_relu", 0, False, True, True, full_finetune=True)
 
 
 def test_recall_accuracy_and_gap_closed():
