@@ -55,11 +55,13 @@ __all__ = [
     "orbit_outputs",
     "orbit_average_cce",
     "orbit_closed_exploitability",
+    "orbit_average_nash",
+    "orbit_closed_nash_exploitability",
     "equivariance_error",
     "welfare_ratio_identity",
 ]
 
-DISTRIBUTIONS = ("uniform", "row_shift")
+DISTRIBUTIONS = ("uniform", "row_shift", "zero_sum")
 
 
 def sample_games(n_games: int, n: int, distribution: str = "uniform", random_state=None) -> torch.Tensor:
@@ -67,6 +69,7 @@ def sample_games(n_games: int, n: int, distribution: str = "uniform", random_sta
 
     ``"uniform"``: payoffs i.i.d. U[0, 1] (permutation-invariant distribution). ``"row_shift"``:
     the same plus a mean shift ``i/(n−1)`` on the row player's payoff of row ``i`` (not invariant).
+    ``"zero_sum"``: ``A`` i.i.d. U[0, 1] and ``B = −A`` (permutation-invariant, two-player zero-sum).
     """
     if n_games < 1 or n < 2:
         raise ValueError(f"need n_games >= 1 and n >= 2, got {n_games}, {n}")
@@ -76,6 +79,8 @@ def sample_games(n_games: int, n: int, distribution: str = "uniform", random_sta
     G = rng.random((n_games, 2, n, n))
     if distribution == "row_shift":
         G[:, 0] += (np.arange(n) / (n - 1))[:, None]
+    if distribution == "zero_sum":
+        G[:, 1] = -G[:, 0]
     return torch.as_tensor(G, dtype=torch.float32)
 
 
@@ -194,6 +199,34 @@ def orbit_average_cce(model: nn.Module, G: torch.Tensor) -> torch.Tensor:
 def orbit_closed_exploitability(model: nn.Module, G: torch.Tensor) -> float:
     """Mean CCE exploitability of ``f`` over the orbit-closed test set ``{σG}`` (right side of (2))."""
     vals = [exploitability(model, permute_game(G, p, q), "cce").mean() for p, q in all_permutation_pairs(G.shape[-1])]
+    return float(torch.stack(vals).mean())
+
+
+@torch.no_grad()
+def orbit_average_nash(model: nn.Module, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orbit average of an NE approximator: ``x̄ = 1/|S| Σ_σ σ_1⁻¹ x(σG)``, ``ȳ`` likewise (each player's marginal).
+
+    ``x(σG)_i`` is the probability of the original action ``σ_1(i)``, so it is mapped back by ``σ_1⁻¹``.
+    For two-player zero-sum games the sum of the two regrets, ``max_i (Ay)_i − min_j (Aᵀx)_j``, is convex in
+    ``(x, y)``, so Jensen gives ``Σ-regret(x̄, ȳ) ≤ mean_σ Σ-regret(f(σG), σG)``; the max over players
+    (the paper's exploitability) is not convex in general and carries no such guarantee.
+    """
+    xs, ys = [], []
+    for p, q in all_permutation_pairs(G.shape[-1]):
+        x, y = model(permute_game(G, p, q))
+        xs.append(x[:, _inverse(p)])
+        ys.append(y[:, _inverse(q)])
+    return torch.stack(xs).mean(0), torch.stack(ys).mean(0)
+
+
+@torch.no_grad()
+def orbit_closed_nash_exploitability(model: nn.Module, G: torch.Tensor, reduction: str = "max") -> float:
+    """Mean NE exploitability (max or sum of regrets) of ``f`` over the orbit-closed test set ``{σG}``."""
+    vals = []
+    for p, q in all_permutation_pairs(G.shape[-1]):
+        Gp = permute_game(G, p, q)
+        x, y = model(Gp)
+        vals.append(nash_exploitability(Gp[:, 0], Gp[:, 1], x, y, reduction).mean())
     return float(torch.stack(vals).mean())
 
 

@@ -11,7 +11,9 @@ from papers.equivariant_equilibria.approximators import (
     exploitability,
     identity_game,
     orbit_average_cce,
+    orbit_average_nash,
     orbit_closed_exploitability,
+    orbit_closed_nash_exploitability,
     sample_games,
     train_approximator,
     welfare_ratio_identity,
@@ -65,3 +67,22 @@ def test_training_reduces_exploitability():
     assert losses[-1] < losses[0]
     with pytest.raises(ValueError):
         train_approximator(MLPNash(3), G, "ne", steps=1)
+
+
+def test_nash_orbit_average_on_zero_sum_games():
+    from common.equivariant import permute_game
+    from common.game_metrics import nash_exploitability
+
+    G = sample_games(200, 3, "zero_sum", random_state=3).double()
+    assert torch.equal(G[:, 1], -G[:, 0])
+    torch.manual_seed(1)
+    model = MLPNash(3).double()
+    x, y = orbit_average_nash(model, G)
+    assert torch.allclose(x.sum(-1), torch.ones(200, dtype=torch.float64))
+    # the orbit average is OPE-equivariant: relabelling the game relabels the marginals
+    p, q = (2, 0, 1), (1, 2, 0)
+    xp, yp = orbit_average_nash(model, permute_game(G, p, q))
+    assert torch.allclose(xp, x[:, list(p)]) and torch.allclose(yp, y[:, list(q)])
+    # Jensen on the (convex, zero-sum) sum of regrets over the orbit-closed set
+    fbar = float(nash_exploitability(G[:, 0], G[:, 1], x, y, "sum").mean())
+    assert fbar <= orbit_closed_nash_exploitability(model, G, "sum") + 1e-12
