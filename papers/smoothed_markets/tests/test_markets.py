@@ -4,16 +4,21 @@ import pytest
 import torch
 
 from papers.smoothed_markets.markets import (
+    BIAS_LEADING_COEFFICIENT,
     BidderMLP,
     allocate_and_pay,
     bias_bound,
     bne_bid,
     l2_distance,
+    learning_comparison,
     pretrain_truthful,
+    reinforce_loss,
     sample_values,
     seeded_generator,
     smoothed_allocate_and_pay,
     smoothing_bias,
+    smoothing_bias_exact,
+    smoothing_bias_mc,
     train,
     utilities,
     utility_loss,
@@ -73,11 +78,44 @@ def test_fpsb_bne_is_half_value_and_spsb_truthful():
     assert l2_distance(FixedBid(0.5), "first_price", 2) == pytest.approx(0.0)
 
 
-def test_bias_within_bound_and_linear():
-    g = seeded_generator(2)
+def test_bias_within_bound_and_quadratic_at_bne():
+    # The paper's bound is linear in λ; the bias at the BNE is -(π²/3) λ² + O(λ³): both are checked.
     for lam in (0.001, 0.01, 0.05):
-        assert smoothing_bias(lam, generator=g, n_samples=20000) <= bias_bound(lam)
+        assert abs(smoothing_bias_exact(lam)) <= bias_bound(lam)
     assert bias_bound(0.02) == pytest.approx(2 * bias_bound(0.01))
+    assert smoothing_bias_exact(1e-3) / (-BIAS_LEADING_COEFFICIENT * 1e-6) == pytest.approx(1.0, abs=0.01)
+    assert smoothing_bias_exact(2e-3) / smoothing_bias_exact(1e-3) == pytest.approx(4.0, rel=0.02)
+    # The simulator's Monte-Carlo estimate agrees with the quadrature (within 4 standard errors).
+    g = seeded_generator(2)
+    mc, se = smoothing_bias_mc(0.05, 1 << 17, g)
+    assert abs(mc - smoothing_bias_exact(0.05)) < 4 * se
+    assert smoothing_bias(0.05, generator=seeded_generator(2), n_samples=20000) <= bias_bound(0.05)
+
+
+def test_reinforce_scores_the_unclamped_action():
+    # The score is that of the Gaussian sample a = μ + std·ξ (the policy's action); the auction sees max(a, 0).
+    # Low values make many actions negative, where the old code scored the clamped bid 0 instead of a.
+    model = FixedBid(0.0)
+    model.slope = torch.nn.Parameter(torch.tensor(0.1))
+    values = sample_values(256, 2, 1, seeded_generator(4))
+    std = 0.05
+    reinforce_loss(model, values, "first_price", std, seeded_generator(5)).backward()
+    mean = 0.1 * values
+    actions = mean + torch.randn(mean.shape, generator=seeded_generator(5)) * std
+    reward = utilities(values, actions.clamp_min(0.0), "first_price")[:, 0]
+    score = ((actions[:, 0] - mean[:, 0]) / std**2 * values[:, 0]).sum(-1)  # d log N(a; slope·v, std²)/d slope
+    expected = -((reward - reward.mean()) * score).mean()
+    assert (actions < 0).any()
+    assert float(model.slope.grad) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_learning_comparison_pairs_methods():
+    out = learning_comparison(3, ("sm", "reinforce"), iterations=5, pretrain_steps=5, mechanism="first_price",
+                              n_bidders=2, batch=64, lr=1e-3)
+    assert set(out["l2"]) == {"sm", "reinforce"} and set(out["utility_loss"]) == {"sm", "reinforce"}
+    again = learning_comparison(3, ("sm",), iterations=5, pretrain_steps=5, mechanism="first_price",
+                                n_bidders=2, batch=64, lr=1e-3)
+    assert again["l2"]["sm"] == out["l2"]["sm"]  # the same seed gives the same run
 
 
 def test_sm_moves_towards_bne():
