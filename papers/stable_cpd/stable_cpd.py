@@ -34,9 +34,14 @@ SVD ``K̃ = P Σ Qᵀ``, the Lagrange conditions give ``Ã(μ) = Y_(1) K̃ (K̃�
     ρ(μ) = ‖Y_(1)‖² − ‖Z‖² + Σ_i ‖z_i‖² (μ / (σ_i² + μ))²,    Z = Y_(1) P,
 
 increases monotonically in ``μ ≥ 0``; the root ``ρ(μ) = δ²`` is found by bisection on ``log μ``. The current
-factor is feasible, so ss never increases and the error stays ``≤ δ`` ("equal error"). The paper's
-solver (TensorBox, MATLAB) is not public; it uses the same objective and constraint (and also offers a
-Krylov–Levenberg–Marquardt variant); this alternating exact-subproblem scheme is ours.
+factor is feasible, so ss never increases and the error stays ``≤ δ`` ("equal error").
+
+**Our solver** (:func:`cp_epc`). The paper's solver (MATLAB/TensorBox) is not public, so the algorithm is
+ours, the objective and constraint are the paper's. The alternating exact updates above (:func:`epc_sweeps`)
+move slowly out of a degeneracy: shrinking two cancelling terms needs every factor to move at once. So
+:func:`cp_epc` first runs a joint augmented-Lagrangian stage over all factors
+(:func:`epc_augmented_lagrangian`), then the exact alternating sweeps, which also make the error ``≤ δ``
+hold exactly.
 
 Baselines at the same layer: CP-ALS (``common.tensor_decomp.cp_als``; tensorly's ``parafac`` side by
 side), Tucker-2 over the channel modes (HOSVD + HOOI, :class:`Tucker2Conv2d`: 1×1 ``S→R₁``, ``D×D``
