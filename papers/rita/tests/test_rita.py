@@ -121,8 +121,8 @@ def test_encoder_trains_a_few_steps(mode):
 
 
 def test_monitor_subsample_and_set_attention():
-    X, y = make_synhar(8, 400, np.random.default_rng(3))
-    tokens, labels = windows(X, 20), torch.as_tensor(y)
+    X, _ = make_synhar(8, 400, np.random.default_rng(3))
+    tokens = windows(X, 20)
     model = TimeSeriesEncoder(tokens.shape[-1], 20, 6, attention="exact", generator=torch.Generator().manual_seed(0))
     scheduler = AdaptiveGroupScheduler(20, 2, rule="official")
     model.set_attention("adaptive", scheduler=scheduler)
