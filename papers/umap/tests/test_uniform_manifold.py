@@ -85,3 +85,27 @@ def test_invalid_arguments():
         smooth_knn_dist(np.zeros((5, 1)), 1)
     with pytest.raises(ValueError):
         UMAP(n_neighbors=1).fit_transform(np.zeros((10, 3)))
+
+
+def test_graph_parity_records_raw_values():
+    pytest.importorskip("umap")
+    from papers.umap.benchmark import graph_parity
+
+    parity = graph_parity(load_iris().data, 10)
+    assert parity["graph_pattern_mismatch"] == 0
+    assert 0 <= parity["graph_max_abs"] < 1e-5  # a few float32 ulps, not rounded away
+    assert parity["sigma_max_rel"] < 1e-4 and parity["rho_max_rel"] < 1e-4 and parity["ab_max_abs"] < 1e-3
+
+
+def test_paired_runs_and_per_seed_accuracy_on_iris():
+    pytest.importorskip("umap")
+    from papers.umap.benchmark import paired_runs, per_seed_accuracy
+
+    iris = load_iris()
+    knn = knn_graph(iris.data, 10, method="exact")
+    runs = paired_runs(iris.data, knn, [0, 1], n_epochs=30, n_neighbors=10, min_dist=0.01)
+    for name in ("ours", "umap_learn"):
+        assert len(runs[name]["Y"]) == len(runs[name]["seconds"]) == len(runs[name]["trust"]) == 2
+        assert runs[name]["Y"][0].shape == (150, 2) and all(t > 0.9 for t in runs[name]["trust"])
+    acc = per_seed_accuracy(runs["ours"]["Y"], iris.target, ks=(5, 10))
+    assert set(acc) == {5, 10} and all(len(v) == 2 and 0.8 < min(v) <= 1 for v in acc.values())
