@@ -31,9 +31,17 @@ KS = (10, 20, 40, 80, 160)
 
 
 def single_thread_env() -> None:
-    """Pin numba and the BLAS/OpenMP pools to one thread (call before importing umap)."""
+    """Pin numba and the BLAS/OpenMP pools to one thread (call before importing umap).
+
+    Forced, not defaulted: the embeddings (ARPACK's spectral initialisation, the SGD) change with the
+    thread count, so a caller's OMP_NUM_THREADS=2 (CI's second pass) must not reach them. BLAS pools that
+    NumPy already started are limited with threadpoolctl.
+    """
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
+        os.environ[var] = "1"
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
     warnings.filterwarnings("ignore", module="umap")
     warnings.filterwarnings("ignore", category=FutureWarning)
 
