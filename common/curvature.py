@@ -230,3 +230,60 @@ def layer_inputs(model: nn.Module, layer: nn.Module, X: torch.Tensor) -> torch.T
     finally:
         handle.remove()
     return captured[0].flatten(1)
+
+
+def kronecker_max_eigenvalue(A: torch.Tensor, B: torch.Tensor) -> float:
+    """``λ_max(A ⊗ B) = λ_max(A)·λ_max(B)`` for symmetric PSD ``A`` and ``B`` (never forms ``A ⊗ B``).
+
+    The eigenvalues of a Kronecker product are the pairwise products of the factors' eigenvalues,
+    so for PSD factors the largest is the product of the largest. Used as K-FAC's estimate of a
+    layer block's curvature spectral radius.
+    """
+    if A.ndim != 2 or A.size(0) != A.size(1) or B.ndim != 2 or B.size(0) != B.size(1):
+        raise ValueError(f"A and B must be square matrices, got {tuple(A.shape)} and {tuple(B.shape)}")
+    A, B = A.double(), B.double()  # float64: robust to the zero rows and columns of pruned units
+    top_a = torch.linalg.eigvalsh((A + A.mT) / 2)[-1]
+    top_b = torch.linalg.eigvalsh((B + B.mT) / 2)[-1]
+    if top_a < 0 or top_b < 0:
+        raise ValueError("A and B must be positive semi-definite")
+    return float(top_a * top_b)
+
+
+def hessian_vector_product(loss: torch.Tensor, params: Sequence[torch.Tensor],
+                           vector: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """``H v`` of a scalar ``loss`` w.r.t. ``params`` by double back-propagation (Pearlmutter)."""
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    dot = sum((g * v).sum() for g, v in zip(grads, vector, strict=True))
+    return torch.autograd.grad(dot, params)
+
+
+def hessian_max_eigenvalue(loss_fn, params: Sequence[torch.Tensor], max_iter: int = 100, tol: float = 1e-4,
+                           generator: torch.Generator | None = None) -> tuple[float, int]:
+    """Dominant Hessian eigenvalue of ``loss_fn()`` w.r.t. ``params`` by power iteration with HVPs.
+
+    ``v ← H v / ‖H v‖`` from a random unit start (drawn with ``generator``); the estimate is the
+    Rayleigh quotient ``vᵀ H v``. Stops when it changes by less than ``tol`` relative. Returns
+    ``(eigenvalue, iterations)``; the eigenvalue is the one of largest magnitude (at a minimum of
+    the loss, the spectral radius ``λ_max``). ``loss_fn`` is re-evaluated at every step, so it may
+    be a full-batch loss over a fixed data set.
+    """
+    if max_iter < 1 or tol <= 0:
+        raise ValueError("max_iter must be >= 1 and tol > 0")
+    params = list(params)
+    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
+    norm = torch.sqrt(sum((x * x).sum() for x in v))
+    v = [x / norm for x in v]
+    estimate, iterations = 0.0, 0
+    for step in range(1, max_iter + 1):
+        iterations = step
+        hv = hessian_vector_product(loss_fn(), params, v)
+        new = float(sum((h * x).sum() for h, x in zip(hv, v, strict=True)))
+        norm = torch.sqrt(sum((h * h).sum() for h in hv))
+        if norm == 0:
+            return 0.0, iterations
+        v = [h / norm for h in hv]
+        converged = step > 1 and abs(new - estimate) <= tol * max(abs(new), 1e-30)
+        estimate = new
+        if converged:
+            break
+    return estimate, iterations

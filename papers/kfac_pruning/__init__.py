@@ -1,0 +1,1 @@
+"""K-FAC neuron pruning."""
