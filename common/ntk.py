@@ -142,17 +142,28 @@ def mlp_layer_factors(model: nn.Module, X: torch.Tensor) -> list[tuple[torch.Ten
     layers, activation = _mlp_parts(model)
 
     def forward(taps, x):
-        a, inputs = x.flatten(), []
-        for index, (layer, tap) in enumerate(zip(layers, taps, strict=True)):
-            inputs.append(a)
-            z = layer(a) + tap
-            a = z if index == len(layers) - 1 else activation(z)
-        return a, inputs
+        return _tapped_forward(layers, activation, taps, x)
 
     with torch.no_grad():
-        taps = [torch.zeros(layer.out_features, dtype=X.dtype) for layer in layers]
-        D, A = vmap(jacrev(forward, has_aux=True), in_dims=(None, 0))(taps, X)
+        D, A = vmap(jacrev(forward, has_aux=True), in_dims=(None, 0))(_zero_taps(layers, X.dtype), X)
     return [(a, d, layer.bias is not None) for a, d, layer in zip(A, D, layers, strict=True)]
+
+
+def _tapped_forward(layers: list[nn.Linear], activation: Callable, taps: list, x: torch.Tensor):
+    """One example through the MLP with ``tap_l`` added to each pre-activation ``z_l``; returns ``(f(x), [a_l])``.
+
+    Differentiating with respect to zero taps gives ``∂f/∂z_l`` without forming the weight Jacobian.
+    """
+    a, inputs = x.flatten(), []
+    for index, (layer, tap) in enumerate(zip(layers, taps, strict=True)):
+        inputs.append(a)
+        z = layer(a) + tap
+        a = z if index == len(layers) - 1 else activation(z)
+    return a, inputs
+
+
+def _zero_taps(layers: list[nn.Linear], dtype: torch.dtype) -> list[torch.Tensor]:
+    return [torch.zeros(layer.out_features, dtype=dtype) for layer in layers]
 
 
 def _input_gram(a1: torch.Tensor, a2: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -202,16 +213,11 @@ def mlp_pntk_factors(model: nn.Module, X: torch.Tensor) -> list[tuple[torch.Tens
     layers, activation = _mlp_parts(model)
 
     def g(taps, x):
-        a, inputs = x.flatten(), []
-        for index, (layer, tap) in enumerate(zip(layers, taps, strict=True)):
-            inputs.append(a)
-            z = layer(a) + tap
-            a = z if index == len(layers) - 1 else activation(z)
-        return a.sum() / math.sqrt(a.numel()), inputs
+        out, inputs = _tapped_forward(layers, activation, taps, x)
+        return out.sum() / math.sqrt(out.numel()), inputs
 
     with torch.no_grad():
-        taps = [torch.zeros(layer.out_features, dtype=X.dtype) for layer in layers]
-        D, A = vmap(grad(g, has_aux=True), in_dims=(None, 0))(taps, X)
+        D, A = vmap(grad(g, has_aux=True), in_dims=(None, 0))(_zero_taps(layers, X.dtype), X)
     return [(a, d, layer.bias is not None) for a, d, layer in zip(A, D, layers, strict=True)]
 
 
