@@ -8,6 +8,11 @@ STAMP := $(VENV)/.installed
 PROFILE ?= ci
 PARAMS ?=
 PAPER ?=
+PAPERS ?=
+JOBS ?= 1
+FORCE ?=
+BACKEND ?= local
+RAY_ADDRESS ?=
 # Notebooks run single-threaded unless told otherwise: results (and goldens) then do not depend on
 # the machine's core count. A notebook that wants more threads sets them itself.
 export OMP_NUM_THREADS ?= 1
@@ -16,7 +21,7 @@ export OMP_NUM_THREADS ?= 1
 # User values are read with $(value X) (the text as typed, never expanded by make), checked with make's
 # own text functions, and reach recipes only single-quoted through $(call shell_quote,...). They are not exported
 # (make would expand them to build the environment of every recipe).
-unexport PAPER PROFILE PARAMS MODEL
+unexport PAPER PROFILE PARAMS MODEL PAPERS JOBS FORCE BACKEND RAY_ADDRESS
 shell_quote = '$(subst ','\'',$(1))'
 SLUG_CHARS := a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9 _
 strip_chars = $(if $(2),$(call strip_chars,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
@@ -34,6 +39,17 @@ ifneq ($(filter run bless verify new cite,$(MAKECMDGOALS)),)
     $(error PAPER=$(value PAPER) is not in papers/catalog.yaml)
   endif
 endif
+ifneq ($(strip $(value PAPERS)),)
+  ifneq ($(filter-out $(CATALOG_SLUGS),$(value PAPERS)),)
+    $(error PAPERS: $(filter-out $(CATALOG_SLUGS),$(value PAPERS)) not in papers/catalog.yaml)
+  endif
+endif
+ifneq ($(call strip_chars,$(value JOBS),0 1 2 3 4 5 6 7 8 9),)
+  $(error JOBS=$(value JOBS) is not a positive integer)
+endif
+ifneq ($(filter-out local ray,$(value BACKEND)),)
+  $(error BACKEND=$(value BACKEND) is not a backend: use local or ray)
+endif
 ifneq ($(filter-out ci full,$(value PROFILE)),)
   $(error PROFILE=$(value PROFILE) is not a profile: use ci or full)
 endif
@@ -49,7 +65,8 @@ endif
 .PHONY: help all test test-kernels run lab scoreboard bless verify new cite clean lock env lint zoo
 
 help:
-	@echo "make all                      run every paper's notebooks at the ci profile, check claims and goldens, write results/"
+	@echo "make all                      run every paper whose results are stale (ci profile), check claims and goldens, write results/"
+	@echo "   [JOBS=2] [FORCE=1] [PAPERS='a b'] [PROFILE=full] [BACKEND=ray [RAY_ADDRESS=host:6379]]"
 	@echo "make test                     run the whole test suite (contract, harness, unit tests, notebooks)"
 	@echo "make test-kernels             every paper's notebooks again under another CPU's numeric kernels (CI's second pass)"
 	@echo "make run PAPER=svarm [PROFILE=full] [PARAMS='seed=3 n_runs=5']"
@@ -73,8 +90,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 env: $(STAMP)
 
+# Incremental: papers whose results are current are skipped (FORCE=1 re-runs them); PAPERS='a b' selects,
+# JOBS=N runs N papers at once (each single-threaded), BACKEND=ray [RAY_ADDRESS=host:port] uses a Ray cluster.
 all: $(STAMP)
-	$(PY) -m common.harness all --profile $(call shell_quote,$(value PROFILE))
+	$(PY) -m common.harness all --profile $(call shell_quote,$(value PROFILE)) --papers $(call shell_quote,$(value PAPERS)) --jobs $(call shell_quote,$(or $(value JOBS),1)) --backend $(call shell_quote,$(value BACKEND)) $(if $(value FORCE),--force) $(if $(value RAY_ADDRESS),--ray-address $(call shell_quote,$(value RAY_ADDRESS)))
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

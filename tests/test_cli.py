@@ -1,7 +1,6 @@
 """The command line and the Makefile, tried as a new user would: interrupts, bad input."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -10,26 +9,22 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures" / "papers"
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def toy(tmp_path):
-    """A private copy of the toy paper whose notebook sleeps long enough to be interrupted."""
-    root = tmp_path / "papers"
-    shutil.copytree(FIXTURES / "toy", root / "toy")
-    nb_path = root / "toy" / "notebooks" / "01_toy.ipynb"
-    nb_path.write_text(nb_path.read_text().replace("sleep_s = 0.0", "sleep_s = 60.0"))
-    return root
+def slow_toy(toy, edit_toy):
+    """The toy paper (tests/conftest.py) whose notebook sleeps long enough to be interrupted."""
+    edit_toy(toy, "sleep_s = 0.0", "sleep_s = 60.0")
+    return toy
 
 
 @pytest.mark.parametrize("disposition", [signal.SIG_DFL, signal.SIG_IGN], ids=["terminal", "nohup"])
-def test_interrupt_is_quiet_and_exits_130(toy, tmp_path, disposition):
+def test_interrupt_is_quiet_and_exits_130(slow_toy, tmp_path, disposition):
     """Ctrl-C (or `kill -INT`) mid-notebook: exit 130, one line, no kernel traceback; also when the run was
     started with SIGINT ignored, as `nohup make run ... &` does."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "common.harness", "run", "toy", "--papers-root", str(toy),
+    proc = subprocess.Popen([sys.executable, "-m", "common.harness", "run", "toy", "--papers-root", str(slow_toy),
                              "--results-root", str(tmp_path / "results"), "--no-progress"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
@@ -77,6 +72,10 @@ def make(fake_venv, *args):
     (["run"], "give a paper"),
     (["run", "PAPER=svarm", "PROFILE=ci;touch {x}"], "is not a profile"),
     (["zoo", "MODEL=*"], "is not a zoo notebook"),
+    (["all", "JOBS=two"], "is not a positive integer"),
+    (["all", "JOBS=2;touch {x}"], "is not a positive integer"),
+    (["all", "PAPERS=svarm not_a_paper"], "not in papers/catalog.yaml"),
+    (["all", "BACKEND=slurm"], "is not a backend"),
     (["zoo", "MODEL=train_digits_eps;touch {x}"], "is not a zoo notebook"),
 ])
 def test_make_rejects_bad_input_before_anything_runs(fake_venv, tmp_path, args, message):
@@ -96,6 +95,13 @@ def test_make_passes_values_quoted(fake_venv, tmp_path):
     assert not marker.exists()
     result, calls = make(fake_venv, "zoo", "MODEL=train_digits_eps", "PARAMS=steps=2 name='x y'")
     assert calls == [["-m", "common.zoo", "train", "train_digits_eps", "--params", "steps=2 name='x y'"]]
+    result, calls = make(fake_venv, "all")
+    assert calls == [["-m", "common.harness", "all", "--profile", "ci", "--papers", "", "--jobs", "1", "--backend", "local"]]
+    result, calls = make(fake_venv, "all", "JOBS=2", "FORCE=1", "PAPERS=svarm umap", "BACKEND=ray",
+                         f"RAY_ADDRESS=head:6379;touch {marker}")
+    assert calls == [["-m", "common.harness", "all", "--profile", "ci", "--papers", "svarm umap", "--jobs", "2",
+                      "--backend", "ray", "--force", "--ray-address", f"head:6379;touch {marker}"]]
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("command", ["run", "bless", "cite"])

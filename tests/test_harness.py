@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,14 +17,6 @@ from common.harness.io import read_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "papers"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def toy(tmp_path):
-    """A private copy of the toy paper and a results root in tmp_path."""
-    root = tmp_path / "papers"
-    shutil.copytree(FIXTURES / "toy", root / "toy")
-    return root
 
 
 def run(root, tmp_path, params=None, **kwargs):

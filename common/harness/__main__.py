@@ -1,7 +1,7 @@
 """Command line of the harness (the Makefile's targets call these).
 
     python -m common.harness run svarm [--profile full] [--param seed=3 ...]
-    python -m common.harness all [--profile ci]
+    python -m common.harness all [--profile ci] [--papers "svarm umap"] [--jobs 2] [--force] [--backend ray]
     python -m common.harness bless svarm [--seeds 5]
     python -m common.harness scoreboard [--check]
     python -m common.harness cite svarm
@@ -42,6 +42,30 @@ def _run(slugs: list[str], profile: str, params: dict, progress: bool, papers_ro
     if failures:
         print(f"FAILED: {', '.join(failures)}", file=sys.stderr)
         return 2 if usage_errors == len(slugs) else 1
+    return 0
+
+
+def _all(args) -> int:
+    from . import orchestrate, scoreboard
+
+    implemented = spec.list_papers(args.papers_root)
+    slugs = args.papers.split() or implemented
+    unknown = [s for s in slugs if s not in implemented]
+    if unknown:
+        print(f"error: not implemented papers: {', '.join(unknown)} (`python -m common.harness list`)", file=sys.stderr)
+        return 2
+    rows = orchestrate.run_all(slugs, args.profile, jobs=args.jobs, backend=args.backend, force=args.force,
+                               progress=not args.no_progress, ray_address=args.ray_address or None,
+                               papers_root=args.papers_root, results_root=args.results_root,
+                               failed_root=args.results_root.parent / "failed" if args.results_root else None)
+    print(orchestrate.summary_table(rows))
+    if args.papers_root is None and args.results_root is None and any(r["status"] != "up to date" for r in rows):
+        written = scoreboard.write()
+        print("scoreboard updated: " + ", ".join(str(p.relative_to(spec.REPO_ROOT)) for p in written))
+    failed = [r["paper"] for r in rows if r["status"] == "FAILED"]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -95,9 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--papers-root", type=Path, default=None, help=argparse.SUPPRESS)
     run.add_argument("--results-root", type=Path, default=None, help=argparse.SUPPRESS)
-    every = sub.add_parser("all", help="run every paper")
+    every = sub.add_parser("all", help="run every paper whose results are not up to date")
     every.add_argument("--profile", default="ci", choices=spec.PROFILES)
+    every.add_argument("--papers", default="", help="space-separated slugs (make's PAPERS); default: every paper")
+    every.add_argument("--jobs", type=int, default=1, help="worker processes (make's JOBS), each single-threaded")
+    every.add_argument("--force", action="store_true", help="re-run papers whose results are up to date (FORCE=1)")
+    every.add_argument("--backend", default="local", choices=("local", "ray"))
+    every.add_argument("--ray-address", default=None, help="a running Ray cluster (RAY_ADDRESS); default: a local one")
     every.add_argument("--no-progress", action="store_true")
+    every.add_argument("--papers-root", type=Path, default=None, help=argparse.SUPPRESS)
+    every.add_argument("--results-root", type=Path, default=None, help=argparse.SUPPRESS)
     bless = sub.add_parser("bless", help="rewrite a paper's goldens from fresh runs")
     bless.add_argument("paper")
     bless.add_argument("--seeds", type=int, default=5)
@@ -120,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             params = parameters.parse_assignments(args.params) | parameters.parse_assignments(args.param)
             return _run([args.paper], args.profile, params, not args.no_progress, args.papers_root, args.results_root)
         if args.command == "all":
-            return _run(spec.list_papers(), args.profile, {}, not args.no_progress)
+            return _all(args)
         if args.command == "bless":
             from .bless import bless as do_bless
             from .scoreboard import write

@@ -28,8 +28,10 @@ regression fails. ``make bless`` rewrites the file with provenance.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import statistics
+from pathlib import Path
 
 SIGMAS = 3.0
 HARDWARE_K = 3.0
@@ -296,3 +298,8 @@ def compare(goldens: dict, metrics: dict, volatile: dict) -> list[str]:
             if problem:
                 problems.append(f"{notebook}: {problem}")
     return problems
+
+
+def file_hash(path: Path) -> str | None:
+    """sha256 of a goldens file (None when it does not exist): results record the goldens they were checked on."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None

@@ -31,6 +31,7 @@ _volatile: set[str] = set()
 _log_factors: dict[str, float] = {}
 _dtypes: dict[str, str] = {}
 _figures: dict[str, dict] = {}
+_devices: set[str] = set()  # what common.device.pick_device chose in this kernel
 _LOW_PRECISION = ("float32", "float16", "bfloat16")
 
 
@@ -155,6 +156,12 @@ def _kernel_numerics() -> dict:
     return info
 
 
+def note_device(label: str) -> None:
+    """Remember the device a notebook computes on (``common.device.pick_device`` calls this)."""
+    _devices.add(str(label))
+    _flush()
+
+
 def _peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
@@ -171,7 +178,8 @@ def _flush() -> None:
         "dtypes": dict(sorted(_dtypes.items())),
     })
     atomic_write_json(folder / "figures.json", _figures)
-    atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1), **_kernel_numerics()})
+    atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1), **_kernel_numerics(),
+                                               **({"device": sorted(_devices)} if _devices else {})})
 
 
 atexit.register(_flush)

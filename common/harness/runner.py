@@ -288,6 +288,7 @@ def run_paper(
             "git": git,
             "code_hash": files_hash,
             "input_hash": input_hash,
+            "goldens_hash": goldens.file_hash(paper.root / "expected" / "ci.json") if profile == "ci" else None,
             "user_parameters": user_params,
             "seeds": {k: {n: v for n, v in p["parameters"].items() if "seed" in n} for k, p in per_notebook.items()},
             "versions": provenance.versions(),

@@ -179,6 +179,7 @@ def results_readme(index: dict, papers_root: Path | None = None) -> str:
         "",
         papers_table(index, link_prefix="../papers/", stale_aware=True),
     ]
+    parts += ["", *resources_section(done, papers_root)]
     for slug in done:
         paper = spec.load(slug, papers_root)
         entry = index["papers"][slug]
@@ -193,6 +194,22 @@ def results_readme(index: dict, papers_root: Path | None = None) -> str:
                 parts.append(f"- {profile}: ⏳ pending (never run)")
         parts += ["", claims_table(paper, entry)]
     return "\n".join(parts) + "\n"
+
+
+def resources_section(slugs: list[str], papers_root: Path | None = None) -> list[str]:
+    """Markdown lines: the full profiles that declare a GPU (``resources`` in paper.yaml), with what they need."""
+    rows = []
+    for slug in slugs:
+        needs = (spec.load(slug, papers_root).resources or {}).get("full") or {}
+        if needs.get("gpus"):
+            rows.append(f"| {slug} | {needs.get('gpus')} | {needs.get('memory_gb', '')} | {needs.get('minutes', '')} |")
+    lines = ["## Full profiles that need a GPU", ""]
+    if not rows:
+        return lines + ["No paper declares a GPU for its full profile (`resources: {full: {gpus: 1, ...}}` in paper.yaml);",
+                        "every full profile runs on a CPU (`make all PROFILE=full`, see CONTRIBUTING.md)."]
+    return lines + ["Run them with `make all PROFILE=full BACKEND=ray RAY_ADDRESS=<head>:6379` on a cluster with GPUs "
+                    "(a CPU-only run is allowed and labelled with its device).", "",
+                    "| paper | GPUs | memory (GB) | minutes |", "|---|---|---|---|", *rows]
 
 
 def replace_section(text: str, name: str, content: str) -> str:

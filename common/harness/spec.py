@@ -47,7 +47,10 @@ OPTIONAL_FIELDS = {
     "profiles": dict,
     "cell_timeout_s": dict,
     "summary": str,
+    "resources": dict,
 }
+# What a profile needs from a machine (BACKEND=ray schedules with it; the scoreboard lists GPU papers).
+RESOURCE_KEYS = {"cpus": (int, float), "gpus": (int, float), "memory_gb": (int, float), "minutes": (int, float)}
 
 
 class PaperSpecError(ValueError):
@@ -107,6 +110,7 @@ class PaperSpec:
     peers: tuple[str, ...] = ()
     profiles: dict = field(default_factory=dict)
     cell_timeout_s: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)
     summary: str = ""
 
     @property
@@ -207,6 +211,18 @@ def parse(data: Any, *, slug: str, root: Path, where: str) -> PaperSpec:
         if profile not in PROFILES or not isinstance(seconds, int) or seconds <= 0:
             fail(f"cell_timeout_s.{profile}: must be a positive integer for a known profile")
 
+    resources = data.get("resources") or {}
+    for profile, needs in resources.items():
+        if profile not in PROFILES:
+            fail(f"resources.{profile}: unknown profile; allowed: {list(PROFILES)}")
+        if not isinstance(needs, dict):
+            fail(f"resources.{profile} must be a mapping such as {{gpus: 1, memory_gb: 16, minutes: 30}}")
+        for key, value in needs.items():
+            if key not in RESOURCE_KEYS:
+                fail(f"resources.{profile}.{key}: unknown; allowed: {sorted(RESOURCE_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, RESOURCE_KEYS[key]) or value < 0:
+                fail(f"resources.{profile}.{key}: must be a non-negative number, got {value!r}")
+
     claims = []
     for index, raw in enumerate(data["claims"]):
         claims.append(_parse_claim(raw, f"claims[{index}]", fail))
@@ -230,6 +246,7 @@ def parse(data: Any, *, slug: str, root: Path, where: str) -> PaperSpec:
         peers=tuple(data.get("peers") or ()),
         profiles=profiles,
         cell_timeout_s=timeouts,
+        resources=resources,
         summary=data.get("summary", ""),
     )
 
