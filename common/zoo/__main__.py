@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("notebook", help="name of a notebook in common/zoo/notebooks/ (without .ipynb)")
     train.add_argument("-p", "--param", action="append", default=[], help="name=value parameter override")
     train.add_argument("--params", default="", help="space-separated name=value pairs, shell-style quoting (make's PARAMS)")
+    train.add_argument("--output", default=None, metavar="NAME",
+                       help="name of the executed copy under results/zoo/ (default: the notebook's name); "
+                            "for a second checkpoint from the same notebook, e.g. --output train_tinylm_recall")
     sub.add_parser("list", help="list the zoo notebooks and checkpoints")
     args = parser.parse_args(argv)
 
@@ -60,18 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: cannot read --params {args.params!r}: {exc}") from None
     import papermill
 
+    output = args.output or args.notebook
+    if not output.replace("_", "").isalnum() or not output[0].isalpha():
+        print(f"error: --output {output!r} must be a name of letters, digits and underscores", file=sys.stderr)
+        return 2
     out_dir = REPO_ROOT / "results" / "zoo"
     out_dir.mkdir(parents=True, exist_ok=True)
     source = NOTEBOOK_DIR / f"{args.notebook}.ipynb"
     papermill.execute_notebook(
         str(source),
-        str(out_dir / f"{args.notebook}.ipynb"),
+        str(out_dir / f"{output}.ipynb"),
         parameters=params,
         cwd=str(NOTEBOOK_DIR),
         kernel_name="python3",
         progress_bar=True,
     )
-    print(f"executed notebook: results/zoo/{args.notebook}.ipynb")
+    print(f"executed notebook: results/zoo/{output}.ipynb")
     return 0
 
 
