@@ -1,0 +1,1 @@
+"""Convex two-layer ReLU training (ADMM)."""
