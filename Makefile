@@ -62,7 +62,7 @@ ifneq ($(filter zoo,$(MAKECMDGOALS)),)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help all test test-kernels run lab scoreboard bless verify new cite clean lock env lint zoo
+.PHONY: help all test test-kernels run lab scoreboard bless verify new cite clean lock env lint zoo site site-test
 
 help:
 	@echo "make all                      run every paper whose results are stale (ci profile), check claims and goldens, write results/"
@@ -76,6 +76,7 @@ help:
 	@echo "make verify PAPER=x           re-execute results/x/ci/*.ipynb with nbval and check the claims verdicts"
 	@echo "make new PAPER=slug           scaffold papers/slug/ (passes the contract tests)"
 	@echo "make zoo MODEL=name [PARAMS='steps=200']  train a zoo model (common/zoo/notebooks/name.ipynb); writes its checkpoint"
+	@echo "make site                     build the browsable site from results/ (open docs/_build/html/index.html)"
 	@echo "make cite PAPER=x             BibTeX for the paper and a citation line for our artifact"
 	@echo "make clean                    remove caches, failed runs and custom runs (keeps results/ and .venv)"
 
@@ -113,6 +114,15 @@ run: $(STAMP)
 # notebooks) Jupyter refuses to start without --allow-root, so it is added then. JUPYTER_PORT picks the port.
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(call shell_quote,$(CURDIR)) $$(test "$$(id -u)" = 0 && echo --allow-root)
+
+# The static site (Sphinx + myst-nb, notebooks never re-executed, MathJax served locally): docs/_build/html/
+site: $(STAMP)
+	$(PY) docs/build_site.py
+
+# The site's test in headless Chromium (Debian's package; installed here when missing and run as root)
+site-test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { test "$$(id -u)" = 0 && apt-get install -y -q chromium; } || { echo "error: headless Chromium is needed: sudo apt-get install chromium"; exit 1; }
+	$(PY) -m pytest -p no:xdist -q tests/test_site.py
 
 scoreboard: $(STAMP)
 	$(PY) -m common.harness scoreboard
