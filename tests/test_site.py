@@ -87,7 +87,10 @@ def test_chromium_renders_a_paper_page_with_math(site, tmp_path):
     pages = [p for p in sorted(site.glob("papers/*/ci/*.html")) if 'class="math' in p.read_text(errors="replace")]
     assert pages, "no notebook page with an equation"
     page = pages[0]
-    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+    # the flags keep Chromium off the network (this machine's is closed): no background or update traffic
+    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
              "--virtual-time-budget=15000", "--window-size=1200,1600"]
     dom = subprocess.run([chromium(), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=180).stdout
