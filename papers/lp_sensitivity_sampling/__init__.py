@@ -1,0 +1,1 @@
+"""ℓp sensitivity sampling bounds."""
