@@ -9,6 +9,11 @@ Optimiser: AdamW, learning rate with a linear warm-up then cosine decay to 0, gr
 an exponential moving average (EMA) of the weights with decay :math:`\min(0.999, (1+k)/(10+k))` at step k
 (the usual EMA warm-up, so short smoke runs have a meaningful EMA too). The EMA weights are the model.
 
+Optional, and without touching the training's random stream (so a run with them gives the same final weights
+bit for bit): ``eval_every`` evaluates the EMA's held-out loss every so many steps (on validation noise draws,
+``VALIDATION_SEED``, not the ``heldout_loss`` default's), ``keep_best`` returns the EMA weights with the lowest
+such loss (early stopping), and ``snapshot_steps`` keeps copies of the EMA weights after those steps.
+
 Everything is drawn from one seeded ``torch.Generator`` (and the initialisation from ``torch.manual_seed``), both
 set by :func:`common.harness.seeding.seeded_training`, so with one CPU thread the same seed gives bit-identical weights.
 """
@@ -44,6 +49,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     data_random_state: int = 0
+    eval_every: int = 0  # evaluate the EMA's held-out loss every eval_every steps (0: never)
+    keep_best: bool = False  # early stopping: return the EMA with the lowest held-out (validation-draw) loss
+    snapshot_steps: tuple = ()  # keep copies of the EMA weights after these steps (1-based step counts)
 
     def model_config(self) -> dict:
         return EpsMLP(width=self.width, n_blocks=self.n_blocks, cond_dim=self.cond_dim).config
@@ -55,6 +63,9 @@ class TrainResult:
     losses: list = field(default_factory=list)
     seconds: float = 0.0
     config: TrainConfig | None = None
+    heldout_curve: dict | None = None  # {"step": [...], "loss": [...]} when eval_every > 0
+    best_step: int | None = None  # the step whose EMA weights were returned (keep_best), else None
+    snapshots: dict = field(default_factory=dict)  # {step: EMA state_dict} for cfg.snapshot_steps
 
     def final_loss(self, window: int = 200) -> float:
         """Mean training loss over the last ``window`` steps (the per-step loss is noisy)."""
@@ -98,7 +109,12 @@ def train_digits_eps(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     net = EpsMLP(width=cfg.width, n_blocks=cfg.n_blocks, cond_dim=cfg.cond_dim)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.keep_best and cfg.eval_every < 1:
+        raise ValueError("keep_best needs eval_every > 0")
     losses, start = [], time.perf_counter()
+    curve = {"step": [], "loss": []}
+    best = (math.inf, None, None)
+    snapshots, wanted = {}, {int(s) for s in cfg.snapshot_steps}
     for step in tqdm(range(cfg.steps), disable=not progress, desc=f"train width {cfg.width}", mininterval=20.0):
         idx = torch.randint(0, split.x_train.shape[0], (cfg.batch_size,), generator=generator)
         for group in opt.param_groups:
@@ -110,7 +126,24 @@ def train_digits_eps(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         opt.step()
         ema_update(ema, net, step, cfg.ema_decay)
         losses.append(loss.item())
-    return TrainResult(ema=ema.eval(), losses=losses, seconds=time.perf_counter() - start, config=cfg)
+        done = step + 1
+        if done in wanted:
+            snapshots[done] = {k: v.detach().clone() for k, v in ema.state_dict().items()}
+        if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
+            value = heldout_loss(ema, seed=VALIDATION_SEED)
+            curve["step"].append(done)
+            curve["loss"].append(round(value, 6))
+            if cfg.keep_best and value < best[0]:
+                best = (value, done, {k: v.detach().clone() for k, v in ema.state_dict().items()})
+    best_step = None
+    if cfg.keep_best:
+        ema.load_state_dict(best[2])
+        best_step = best[1]
+    return TrainResult(ema=ema.eval(), losses=losses, seconds=time.perf_counter() - start, config=cfg,
+                       heldout_curve=curve if cfg.eval_every > 0 else None, best_step=best_step, snapshots=snapshots)
+
+
+VALIDATION_SEED = 4321  # noise draws of the held-out loss used to select weights (reports use seed 1234)
 
 
 @torch.no_grad()
@@ -147,7 +180,10 @@ def training_manifest(result: TrainResult, notebook: str = "train_digits_eps.ipy
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "data": "sklearn digits, load_digits_split(random_state=0) train split (1500)",
-            "weights": "EMA",
+            "weights": "EMA" if cfg.keep_best is False else f"EMA at the step with the lowest held-out loss ({result.best_step})",
+            **({"heldout_curve": {**result.heldout_curve, "noise_seed": VALIDATION_SEED, "conditional": True}}
+               if result.heldout_curve else {}),
+            **({"best_step": result.best_step} if result.best_step is not None else {}),
         },
         "n_parameters": result.ema.n_parameters(),
         "notebook": notebook,

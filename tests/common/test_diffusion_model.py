@@ -72,3 +72,37 @@ def test_committed_checkpoints(size, width):
     assert eps64.dtype == torch.float64 and (eps32.double() - eps64).abs().max() < 1e-4
     with pytest.raises(ValueError):
         load_digits_eps("huge")
+
+
+def test_heldout_evaluation_snapshots_and_early_stopping_leave_training_unchanged():
+    """eval_every / snapshot_steps / keep_best do not touch the training's random stream: the final EMA is
+    bit-identical to a plain run, the last snapshot is the final EMA, and keep_best returns the curve's argmin."""
+    base = dict(width=32, n_blocks=2, cond_dim=32, steps=60, batch_size=32, warmup_steps=10, seed=5)
+    plain = train_digits_eps(TrainConfig(**base), progress=False)
+    watched = train_digits_eps(TrainConfig(**base, eval_every=20, snapshot_steps=(20, 60)), progress=False)
+    for k, v in plain.ema.state_dict().items():
+        assert torch.equal(v, watched.ema.state_dict()[k])
+        assert torch.equal(v, watched.snapshots[60][k])
+    assert watched.heldout_curve["step"] == [20, 40, 60] and watched.best_step is None
+    assert set(watched.snapshots) == {20, 60}
+    assert not torch.equal(watched.snapshots[20]["input.weight"], watched.snapshots[60]["input.weight"])
+    best = train_digits_eps(TrainConfig(**base, eval_every=20, keep_best=True), progress=False)
+    losses = best.heldout_curve["loss"]
+    assert best.best_step == best.heldout_curve["step"][losses.index(min(losses))]
+    manifest = training_manifest(best)
+    assert manifest["training"]["best_step"] == best.best_step
+    assert manifest["training"]["heldout_curve"]["step"] == [20, 40, 60]
+    with pytest.raises(ValueError):
+        train_digits_eps(TrainConfig(**base, keep_best=True), progress=False)
+
+
+@pytest.mark.parametrize("step", [250, 1000, 3000])
+def test_committed_training_snapshots(step):
+    """The ci recipe's EMA snapshots (float16, sha256-verified) load as float32 models of the ci config."""
+    name = f"digits_eps_ci_step{step}"
+    manifest = load_manifest(name)
+    assert manifest["snapshot_of"] == "digits_eps_ci" and manifest["snapshot_step"] == step
+    assert manifest["config"] == load_manifest("digits_eps_ci")["config"] and manifest["size_bytes"] < 2_000_000
+    model = load_eps_checkpoint(name)
+    assert next(model.net.parameters()).dtype == torch.float32
+    assert manifest["evaluation"]["heldout_loss_conditional"] > 0
