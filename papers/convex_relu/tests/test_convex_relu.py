@@ -33,7 +33,7 @@ def test_whitened_features_are_orthonormal():
 
 def test_recovery_reproduces_objective_and_predictions(small):
     X, y, D = small
-    ref, V, W = reference_optimum(X, y, D, beta=0.5)
+    ref, V, W, _ = reference_optimum(X, y, D, beta=0.5)
     U, alpha = recover_network(V, W)
     assert abs(nonconvex_objective(X, y, U, alpha, 0.5) - ref.value) < 1e-6 * ref.value
     np.testing.assert_allclose(network_predict(X, V, W), convex_predict_train(X, D, V, W), atol=1e-6)
@@ -42,7 +42,8 @@ def test_recovery_reproduces_objective_and_predictions(small):
 
 def test_admm_matches_clarabel(small):
     X, y, D = small
-    ref, _, _ = reference_optimum(X, y, D, beta=0.5)
+    ref, _, _, seconds = reference_optimum(X, y, D, beta=0.5)
+    assert 0 < seconds <= ref.seconds
     res = admm(X, y, D, 0.5, rho=1.0, max_iter=3000)
     assert abs(res.history["objective"][-1] - ref.value) < 1e-4 * ref.value
     assert res.history["violation"][-1] < 1e-4
