@@ -1,0 +1,1 @@
+"""Stochastic model-based minimisation."""
