@@ -57,7 +57,7 @@ def test_kfac_statistics_shapes_psd_and_spectral_radius():
     assert all(torch.linalg.eigvalsh(M)[0] > -1e-10 for M in st.S + st.A)
     assert torch.allclose(st.A[0][-1, -1], torch.tensor(1.0, dtype=torch.float64))  # homogeneous coordinate
     rho, layer = kp.kfac_spectral_radius(st)
-    assert rho == pytest.approx(max(kronecker_max_eigenvalue(S, A) for S, A in zip(st.S, st.A)))
+    assert rho == pytest.approx(max(kronecker_max_eigenvalue(S, A) for S, A in zip(st.S, st.A, strict=True)))
     # the penalty at the top eigenvector of A equals λ_max(S) λ_max(A) on the same activations
     _, top_s, u = kp.flatness_direction(st)
     assert top_s * float(torch.linalg.eigvalsh(st.A[layer])[-1]) == pytest.approx(rho, rel=1e-6)
@@ -80,10 +80,10 @@ def test_train_and_prune_budget_masks_and_determinism(digits, method):
               flat_weight=0.01 if method == "kfac" else 0.0)
     r = kp.train_and_prune(digits, method, **kw)
     assert [int(m.sum()) for m in r.masks] == [4, 2]
-    for layer, mask in zip(r.model.layers[:-1], r.masks):
+    for layer, mask in zip(r.model.layers[:-1], r.masks, strict=True):
         assert torch.all(layer.weight[~mask] == 0) and torch.all(layer.bias[~mask] == 0)
     again = kp.train_and_prune(digits, method, **kw)
-    assert r.test_acc == again.test_acc and all(torch.equal(a, b) for a, b in zip(r.masks, again.masks))
+    assert r.test_acc == again.test_acc and all(torch.equal(a, b) for a, b in zip(r.masks, again.masks, strict=True))
     with pytest.raises(ValueError):
         kp.train_and_prune(digits, "obd")
 
@@ -96,7 +96,7 @@ def test_physical_pruning_and_peer_magnitude(digits):
     with torch.no_grad():
         assert torch.allclose(small(digits.X_test), r.model(digits.X_test), atol=1e-6)
     theirs = kp.torch_pruning_magnitude(r.model, digits.X_train[:2])
-    for layer, t in zip(r.model.layers[:-1], theirs):
+    for layer, t in zip(r.model.layers[:-1], theirs, strict=True):
         assert torch.allclose(kp.magnitude_saliency(layer) ** 2, t, rtol=1e-5, atol=1e-7)
 
 
