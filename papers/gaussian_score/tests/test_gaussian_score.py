@@ -137,3 +137,42 @@ def test_class_gaussian_twins_apply_each_label_its_own_gaussian():
     centre = twins.means_for(labels)
     assert jump_gap(twins, twins, x_t, 1.0, 0.5, centre, labels) == 0.0
     assert jump_gap(twins, mean_twins, x_t, 1.0, 1e-3, centre, labels) > jump_gap(twins, mean_twins, x_t, 1.0, 0.95, centre, labels)
+
+
+def test_training_dynamics_helpers():
+    import numpy as np
+
+    from common.diffusion.schedule import VPSchedule
+    from common.diffusion.twins import GaussianTwin
+    from papers.gaussian_score.training_dynamics import (
+        copy_fraction,
+        nn_distances,
+        rel_error_to_twin,
+        unpaired_ratio_of_means,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    schedule = VPSchedule()
+    twin = GaussianTwin.fit(x, schedule)
+
+    class TwinModel:  # the twin itself as a "model": relative error 0 (up to float32)
+        def __init__(self, twin, scale=1.0):
+            self.twin, self.schedule, self.scale = twin, schedule, scale
+
+        def eps(self, x_t, t, y=None):
+            return (self.scale * self.twin.eps(x_t.double(), t)).to(x_t.dtype)
+
+    errs = rel_error_to_twin({"same": TwinModel(twin), "half": TwinModel(twin, 0.5)}, twin, x[:20], [0.1, 1.0, 10.0])
+    assert errs["same"].shape == (20, 3) and errs["same"].max() < 1e-10
+    np.testing.assert_allclose(errs["half"], 0.25, rtol=1e-5)  # ||0.5 e - e||^2 / ||e||^2
+    d = nn_distances(torch.tensor([[0.0, 0.0], [5.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 3.0], [5.0, 0.1]]))
+    np.testing.assert_allclose(d[0], [1.0, 3.0])
+    np.testing.assert_allclose(d[1, 0], 0.1, rtol=1e-6)
+    assert copy_fraction(d) == 0.5  # 0.1 < 1/3 of the second distance; 1 is not < 1/3 of 3
+    rng = np.random.default_rng(0)
+    inside = [unpaired_ratio_of_means(rng.normal(2, 0.5, 40), rng.normal(2, 0.5, 60)) for _ in range(400)]
+    coverage = np.mean([iv.lo <= 1.0 <= iv.hi for iv in inside])
+    assert 0.91 <= coverage <= 0.99
+    with pytest.raises(ValueError):
+        unpaired_ratio_of_means([1.0], [1.0, 2.0])
