@@ -48,7 +48,9 @@ over strata ∝ (ℓ+1)^{2/3}).
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable
+from itertools import accumulate
 
 import numpy as np
 from scipy.special import comb
@@ -138,9 +140,9 @@ def svarm(game, budget: int, rng: np.random.Generator, warm_up: bool = True) -> 
     draws = draws[: int(np.searchsorted(cost, meter.left) + 1)]  # up to the evaluation that spends the budget
     values = meter(draws)
     is_plus = np.arange(len(draws)) % 2 == 0
-    plus_sum += values[is_plus] @ draws[is_plus]
+    plus_sum += values[is_plus] @ draws[is_plus].astype(float)   # float: numpy's bool @ float is a slow loop
     plus_count += draws[is_plus].sum(axis=0)
-    minus_sum += values[~is_plus] @ ~draws[~is_plus]
+    minus_sum += values[~is_plus] @ (~draws[~is_plus]).astype(float)
     minus_count += (~draws[~is_plus]).sum(axis=0)
     return _mean(plus_sum, plus_count) - _mean(minus_sum, minus_count)
 
@@ -198,6 +200,24 @@ def _partition_blocks(rng: np.random.Generator, n: int, s: int) -> tuple[np.ndar
     return np.array(blocks), np.array(owners)
 
 
+def _exact_border_strata(meter: BudgetMeter, n: int):
+    """The strata of sizes 0, 1, n−1 and n, exactly, with 2n+1 evaluations (``v(N)``, every ``v({i})`` and every
+    ``v(N∖{i})``; ``v(∅) = 0``). Returns ``plus_sum, plus_count`` ([player, ℓ = |S|−1], S ∋ i) and
+    ``minus_sum, minus_count`` ([player, ℓ = |S|], S ∌ i), the other strata empty."""
+    plus_sum, plus_count = np.zeros((n, n)), np.zeros((n, n))    # [player, stratum ℓ = |S|-1, S ∋ i]
+    minus_sum, minus_count = np.zeros((n, n)), np.zeros((n, n))  # [player, stratum ℓ = |S|,   S ∌ i]
+    eye = np.eye(n, dtype=bool)
+    grand = meter(np.ones((1, n), dtype=bool))[0]
+    singles, leave_one_out = meter(eye), meter(~eye)
+    minus_count[:, 0] = 1
+    plus_sum[:, n - 1], plus_count[:, n - 1] = grand, 1
+    plus_sum[:, 0], plus_count[:, 0] = singles, 1
+    minus_sum[:, 1], minus_count[:, 1] = singles.sum() - singles, n - 1         # v({j}) for all j ≠ i
+    minus_sum[:, n - 1], minus_count[:, n - 1] = leave_one_out, 1
+    plus_sum[:, n - 2], plus_count[:, n - 2] = leave_one_out.sum() - leave_one_out, n - 1  # v(N∖{j}), j ≠ i
+    return plus_sum, plus_count, minus_sum, minus_count
+
+
 def stratified_svarm(game, budget: int, rng: np.random.Generator) -> np.ndarray:
     """Stratified SVARM (Algorithm 2): exact border strata, warm-up, then sampling from P̃."""
     n = game.n
@@ -208,19 +228,7 @@ def stratified_svarm(game, budget: int, rng: np.random.Generator) -> np.ndarray:
         raise ValueError(f"Stratified SVARM with n={n} needs a budget of at least {minimum} "
                          "(2n+1 exact evaluations plus the warm-up)")
     meter = BudgetMeter(game, budget)
-    plus_sum, plus_count = np.zeros((n, n)), np.zeros((n, n))    # [player, stratum ℓ = |S|-1, S ∋ i]
-    minus_sum, minus_count = np.zeros((n, n)), np.zeros((n, n))  # [player, stratum ℓ = |S|,   S ∌ i]
-    eye = np.eye(n, dtype=bool)
-
-    # exact strata: v(∅) = 0, v(N), v({i}), v(N∖{i})
-    grand = meter(np.ones((1, n), dtype=bool))[0]
-    singles, leave_one_out = meter(eye), meter(~eye)
-    minus_count[:, 0] = 1
-    plus_sum[:, n - 1], plus_count[:, n - 1] = grand, 1
-    plus_sum[:, 0], plus_count[:, 0] = singles, 1
-    minus_sum[:, 1], minus_count[:, 1] = singles.sum() - singles, n - 1         # v({j}) for all j ≠ i
-    minus_sum[:, n - 1], minus_count[:, n - 1] = leave_one_out, 1
-    plus_sum[:, n - 2], plus_count[:, n - 2] = leave_one_out.sum() - leave_one_out, n - 1  # v(N∖{j}), j ≠ i
+    plus_sum, plus_count, minus_sum, minus_count = _exact_border_strata(meter, n)
 
     # warm-up: for each size s = 2..n-2, a random partition into blocks of s (the last block padded)
     for positive in (True, False):
@@ -246,11 +254,112 @@ def stratified_svarm(game, budget: int, rng: np.random.Generator) -> np.ndarray:
     plus_onehot[np.arange(m), sizes - 1] = 1.0
     minus_onehot = np.zeros((m, n))
     minus_onehot[np.arange(m), sizes] = 1.0
-    plus_sum += coalitions.T @ (values[:, None] * plus_onehot)
-    plus_count += coalitions.T @ plus_onehot
-    minus_sum += (~coalitions).T @ (values[:, None] * minus_onehot)
-    minus_count += (~coalitions).T @ minus_onehot
+    inside = coalitions.astype(float)   # float: numpy's bool @ float matmul is a slow generic loop
+    plus_sum += inside.T @ (values[:, None] * plus_onehot)
+    plus_count += inside.T @ plus_onehot
+    minus_sum += (1.0 - inside).T @ (values[:, None] * minus_onehot)
+    minus_count += (1.0 - inside).T @ minus_onehot
     return _mean(plus_sum, plus_count).mean(axis=1) - _mean(minus_sum, minus_count).mean(axis=1)
+
+
+def _update_plus_probabilities(probs: list, original: list, s: int, drawn: int, available: int) -> None:
+    """The official ``__update_probs`` of Stratified SVARM⁺ with ``dynamic=True``, after a draw of size ``s``
+    (``drawn`` of the ``available`` coalitions of that size now drawn), in place: an exhausted size gets
+    probability 0 and the rest is renormalised; otherwise P(s) = P̃(s)(1 − drawn/available) and the other
+    sizes share the remaining mass in proportion (if ``s`` is the only size left it keeps probability 1).
+    Plain Python floats: called once per draw, where numpy's per-call overhead dominates."""
+    probs_sum, old = sum(probs), probs[s]
+    alone = probs_sum == old
+    if drawn == available:
+        probs[s] = 0.0
+        if not alone:
+            total = sum(probs)
+            probs[:] = [p / total for p in probs]
+        return
+    new = original[s] * (1 - drawn / available)
+    if alone:
+        probs[s] = 1.0
+        return
+    probs[s] = new
+    factor = (1 - new) / (sum(probs) - new)
+    probs[:] = [p * factor for p in probs]
+    probs[s] = new
+
+
+def stratified_svarm_plus(game, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Stratified SVARM⁺ (the official ``StratifiedSVARMnoReplacement``, ``dynamic=True, dist_type="paper"``):
+    Stratified SVARM's exact strata of sizes 0, 1, n−1, n, no warm-up, then coalitions drawn **without
+    replacement**: a size from P̃, updated after every draw (:func:`_update_plus_probabilities`: the
+    probability of a size shrinks with the share of its coalitions already drawn, an exhausted size drops
+    out), and a uniformly random coalition of that size not drawn before. φ̂_i⁺ and φ̂_i⁻ average the
+    stratum means over the strata that have at least one sample (as the official ``get_estimates``).
+
+    The size probabilities depend only on how many coalitions of each size were drawn, so the sequence of
+    sizes is simulated first; then the coalitions of each size are a uniformly random set of that many
+    distinct coalitions (the same law as drawing them one by one without replacement), evaluated in one
+    batch as in the other estimators. Once every coalition is drawn (budget ≥ 2ⁿ − 1) the estimate is
+    exact; the official code spends any budget left on re-evaluations that update nothing, here it is
+    left unspent.
+    """
+    n = game.n
+    if n < 4:
+        raise ValueError("Stratified SVARM⁺ needs n >= 4 players")
+    if budget < 2 * n + 1:
+        raise ValueError(f"Stratified SVARM⁺ with n={n} needs a budget of at least {2 * n + 1} (the exact strata)")
+    meter = BudgetMeter(game, budget)
+    plus_sum, plus_count, minus_sum, minus_count = _exact_border_strata(meter, n)
+    original = paper_size_distribution(n).tolist()
+    probs = list(original)
+    available = [int(comb(n, s, exact=True)) if 2 <= s <= n - 2 else 0 for s in range(n + 1)]
+    drawn = [0] * (n + 1)
+    for u in rng.random(meter.left).tolist():
+        cumulative = list(accumulate(probs))
+        if cumulative[-1] <= 0:
+            break                        # every coalition of sizes 2..n-2 drawn: the estimate is exact
+        s = bisect_right(cumulative, u * cumulative[-1])
+        if s > n or probs[s] == 0:       # rounding at u ≈ 1
+            s = max(j for j in range(n + 1) if probs[j] > 0)
+        drawn[s] += 1
+        _update_plus_probabilities(probs, original, s, drawn[s], available[s])
+    blocks = [_distinct_coalitions(rng, n, s, int(k)) for s, k in enumerate(drawn) if k > 0]
+    if blocks:
+        draws = np.concatenate(blocks)
+        count = len(draws)
+        values = meter(draws)
+        sizes = draws.sum(axis=1)
+        plus, minus = np.zeros((count, n)), np.zeros((count, n))
+        plus[np.arange(count), sizes - 1] = 1.0
+        minus[np.arange(count), sizes] = 1.0
+        inside = draws.astype(float)    # float: numpy's bool @ float matmul is a slow generic loop
+        plus_sum += inside.T @ (values[:, None] * plus)
+        plus_count += inside.T @ plus
+        minus_sum += (1.0 - inside).T @ (values[:, None] * minus)
+        minus_count += (1.0 - inside).T @ minus
+    return _mean_over_filled(plus_sum, plus_count) - _mean_over_filled(minus_sum, minus_count)
+
+
+def _distinct_coalitions(rng: np.random.Generator, n: int, s: int, k: int) -> np.ndarray:
+    """``k`` distinct coalitions of size ``s``, a uniformly random set of them (rows of a bool matrix):
+    by enumeration when they are at least half of all C(n, s), else by drawing and discarding repeats."""
+    total = int(comb(n, s, exact=True))
+    if k > total:
+        raise ValueError(f"cannot draw {k} distinct coalitions of size {s} out of {total}")
+    if 2 * k >= total:
+        every = _all_of_size(n, s)
+        return every[np.sort(rng.choice(total, k, replace=False))]
+    rows = np.zeros((0, n), dtype=bool)
+    while len(rows) < k:
+        more = random_coalitions(rng, n, np.full(2 * (k - len(rows)), s))
+        rows = np.concatenate([rows, more])
+        _, first = np.unique(np.packbits(rows, axis=1), axis=0, return_index=True)
+        rows = rows[np.sort(first)]
+    return rows[:k]
+
+
+def _mean_over_filled(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Per player (row): the mean over its strata with at least one sample of the stratum means (0 if none)."""
+    filled = (count > 0).sum(axis=1)
+    return np.divide(_mean(total, count).sum(axis=1), filled, out=np.zeros(len(total)), where=filled > 0)
 
 
 # ----------------------------------------------------------------------------------------- baselines
@@ -372,7 +481,7 @@ def unbiased_kernelshap(game, budget: int, rng: np.random.Generator) -> np.ndarr
     sizes = rng.choice(n + 1, meter.left, p=q)
     Z = random_coalitions(rng, n, sizes)
     values = meter(Z)
-    b = values @ Z / max(len(Z), 1)
+    b = values @ Z.astype(float) / max(len(Z), 1)
     s = np.arange(2, n)
     coaccur = np.sum((s - 1) / (n - s)) / (n * (n - 1) * np.sum(1.0 / (np.arange(1, n) * (n - np.arange(1, n)))))
     A = np.eye(n) * 0.5 + (1 - np.eye(n)) * coaccur
@@ -408,6 +517,65 @@ def stratified_sampling(game, budget: int, rng: np.random.Generator) -> np.ndarr
     means = _mean(total, count)
     filled = (count > 0).sum(axis=1)
     return np.divide(means.sum(axis=1), filled, out=np.zeros(n), where=filled > 0)
+
+
+def _paid_pairs(without: np.ndarray, budget: int) -> int:
+    """How many leading (S ∪ {i}, S) pairs the budget pays for in full (each costs 2, or 1 when S = ∅)."""
+    cost = np.cumsum(1 + without.any(axis=1))
+    return int(np.searchsorted(cost, budget, side="right"))
+
+
+def _marginal_strata_estimate(players: np.ndarray, strata: np.ndarray, without: np.ndarray, meter: BudgetMeter,
+                              n: int, n_strata: int) -> np.ndarray:
+    """Evaluate v(S ∪ {i}) and v(S) for every pair, average the marginal contributions per (player, stratum),
+    and return per player the mean over its non-empty strata of those means (0 if none)."""
+    with_i = without.copy()
+    with_i[np.arange(len(players)), players] = True
+    values = meter(np.concatenate([with_i, without]))
+    deltas = values[: len(players)] - values[len(players):]
+    total, count = np.zeros((n, n_strata)), np.zeros((n, n_strata))
+    np.add.at(total, (players, strata), deltas)
+    np.add.at(count, (players, strata), 1)
+    return _mean_over_filled(total, count)
+
+
+def owen_sampling(game, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Owen sampling (Okhrati and Lipani 2020), as the official ``OwenSampling``: Owen's multilinear extension
+    φ_i = ∫₀¹ E[v(S_q ∪ {i}) − v(S_q)] dq (S_q: every other player independently with probability q) on the
+    grid q = k/Q, k = 0..Q, Q = max(⌊T/(4n)⌋, 1); passes over (k, then every player) draw one marginal
+    contribution each until the budget is spent (about two per grid point and player); φ̂_i is the plain
+    mean over the grid points of their sample means. The equal-weight grid makes it biased by the
+    quadrature error (of order 1/Q), not by the sampling."""
+    n, meter = game.n, BudgetMeter(game, budget)
+    Q = max(budget // (4 * n), 1)
+    pairs = np.arange(budget)                      # each pair costs at least 1: no more than `budget` pairs
+    grid, players = (pairs // n) % (Q + 1), pairs % n
+    without = rng.random((budget, n)) < (grid / Q)[:, None]
+    without[pairs, players] = False
+    paid = _paid_pairs(without, budget)
+    return _marginal_strata_estimate(players[:paid], grid[:paid], without[:paid], meter, n, Q + 1)
+
+
+def structured_sampling(game, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Structured sampling (van Campen et al. 2018), as the official ``StructuredSampling``: marginal
+    contributions stratified by position. Rounds over positions ℓ = 0..n−1; for each ℓ one random
+    permutation, and for every player i the permutation with i swapped to position ℓ gives S = its first ℓ
+    players (|S| = ℓ, i ∉ S) and one marginal contribution to stratum (i, ℓ). φ̂_i is the mean over i's
+    non-empty strata of their means, so below one full round (about n(2n−1) evaluations) the high
+    positions are missing and the estimate is biased."""
+    n, meter = game.n, BudgetMeter(game, budget)
+    pairs = np.arange(budget)
+    block, players = pairs // n, pairs % n
+    position = block % n
+    n_blocks = int(block[-1]) + 1
+    rank = np.argsort(np.argsort(rng.random((n_blocks, n)), axis=1), axis=1)   # rank[b, j]: j's position
+    order = np.argsort(rank, axis=1)                                           # order[b, p]: player at p
+    without = rank[block] < position[:, None]                                  # the first ℓ players
+    inside = without[pairs, players]                                           # i among them: swap with position ℓ
+    without[pairs[inside], players[inside]] = False
+    without[pairs[inside], order[block[inside], position[inside]]] = True
+    paid = _paid_pairs(without, budget)
+    return _marginal_strata_estimate(players[:paid], position[:paid], without[:paid], meter, n, n)
 
 
 # ------------------------------------------------------------------ Stratified SVARM, scheme variants
@@ -502,6 +670,7 @@ def stratified_svarm_scheme(game, budget: int, rng: np.random.Generator, *, size
         plus[size > 0, size[size > 0] - 1] = 1.0
         minus = np.zeros((len(size), n))
         minus[size < n, size[size < n]] = 1.0
+        plus_credit, minus_credit = plus_credit.astype(float), minus_credit.astype(float)  # bool @ float is slow
         plus_sum[:] += plus_credit.T @ (values[:, None] * plus)
         plus_count[:] += plus_credit.T @ plus
         minus_sum[:] += minus_credit.T @ (values[:, None] * minus)
@@ -545,6 +714,9 @@ ESTIMATORS: dict[str, Estimator] = {
     "kernelshap": kernelshap,
     "unbiased_kernelshap": unbiased_kernelshap,
     "stratified_sampling": stratified_sampling,
+    "structured_sampling": structured_sampling,
+    "owen_sampling": owen_sampling,
+    "stratified_svarm_plus": stratified_svarm_plus,
 }
 
 # Variants of the paper's estimators (not among the paper's six; never ranked with them)
@@ -560,6 +732,9 @@ LABELS = {
     "kernelshap": "KernelSHAP",
     "unbiased_kernelshap": "Unbiased KernelSHAP",
     "stratified_sampling": "Stratified Sampling",
+    "structured_sampling": "Structured Sampling",
+    "owen_sampling": "Owen Sampling",
+    "stratified_svarm_plus": "Stratified SVARM+",
     "shapiq_svarm": "shapiq SVARM (peer)",
     "shapiq_permutation": "shapiq PermutationSampling (peer)",
 }

@@ -258,3 +258,144 @@ def test_stratum_variance_ratio_is_large_for_near_additive_games():
 
     assert stratum_variance_ratio(Additive()) > 100
     assert stratum_variance_ratio(SOUG(8, random_state=0)) < stratum_variance_ratio(Additive())
+
+
+# --------------------------------------------- the paper's other baselines: Owen, Structured, Stratified SVARM⁺
+
+from papers.svarm import owen_sampling, stratified_svarm_plus, structured_sampling  # noqa: E402
+from papers.svarm.approximators import _distinct_coalitions, _update_plus_probabilities  # noqa: E402
+
+
+class Additive(Game):
+    """v(S) = Σ_{i∈S} w_i: every marginal contribution of i is w_i, so φ = w."""
+
+    def __init__(self, n):
+        self.n, self.w = n, np.linspace(-1.0, 2.0, n)
+
+    def _values(self, coalitions):
+        return coalitions @ self.w
+
+
+def _max_abs_z(runs: np.ndarray, target: np.ndarray) -> float:
+    errors = runs - target
+    return float(np.max(np.abs(errors.mean(axis=0) / (errors.std(axis=0, ddof=1) / np.sqrt(len(runs))))))
+
+
+def _bonferroni(n: int) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - 0.01 / (2 * n)))
+
+
+@pytest.mark.parametrize("estimator", [owen_sampling, structured_sampling])
+def test_marginal_contribution_baselines_are_exact_on_additive_games(estimator):
+    game = Additive(9)
+    np.testing.assert_allclose(estimator(game, 150, np.random.default_rng(0)), game.w, atol=1e-12)
+
+
+def test_structured_sampling_is_unbiased_once_every_position_is_sampled():
+    # one round over the positions costs n(2n-1) = 66 evaluations at n = 6; 100 fills every stratum
+    game = SOUG(6, random_state=11)
+    runs = np.array([structured_sampling(game, 100, np.random.default_rng(r)) for r in range(3000)])
+    assert _max_abs_z(runs, game.shapley_values()) < _bonferroni(6)
+
+
+def test_structured_sampling_places_each_player_once_per_position():
+    # with a recording game: the pairs of one permutation block are (S ∪ {i}, S) with |S| = ℓ and i ∉ S
+    seen = []
+
+    class Recording(Game):
+        n = 5
+
+        def _values(self, coalitions):
+            seen.append(coalitions.copy())
+            return coalitions.sum(axis=1).astype(float)
+
+    structured_sampling(Recording(), 45, np.random.default_rng(1))   # one round: 5 + 4·10 = 45
+    rows = seen[0]                                   # the 25 S ∪ {i}, then the 20 non-empty S (v(∅) is free)
+    assert len(rows) == 45
+    with_i, without = rows[:25], np.concatenate([np.zeros((5, 5), dtype=bool), rows[25:]])
+    assert np.all(with_i.sum(axis=1) == without.sum(axis=1) + 1)
+    assert np.all((with_i & ~without).sum(axis=1) == 1) and not np.any(without & ~with_i)
+    players = np.argmax(with_i & ~without, axis=1)
+    assert np.array_equal(players, np.tile(np.arange(5), 5))
+    assert np.array_equal(without.sum(axis=1), np.repeat(np.arange(5), 5))
+
+
+def test_owen_sampling_is_unbiased_for_its_quadrature_target():
+    # E[φ̂_i] = mean over q = k/Q of Σ_S q^|S| (1-q)^(n-1-|S|) [v(S ∪ i) - v(S)]: by enumeration at n = 6
+    n, budget = 6, 120                                 # Q = 5, two passes over the grid
+    game = SOUG(n, random_state=12)
+    Q = budget // (4 * n)
+    target = np.zeros(n)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        for k in range(Q + 1):
+            q = k / Q
+            for size in range(n):
+                for S in itertools.combinations(others, size):
+                    row = np.zeros((2, n), dtype=bool)
+                    row[:, list(S)] = True
+                    row[0, i] = True
+                    delta = game.value(row) @ np.array([1.0, -1.0])
+                    target[i] += q**size * (1 - q) ** (n - 1 - size) * delta / (Q + 1)
+    runs = np.array([owen_sampling(game, budget, np.random.default_rng(r)) for r in range(3000)])
+    assert _max_abs_z(runs, target) < _bonferroni(n)
+    assert np.max(np.abs(target - game.shapley_values())) > 1e-3   # the quadrature bias is real
+
+
+@pytest.mark.parametrize("n", [6, 7])
+def test_stratified_svarm_plus_is_exact_when_the_budget_covers_every_coalition(n):
+    game = CountingGame(SOUG(n, random_state=n))
+    phi = stratified_svarm_plus(game, 2**n - 1, np.random.default_rng(0))
+    assert game.calls == 2**n - 1
+    np.testing.assert_allclose(phi, game.inner.shapley_values(), atol=1e-9)
+
+
+def test_stratified_svarm_plus_never_evaluates_a_coalition_twice():
+    seen = []
+
+    class Recording(Game):
+        n = 8
+
+        def _values(self, coalitions):
+            seen.extend(bytes(row) for row in np.packbits(coalitions, axis=1))
+            return coalitions.sum(axis=1).astype(float)
+
+    stratified_svarm_plus(Recording(), 200, np.random.default_rng(0))
+    assert len(seen) == 200 and len(seen) == len(set(seen))
+
+
+def test_stratified_svarm_plus_is_unbiased_when_every_stratum_is_filled():
+    # n = 8, budget 200: 183 of the 238 coalitions of sizes 2..6 are drawn, every stratum has samples
+    game = SOUG(8, random_state=13)
+    runs = np.array([stratified_svarm_plus(game, 200, np.random.default_rng(r)) for r in range(2000)])
+    assert _max_abs_z(runs, game.shapley_values()) < _bonferroni(8)
+
+
+def test_plus_probabilities_follow_the_official_update():
+    original = paper_size_distribution(6)          # sizes 2, 3, 4 (C = 15, 20, 15)
+    probs = original.copy()
+    _update_plus_probabilities(probs, original, 3, 5, 20)
+    assert probs[3] == pytest.approx(original[3] * 0.75) and probs.sum() == pytest.approx(1.0)
+    assert probs[2] / probs[4] == pytest.approx(original[2] / original[4])
+    _update_plus_probabilities(probs, original, 2, 15, 15)   # size 2 exhausted: dropped, renormalised
+    assert probs[2] == 0 and probs.sum() == pytest.approx(1.0)
+    alone = np.zeros(7)
+    alone[4] = 0.3
+    _update_plus_probabilities(alone, original, 4, 3, 15)    # the only size left keeps all the mass
+    assert alone[4] == 1.0
+
+
+def test_distinct_coalitions_are_distinct_uniform_and_of_the_right_size():
+    rng = np.random.default_rng(0)
+    for k in (3, 8, 10):                          # 10 of C(5, 2) = 10: every one, through enumeration
+        rows = _distinct_coalitions(rng, 5, 2, k)
+        assert rows.shape == (k, 5) and np.all(rows.sum(axis=1) == 2)
+        assert len({bytes(r) for r in np.packbits(rows, axis=1)}) == k
+    counts = np.zeros(10)
+    index = {c: j for j, c in enumerate(itertools.combinations(range(5), 2))}
+    for _ in range(4000):
+        for row in _distinct_coalitions(rng, 5, 2, 3):
+            counts[index[tuple(np.flatnonzero(row))]] += 1
+    assert counts.max() / counts.min() < 1.15
