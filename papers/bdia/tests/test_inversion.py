@@ -162,3 +162,34 @@ def test_sampling_seeds_share_noise_across_samplers():
     assert torch.equal(a, b) and torch.equal(la, lb) and la.tolist()[:11] == list(range(10)) + [0]
     assert not torch.equal(a, noise_and_labels(4, 20)[0])
     assert gamma_key(0.5) == "bdia_g0p5" and gamma_key(1.0) == "bdia_g1"
+
+
+def test_bdia_edm_gamma_zero_is_heun_at_the_same_nfe():
+    from common.diffusion import heun_edm
+    from papers.bdia import bdia_edm
+
+    toy = LinearEpsModel(VPSchedule(), dim=4)
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ts = time_grid(8, "edm")
+    toy.nfe = 0
+    heun = heun_edm(toy, x, ts)
+    nfe_heun, toy.nfe = toy.nfe, 0
+    assert torch.allclose(bdia_edm(toy, x, ts, None, 0.0), heun, atol=1e-12, rtol=0)
+    assert toy.nfe == nfe_heun
+    out = bdia_edm(toy, x, ts, None, 1.0)
+    assert torch.isfinite(out).all() and not torch.allclose(out, heun)
+
+
+def test_class_edit_with_the_same_label_is_the_round_trip(toy):
+    from papers.bdia import class_edit, per_digit_psnr, per_digit_rmse, target_labels
+
+    model, x0 = toy, _x0()
+    ts = time_grid(10, "uniform_t")
+    for method in ("bdia", "edict"):
+        out = class_edit(model, x0, ts, None, None, method)
+        assert (out - x0).abs().max() < 1e-9
+    assert torch.allclose(class_edit(model, x0, ts, None, None, "ddim"), ddim_round_trip(model, x0, ts))
+    assert per_digit_rmse(x0, x0).max() == 0 and (per_digit_psnr(x0, x0 + 0.2) > 0).all()
+    assert torch.equal(target_labels(torch.tensor([0, 9, 3])), torch.tensor([1, 0, 4]))
+    with pytest.raises(ValueError):
+        class_edit(model, x0, ts, None, None, "nope")
