@@ -28,6 +28,10 @@ whose hash is therefore unchanged, and is drawn only when a ``mix`` names it):
    ``? box B key C`` of bound boxes (a sentence sometimes between two), so that one document carries many
    recall answers at distances from a few to ~240 tokens. Used to continue training a checkpoint into a
    teacher that actually recalls (``tinylm_recall``).
+6. **recall_short**: the same document made short (at most 60 words): 1-4 bindings, 2-6 queries, a
+   filler block of at most what the budget leaves, so answers sit 5-55 tokens after their binding and
+   about one token in six is a recall answer: the first stage of a recall curriculum (dense, near
+   episodes first, then ``recall_dense``'s longer distances).
 
 Changing anything here changes the token stream; :data:`CORPUS_HASH` records the sha256 of the first
 1000 tokens at the canonical seed, and the test suite recomputes it, so a grammar change that would
@@ -54,13 +58,14 @@ KIND_HASHES = {
     "arithmetic": "c31ef5873d85fda88908327effd7ef42be15d4dfadf54c67d33eaa38b84658a6",
     "keywords": "b0506fcc40fa1846ffbe1d3c35b0abda4b4e8a6e04181050c468c59d33c962a8",
     "recall_dense": "8af35e4f9afdc26d38ed1974612a871ba3722f4fd5c9fc6656cdfd6dfe435224",
+    "recall_short": "5fab0fcb8923c8257470060da88d086cf99fab7edc01093c077cb4e284f14b44",
 }
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>")
 PUNCTUATION = (".", ",", "?", ":", "=>", ";", "+", "-", "=")
 KINDS = ("narrative", "recall", "arithmetic", "keywords")
 #: kinds outside the default mix (drawn only when a ``mix`` names them; the default stream never has them).
-EXTRA_KINDS = ("recall_dense",)
+EXTRA_KINDS = ("recall_dense", "recall_short")
 ALL_KINDS = KINDS + EXTRA_KINDS
 DEFAULT_MIX = {"narrative": 0.4, "recall": 0.25, "arithmetic": 0.15, "keywords": 0.2}
 REGISTERS = ("formal", "informal")
@@ -445,6 +450,12 @@ class TinyGrammar:
             words += ["?", "box", box, "key", color]
         return words
 
+    def recall_short(self, max_tokens: int = 60) -> list[str]:
+        """A short dense recall document: :meth:`recall_dense` with 1-4 bindings, 2-6 queries, ``max_tokens`` words."""
+        k = self.rng.randint(1, 4)
+        m = self.rng.randint(2, 6)
+        return self.recall_dense(k, m, max_tokens=max_tokens)
+
     def arithmetic(self, n_steps: int | None = None) -> list[str]:
         """``calc v0 (op a = v)* ; answer v``: running state modulo 100, operands 1-9."""
         rng = self.rng
@@ -478,6 +489,8 @@ class TinyGrammar:
             return kind, self.keywords()
         if kind == "recall_dense":
             return kind, self.recall_dense()
+        if kind == "recall_short":
+            return kind, self.recall_short()
         raise ValueError(f"unknown document kind {kind!r}; choose from {ALL_KINDS}")
 
 

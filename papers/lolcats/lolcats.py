@@ -208,29 +208,56 @@ def layer_mse(layers: list[HybridAttention], qkv) -> torch.Tensor:
     return torch.stack(losses)
 
 
-def attention_transfer(teacher: nn.Module, layers: list[HybridAttention], batches: torch.Tensor, *, lr: float,
-                       progress: Callable | None = None) -> list[float]:
-    """Stage 1: Adam on the feature maps and window factors, loss = mean over layers of the output MSE."""
+def teacher_targets(teacher: nn.Module, batches: torch.Tensor) -> list[list[tuple[torch.Tensor, ...]]]:
+    """Per batch, per layer ``(q, k, v, softmax(q kᵀ/√d) v)`` of the frozen teacher: stage 1's inputs and
+    targets, computed once and shared by every attention-transfer run on the same batches."""
+    out = []
+    with torch.no_grad():
+        for b in batches:
+            out.append([(q, k, v, softmax_attention(q, k, v, causal=True)) for q, k, v in teacher_qkv(teacher, b[:, :-1])])
+    return out
+
+
+def _targets_mse(layers: list[HybridAttention], targets) -> torch.Tensor:
+    return torch.stack([F.mse_loss(layer(q, k, v), y) for layer, (q, k, v, y) in zip(layers, targets, strict=True)])
+
+
+def attention_transfer(teacher: nn.Module | None, layers: list[HybridAttention], batches: torch.Tensor | None, *,
+                       lr: float, progress: Callable | None = None, targets=None,
+                       snapshot_at: Iterable[int] = (), snapshots: dict | None = None) -> list[float]:
+    """Stage 1: Adam on the feature maps and window factors, loss = mean over layers of the output MSE.
+
+    ``targets`` (from :func:`teacher_targets`) replaces the teacher's forward pass on ``batches``. After
+    each step count in ``snapshot_at``, a deep copy of ``layers`` is stored in ``snapshots[step]``.
+    """
+    if targets is None:
+        targets = teacher_targets(teacher, batches)
     params = attention_parameters(layers)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
     history = []
-    steps = range(len(batches))
+    marks = set(snapshot_at)
+    steps = range(len(targets))
     for step in (progress(steps, desc="attention transfer", leave=False) if progress else steps):
-        loss = layer_mse(layers, teacher_qkv(teacher, batches[step][:, :-1])).mean()
+        loss = _targets_mse(layers, targets[step]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         history.append(float(loss.detach()))
+        if step + 1 in marks and snapshots is not None:
+            snapshots[step + 1] = copy.deepcopy(layers)
     return history
 
 
-def stage_one_mse(teacher: nn.Module, layers: list[HybridAttention], batches: torch.Tensor) -> torch.Tensor:
-    """Per-layer attention-output MSE against softmax, averaged over ``batches`` (no gradients)."""
+def stage_one_mse(teacher: nn.Module | None, layers: list[HybridAttention], batches: torch.Tensor | None,
+                  targets=None) -> torch.Tensor:
+    """Per-layer attention-output MSE against softmax, averaged over ``batches`` (or precomputed ``targets``)."""
+    if targets is None:
+        targets = teacher_targets(teacher, batches)
     with torch.no_grad():
-        total = sum(layer_mse(layers, teacher_qkv(teacher, b[:, :-1])) for b in batches)
-    return total / len(batches)
+        total = sum(_targets_mse(layers, t) for t in targets)
+    return total / len(targets)
 
 
 # ------------------------------------------------------------------ stage 2: next-token fine-tuning
@@ -347,6 +374,10 @@ class Linearized:
     total_parameters: int = 0
     stage1_tokens: int = 0
     stage2_tokens: int = 0
+    #: the attention layers after the whole attention-transfer run (``transfer_batches``), when the
+    #: two-stage model itself continues from an earlier snapshot (``linearization_steps``)
+    transfer_layers: list | None = None
+    transfer_losses: list[float] = field(default_factory=list)
 
     @property
     def stage1_steps(self) -> int:
@@ -388,18 +419,36 @@ def _tokens(batches: torch.Tensor) -> int:
 
 
 def run_stage1(teacher: nn.Module, method: Method, batches: torch.Tensor, config: TrainConfig, seed: int, *,
-               progress: Callable | None = None) -> Linearized:
-    """Build ``method``'s student (feature maps seeded by ``seed``) and, if it has one, run stage 1."""
+               progress: Callable | None = None, steps: int | None = None, targets=None) -> Linearized:
+    """Build ``method``'s student (feature maps seeded by ``seed``) and, if it has one, run stage 1.
+
+    Stage 1 runs over all of ``batches`` (``targets``: their precomputed :func:`teacher_targets`); with
+    ``steps`` < ``len(batches)`` the student keeps the layers as they were after ``steps`` steps (what its
+    stage 2 continues from) and ``transfer_layers`` holds them after the whole run.
+    """
     layers = attention_layers(teacher, method, generator=torch.Generator().manual_seed(seed),
                               init_window_factor=config.init_window_factor)
-    student = linearize(teacher, layers)
-    result = Linearized(method, student, layers)
+    steps = len(batches) if steps is None else steps
+    if not 0 < steps <= len(batches) and method.attention_transfer:
+        raise ValueError(f"steps must lie in 1..{len(batches)}, got {steps}")
+    result = Linearized(method, None, layers)
     if method.attention_transfer:
-        result.stage1_losses = attention_transfer(teacher, layers, batches, lr=config.transfer_lr, progress=progress)
+        snapshots: dict[int, list] = {}
+        losses = attention_transfer(teacher, layers, batches, lr=config.transfer_lr, progress=progress,
+                                    targets=targets, snapshot_at=(steps,) if steps < len(batches) else (),
+                                    snapshots=snapshots)
+        result.transfer_layers, result.transfer_losses = layers, losses
+        if steps < len(batches):
+            layers = snapshots[steps]
+        result.layers = layers
+        result.stage1_losses = losses[:steps]
         result.stage1_trainable = sum(p.numel() for p in attention_parameters(layers))
-        result.stage1_tokens = _tokens(batches)
+        result.stage1_tokens = _tokens(batches[:steps])
+        for p in attention_parameters(result.transfer_layers):
+            p.requires_grad_(False)
     for p in attention_parameters(layers):
         p.requires_grad_(False)
+    result.model = linearize(teacher, layers)
     return result
 
 
@@ -438,16 +487,23 @@ def _is_window_factor(p: nn.Parameter, layers) -> bool:
 
 def run_methods(teacher: nn.Module, recipes: dict[str, Method], transfer_batches: torch.Tensor,
                 finetune_batches: torch.Tensor, config: TrainConfig, seed: int, *,
-                progress: Callable | None = None, equal_steps: bool = True) -> dict[str, Linearized]:
+                progress: Callable | None = None, equal_steps: bool = True,
+                linearization_steps: int | None = None, targets=None) -> dict[str, Linearized]:
     """Every recipe from the same seed and data; recipes with the same stage 1 share one run of it.
 
-    With ``equal_steps`` a method with a next-token stage but no attention transfer fine-tunes on
-    ``finetune_batches`` followed by ``transfer_batches`` (in the notebook the same linearization set,
-    i.e. two passes), so it takes as many optimizer steps, on the same unique tokens, as a two-stage
-    method (attention transfer + LoRA). ``transfer_only`` keeps its single stage.
+    Stage 1 runs over all of ``transfer_batches`` (``targets``: their :func:`teacher_targets`, computed
+    here once when not given); the two-stage models continue from its first ``linearization_steps``
+    steps (default: all), and the whole run's layers are kept in ``transfer_layers``. With
+    ``equal_steps`` a method with a next-token stage but no attention transfer fine-tunes on
+    ``finetune_batches`` followed by the first ``linearization_steps`` transfer batches (in the notebook
+    the same linearization set, i.e. two passes), so it takes as many optimizer steps, on the same unique
+    tokens, as a two-stage method (attention transfer + LoRA). ``transfer_only`` keeps its single stage.
     """
     for p in teacher.parameters():
         p.requires_grad_(False)
+    steps = len(transfer_batches) if linearization_steps is None else linearization_steps
+    if any(m.attention_transfer for m in recipes.values()) and targets is None:
+        targets = teacher_targets(teacher, transfer_batches)
     stage1_cache: dict[tuple[str, int], Linearized] = {}
     results = {}
     for name, method in recipes.items():
@@ -456,16 +512,20 @@ def run_methods(teacher: nn.Module, recipes: dict[str, Method], transfer_batches
             cached = stage1_cache[key]
             layers = copy.deepcopy(cached.layers)
             result = Linearized(method, linearize(teacher, layers), layers, list(cached.stage1_losses),
-                                stage1_trainable=cached.stage1_trainable, stage1_tokens=cached.stage1_tokens)
+                                stage1_trainable=cached.stage1_trainable, stage1_tokens=cached.stage1_tokens,
+                                transfer_layers=cached.transfer_layers, transfer_losses=cached.transfer_losses)
         else:
-            result = run_stage1(teacher, method, transfer_batches, config, seed, progress=progress)
+            result = run_stage1(teacher, method, transfer_batches, config, seed, progress=progress, steps=steps,
+                                targets=targets)
             if method.attention_transfer:
                 stage1_cache[key] = Linearized(method, result.model, copy.deepcopy(result.layers),
                                                list(result.stage1_losses), stage1_trainable=result.stage1_trainable,
-                                               stage1_tokens=result.stage1_tokens)
+                                               stage1_tokens=result.stage1_tokens,
+                                               transfer_layers=result.transfer_layers,
+                                               transfer_losses=result.transfer_losses)
         batches = finetune_batches
         if equal_steps and not method.attention_transfer and method.has_stage2:
-            batches = torch.cat([finetune_batches, transfer_batches])
+            batches = torch.cat([finetune_batches, transfer_batches[:steps]])
         results[name] = run_stage2(result, batches, config, seed, progress=progress)
     return results
 
@@ -473,3 +533,97 @@ def run_methods(teacher: nn.Module, recipes: dict[str, Method], transfer_batches
 def perplexity_of(model: nn.Module, batches: torch.Tensor) -> float:
     """exp(mean next-token cross-entropy) over validation batches."""
     return math.exp(mean_nll(model, batches))
+
+
+# ------------------------------------------------------------------ one seed, every method, every metric
+
+
+ORDER = ("t2r", "t2r_full", "hedgehog", "lolcats", "window_only", "lora_only", "transfer_only")
+#: methods whose recall is measured (the teacher too): the recall claim compares LoLCATs with both T2Rs
+RECALL_METHODS = ("lolcats", "t2r", "t2r_full")
+
+
+def run_seed(teacher: nn.Module, recipes: dict[str, Method], data: dict, config: TrainConfig, seed: int, *,
+             linearization_steps: int, progress: Callable | None = None) -> dict:
+    """Linearize with every recipe at one seed and return that seed's metrics (plain floats and lists).
+
+    ``data`` holds ``transfer`` (the attention-transfer batches; the first ``linearization_steps`` are
+    the linearization set every next-token stage uses), ``val`` (validation batches) and ``recall``
+    (``(tokens, positions, answers)``). Returned: ``ppl``, ``gap_closed`` and ``recall`` per method
+    (``t2r_best`` = the T2R variant with the lower perplexity, its recall the higher of the two),
+    ``steps``, ``stage1_fraction``/``stage2_fraction``, ``tokens_stage1``/``tokens_stage2`` per method, and
+    for ``hedgehog`` and ``lolcats`` the per-layer stage-1 MSE on the validation batches both after
+    ``linearization_steps`` transfer steps (``mse_short``, what their LoRA stage starts from) and after the
+    whole transfer run (``mse``), the window-over-linear ratios and ``max_ratio``.
+    """
+    transfer, val = data["transfer"], data["val"]
+    lin = transfer[:linearization_steps]
+    targets = teacher_targets(teacher, transfer)
+    results = run_methods(teacher, recipes, transfer, lin, config, seed, progress=progress,
+                          linearization_steps=linearization_steps, targets=targets)
+    del targets
+    out: dict = {"ppl": {"teacher": perplexity_of(teacher, val)},
+                 "recall": {"teacher": recall_accuracy(teacher, *data["recall"])}}
+    for name, res in results.items():
+        out["ppl"][name] = perplexity_of(res.model, val)
+        if name in RECALL_METHODS:
+            out["recall"][name] = recall_accuracy(res.model, *data["recall"])
+    best = min(("t2r", "t2r_full"), key=out["ppl"].get)
+    out["t2r_best_is_full"] = int(best == "t2r_full")
+    out["ppl"]["t2r_best"] = out["ppl"][best]
+    out["recall"]["t2r_best"] = max(out["recall"]["t2r"], out["recall"]["t2r_full"])
+    out["gap_closed"] = {n: gap_closed(p, out["ppl"]["t2r_best"], out["ppl"]["teacher"]) for n, p in out["ppl"].items()}
+    for key in ("steps", "stage1_fraction", "stage2_fraction", "stage1_tokens", "stage2_tokens"):
+        out[key] = {n: getattr(r, key) for n, r in results.items()}
+    val_targets = teacher_targets(teacher, val)
+    mse, short = {}, {}
+    for name in ("hedgehog", "lolcats"):
+        mse[name] = stage_one_mse(None, results[name].transfer_layers, None, targets=val_targets).tolist()
+        short[name] = stage_one_mse(None, results[name].layers, None, targets=val_targets).tolist()
+    out["mse"], out["mse_short"] = mse, short
+    out["mse_ratio"] = [a / b for a, b in zip(mse["lolcats"], mse["hedgehog"], strict=True)]
+    out["mse_short_ratio"] = [a / b for a, b in zip(short["lolcats"], short["hedgehog"], strict=True)]
+    out["max_ratio"] = max(out["mse_ratio"])
+    out["transfer_steps"] = len(results["lolcats"].transfer_losses)
+    out["stage2_losses"] = {n: r.stage2_losses for n, r in results.items()}
+    out["models"] = {n: r.model for n, r in results.items()}
+    return out
+
+
+def across_seeds(runs: list[dict]) -> dict:
+    """Per-seed arrays of :func:`run_seed` outputs: ``{"ppl.<method>": [...], "gap_closed.<method>": [...],
+    "recall.<method>": [...], "mse.<method>.layer<l>": [...], "mse_ratio.layer<l>": [...], "max_ratio": [...], ...}``."""
+    out: dict[str, list] = {}
+    for run in runs:
+        for group in ("ppl", "gap_closed", "recall"):
+            for name, value in run[group].items():
+                out.setdefault(f"{group}.{name}", []).append(value)
+        for group in ("mse", "mse_short"):
+            for name, values in run[group].items():
+                for layer, value in enumerate(values):
+                    out.setdefault(f"{group}.{name}.layer{layer}", []).append(value)
+        for group in ("mse_ratio", "mse_short_ratio"):
+            for layer, value in enumerate(run[group]):
+                out.setdefault(f"{group}.layer{layer}", []).append(value)
+        out.setdefault("max_ratio", []).append(run["max_ratio"])
+        out.setdefault("max_short_ratio", []).append(max(run["mse_short_ratio"]))
+        out.setdefault("t2r_best_is_full", []).append(run["t2r_best_is_full"])
+    return out
+
+
+def comparisons(arrays: dict) -> dict:
+    """The claims' intervals over seeds (paired t, 95%): perplexity differences (positive = the first
+    method named is worse), LoLCATs' gap closed, and the largest stage-1 MSE ratio."""
+    from common.stats import mean_interval, paired_difference
+
+    ppl = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("ppl.")}
+    return {
+        "hedgehog_minus_lolcats": paired_difference(ppl["hedgehog"], ppl["lolcats"]),
+        "t2r_best_minus_hedgehog": paired_difference(ppl["t2r_best"], ppl["hedgehog"]),
+        "lora_only_minus_lolcats": paired_difference(ppl["lora_only"], ppl["lolcats"]),
+        "window_only_minus_lolcats": paired_difference(ppl["window_only"], ppl["lolcats"]),
+        "t2r_best_minus_lolcats": paired_difference(ppl["t2r_best"], ppl["lolcats"]),
+        "lolcats_gap_closed": mean_interval(arrays["gap_closed.lolcats"]),
+        "max_ratio": mean_interval(arrays["max_ratio"]),
+        "recall_lolcats_minus_t2r_best": paired_difference(arrays["recall.lolcats"], arrays["recall.t2r_best"]),
+    }
