@@ -303,9 +303,17 @@ def learning_comparison(seed: int, methods=("sm", "npga", "reinforce"), *, itera
 
 @torch.no_grad()
 def l2_distance(model, mechanism: str, n_bidders: int, values: torch.Tensor | None = None) -> float:
-    """``L2 = sqrt(E_v ‖β(v) − β*(v)‖² / m)`` on the given values (default: a uniform grid of 1001 points, m=1)."""
+    """``L2 = sqrt(E_v ‖β(v) − β*(v)‖² / m)`` on the given values.
+
+    Default values: a uniform grid of 1001 points for one item; for ``m > 1`` items, 4096 fixed uniform draws
+    from ``[0, 1]^m`` (generator seed 0, the same for every model).
+    """
     if values is None:
-        values = torch.linspace(0, 1, 1001).unsqueeze(1)
+        n_items = model.net[0].in_features
+        if n_items == 1:
+            values = torch.linspace(0, 1, 1001).unsqueeze(1)
+        else:
+            values = torch.rand(4096, n_items, generator=torch.Generator().manual_seed(0))
     diff = model(values) - bne_bid(values, mechanism, n_bidders)
     return float(diff.pow(2).mean().sqrt())
 

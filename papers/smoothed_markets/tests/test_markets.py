@@ -129,3 +129,23 @@ def test_sm_moves_towards_bne():
     assert l2_distance(trained, "first_price", 2) < before
     with pytest.raises(ValueError):
         train(model, "adam", 1, mechanism="first_price", n_bidders=2, batch=8, lr=1e-2)
+
+
+def test_multi_item_and_second_price_learning_runs():
+    # Two items: the L2 distance uses fixed uniform draws from [0, 1]^2; a truthful strategy is at L2 = 0 in SPSB.
+    out = learning_comparison(4, ("sm",), iterations=3, pretrain_steps=3, mechanism="first_price", n_bidders=2,
+                              n_items=2, batch=64, lr=1e-3)
+    assert out["l2"]["sm"] > 0 and out["utility_loss"] == {}
+    v = torch.rand(4096, 2, generator=torch.Generator().manual_seed(0))
+
+    class Half(torch.nn.Module):
+        net = torch.nn.Sequential(torch.nn.Linear(2, 1))
+
+        def forward(self, values):
+            return values / 2
+
+    assert l2_distance(Half(), "first_price", 2) == pytest.approx(0.0)
+    assert l2_distance(Half(), "second_price", 2) == pytest.approx(float((v / 2).pow(2).mean().sqrt()))
+    spsb = learning_comparison(4, ("sm",), iterations=3, pretrain_steps=3, mechanism="second_price", n_bidders=2,
+                               batch=64, lr=1e-3)
+    assert set(spsb["utility_loss"]) == {"sm"}
