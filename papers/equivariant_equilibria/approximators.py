@@ -24,6 +24,7 @@ Theoretical results turned into checks (Sec. 4–5 of the paper):
   so by Jensen ``expl(f̄(G), G) ≤ 1/|S| Σ_σ expl(f(σG), σG)``; averaging over a test set closed
   under ``S`` (or in expectation over a permutation-invariant ``D``) gives
   ``E expl(f̄) ≤ E expl(f)``.                                                               (2)
+  The same holds for CE, whose exploitability (a sum of maxima of linear functions) is convex in ``π``.
 * **Generalisation** (benefit). Equivariant classes have smaller covering numbers, hence
   smaller generalisation gaps ``E_test expl − E_train expl`` at a given training-set size.
 * **Equilibrium selection** (limitation). On the identity coordination game ``I_n`` (``A = B = I``),
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 
 from common.equivariant import ExchangeableNet, col_readout, permute_game, row_readout
-from common.game_metrics import cce_exploitability, nash_exploitability, social_welfare
+from common.game_metrics import ce_exploitability, cce_exploitability, nash_exploitability, social_welfare
 
 __all__ = [
     "sample_games",
@@ -51,6 +52,7 @@ __all__ = [
     "PPECCE",
     "exploitability",
     "train_approximator",
+    "fit_nash",
     "all_permutation_pairs",
     "orbit_outputs",
     "orbit_average_cce",
@@ -142,14 +144,20 @@ class PPECCE(nn.Module):
 
 
 def exploitability(model: nn.Module, G: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-game exploitability ``(N,)`` of the model's output: ``kind`` is ``"nash"`` or ``"cce"``."""
+    """Per-game exploitability ``(N,)`` of the model's output: ``kind`` is ``"nash"``, ``"cce"`` or ``"ce"``.
+
+    ``"ce"`` and ``"cce"`` read the model's output as a joint distribution (an :class:`MLPCCE` or
+    :class:`PPECCE` network serves both; only the training loss differs).
+    """
     A, B = G[:, 0], G[:, 1]
     if kind == "nash":
         x, y = model(G)
         return nash_exploitability(A, B, x, y)
     if kind == "cce":
         return cce_exploitability(A, B, model(G))
-    raise ValueError(f"kind must be 'nash' or 'cce', got {kind!r}")
+    if kind == "ce":
+        return ce_exploitability(A, B, model(G))
+    raise ValueError(f"kind must be 'nash', 'cce' or 'ce', got {kind!r}")
 
 
 def train_approximator(model: nn.Module, G: torch.Tensor, kind: str, steps: int, lr: float = 2e-3) -> list[float]:
@@ -165,6 +173,24 @@ def train_approximator(model: nn.Module, G: torch.Tensor, kind: str, steps: int,
         opt.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def fit_nash(architecture: str, n: int, train: torch.Tensor, test: torch.Tensor, *, model_seed: int, steps: int,
+             lr: float = 2e-3, mlp_hidden: int = 64, equi_hidden: int = 32) -> tuple[nn.Module, float, float]:
+    """Train an NE approximator (``"mlp"`` or ``"equi"`` = OPE) on ``train``; returns (model, train, test expl).
+
+    The torch seed is set to ``model_seed`` before the network is built, so both architectures trained with
+    the same seed and training set form a paired comparison.
+    """
+    if architecture not in ("mlp", "equi"):
+        raise ValueError(f"architecture must be 'mlp' or 'equi', got {architecture!r}")
+    torch.manual_seed(model_seed)
+    model = MLPNash(n, mlp_hidden) if architecture == "mlp" else OPENash(equi_hidden)
+    train_approximator(model, train, "nash", steps=steps, lr=lr)
+    with torch.no_grad():
+        tr = float(exploitability(model, train, "nash").mean())
+        te = float(exploitability(model, test, "nash").mean())
+    return model, tr, te
 
 
 def all_permutation_pairs(n: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -196,9 +222,11 @@ def orbit_average_cce(model: nn.Module, G: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def orbit_closed_exploitability(model: nn.Module, G: torch.Tensor) -> float:
-    """Mean CCE exploitability of ``f`` over the orbit-closed test set ``{σG}`` (right side of (2))."""
-    vals = [exploitability(model, permute_game(G, p, q), "cce").mean() for p, q in all_permutation_pairs(G.shape[-1])]
+def orbit_closed_exploitability(model: nn.Module, G: torch.Tensor, kind: str = "cce") -> float:
+    """Mean CCE (or CE) exploitability of ``f`` over the orbit-closed test set ``{σG}`` (right side of (2))."""
+    if kind not in ("cce", "ce"):
+        raise ValueError(f"kind must be 'cce' or 'ce', got {kind!r}")
+    vals = [exploitability(model, permute_game(G, p, q), kind).mean() for p, q in all_permutation_pairs(G.shape[-1])]
     return float(torch.stack(vals).mean())
 
 
@@ -240,9 +268,9 @@ def equivariance_error(model: nn.Module, G: torch.Tensor, kind: str, random_stat
     if kind == "nash":
         (x, y), (xp, yp) = model(G), model(Gp)
         return float(max((xp - x[:, p]).abs().max(), (yp - y[:, q]).abs().max()))
-    if kind == "cce":
+    if kind in ("cce", "ce"):
         return float((model(Gp) - permute_game(model(G), p, q)).abs().max())
-    raise ValueError(f"kind must be 'nash' or 'cce', got {kind!r}")
+    raise ValueError(f"kind must be 'nash', 'cce' or 'ce', got {kind!r}")
 
 
 @torch.no_grad()

@@ -86,3 +86,53 @@ def test_nash_orbit_average_on_zero_sum_games():
     # Jensen on the (convex, zero-sum) sum of regrets over the orbit-closed set
     fbar = float(nash_exploitability(G[:, 0], G[:, 1], x, y, "sum").mean())
     assert fbar <= orbit_closed_nash_exploitability(model, G, "sum") + 1e-12
+
+
+def test_ce_exploitability_kind_and_orbit_average():
+    torch.manual_seed(0)
+    model = MLPCCE(3).double()
+    G = sample_games(30, 3, random_state=5).double()
+    ce = exploitability(model, G, "ce")
+    cce = exploitability(model, G, "cce")
+    # a CE deviation may depend on the recommendation, so CE regrets dominate CCE regrets
+    assert bool((ce >= cce - 1e-12).all())
+
+    class Avg(torch.nn.Module):
+        def forward(self, g):
+            return orbit_average_cce(model, g)
+
+    assert float(exploitability(Avg(), G, "ce").mean()) <= orbit_closed_exploitability(model, G, "ce") + 1e-12
+    with pytest.raises(ValueError):
+        orbit_closed_exploitability(model, G, "nash")
+    with pytest.raises(ValueError):
+        exploitability(model, G, "correlated")
+
+
+def test_training_on_ce_lowers_ce_exploitability():
+    torch.manual_seed(0)
+    G = sample_games(64, 3, random_state=6)
+    model = PPECCE()
+    losses = train_approximator(model, G, "ce", steps=60, lr=5e-3)
+    assert losses[-1] < 0.8 * losses[0]
+    assert equivariance_error(model.double(), G.double(), "ce", random_state=0) < 1e-12
+
+
+def test_larger_games_shapes():
+    torch.manual_seed(0)
+    for n in (5, 8):
+        G = sample_games(4, n, random_state=n)
+        x, y = OPENash()(G)
+        assert x.shape == (4, n) and y.shape == (4, n)
+        assert welfare_ratio_identity(OPENash().double(), n)["ratio"] == pytest.approx(1 / n)
+        assert exploitability(MLPNash(n), G, "nash").shape == (4,)
+
+
+def test_fit_nash_is_paired_and_deterministic():
+    from papers.equivariant_equilibria.approximators import fit_nash
+
+    train, test = sample_games(16, 3, random_state=7), sample_games(32, 3, random_state=8)
+    _, tr1, te1 = fit_nash("mlp", 3, train, test, model_seed=3, steps=5)
+    _, tr2, te2 = fit_nash("mlp", 3, train, test, model_seed=3, steps=5)
+    assert (tr1, te1) == (tr2, te2)
+    with pytest.raises(ValueError):
+        fit_nash("cnn", 3, train, test, model_seed=3, steps=5)
