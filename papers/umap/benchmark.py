@@ -149,3 +149,87 @@ def per_seed_accuracy(embeddings: list[np.ndarray], labels: np.ndarray, ks=KS, *
     """Table 1's kNN accuracy of each embedding (same CV folds for all): ``{k: [one value per embedding]}``."""
     tables = [knn_accuracy_cv(Y, labels, ks, n_splits=n_splits, random_state=seed) for Y in embeddings]
     return {k: [t[k] for t in tables] for k in ks}
+
+
+# ------------------------------------------------------------- proxies of Figures 8 and 11, t-SNE in Figure 9
+
+def proxy_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` MNIST-1D signals (length 40, 10 classes; Greydanus 2020), generated procedurally (no download):
+    the stand-in for the paper's GoogleNews / Flow Cytometry data in the scaling proxy (Figure 11)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = int(np.ceil(n / 0.8)) + 1, seed, 0.8
+    data = make_dataset(args)
+    X = np.concatenate([np.asarray(data["x"]), np.asarray(data["x_test"])]).astype(np.float32)
+    y = np.concatenate([np.asarray(data["y"]), np.asarray(data["y_test"])])
+    return X[:n], y[:n]
+
+
+def opentsne(seed: int = 0, n_components: int = 2, n_iter: int | None = None,
+             method: str = "fft") -> Callable[[np.ndarray], np.ndarray]:
+    """openTSNE (FIt-SNE's interpolation, ``method="fft"``, or Barnes-Hut) on one thread as X -> embedding;
+    ``n_iter`` shortens both phases (exaggeration ``n_iter // 2``, then ``n_iter``; default 250 + 500)."""
+    from openTSNE import TSNE as OpenTSNE
+
+    iters = {} if n_iter is None else {"n_iter": int(n_iter), "early_exaggeration_iter": max(int(n_iter) // 2, 1)}
+    return lambda X: np.asarray(OpenTSNE(n_components=n_components, random_state=seed, n_jobs=1,
+                                         negative_gradient_method=method, **iters).fit(np.asarray(X, np.float64)))
+
+
+def runtime_scaling(X: np.ndarray, sizes, *, n_epochs: int, tsne_iter: int | None = None,
+                    tsne_method: str = "fft", seed: int = 0) -> dict[str, list[float]]:
+    """Figure 11's proxy: end-to-end seconds (each method computes its own kNN) on the first ``n`` rows of
+    ``X`` for every ``n`` in ``sizes``: our UMAP, umap-learn and openTSNE (FIt-SNE), interleaved size by size
+    so each size's three runs see the same load (all warm: the NN-descent path is compiled first, untimed).
+    Above 4096 points our kNN and umap-learn's are approximate (NN-descent), below exact."""
+    makers = {"ours": lambda: ours(n_epochs=n_epochs, seed=seed),
+              "umap_learn": lambda: umap_learn(n_epochs=n_epochs, seed=seed),
+              "opentsne": lambda: opentsne(seed=seed, n_iter=tsne_iter, method=tsne_method)}
+    out: dict[str, list[float]] = {name: [] for name in makers}
+    if max(sizes) > 4096:  # compile the NN-descent path (both UMAPs use pynndescent above 4096 points) untimed
+        warm = X[:min(len(X), 4200)]
+        ours(n_epochs=1, seed=seed)(warm)
+        umap_learn(n_epochs=1, seed=seed)(warm)
+    for n in sizes:
+        if n > len(X):
+            raise ValueError(f"size {n} exceeds the {len(X)} points given")
+        for name, make in makers.items():
+            out[name].append(timed(make(), X[:n])[1])
+    return out
+
+
+def subsample_stability(X: np.ndarray, fractions, seeds, makers: dict[str, Callable[[int], Callable]]
+                        ) -> dict[str, dict[float, list[float]]]:
+    """Figure 8's proxy: for each seed, each method embeds all of ``X`` and random subsamples of it (the same
+    subsample for every method: paired); the normalised Procrustes distance between the subsample's embedding
+    and the full embedding restricted to the same points. ``makers[name](seed)`` returns X -> embedding.
+    Returns ``{name: {fraction: [one distance per seed]}}``."""
+    from common.embedding_metrics import procrustes_distance
+
+    out = {name: {f: [] for f in fractions} for name in makers}
+    for s in seeds:
+        rng = np.random.default_rng(s)
+        subsets = {f: np.sort(rng.choice(len(X), int(round(f * len(X))), replace=False)) for f in fractions}
+        for name, make in makers.items():
+            full = make(s)(X)
+            for f, idx in subsets.items():
+                out[name][f].append(procrustes_distance(full[idx], make(s)(X[idx])))
+    return out
+
+
+def tsne_dimension_times(X: np.ndarray, dims=(2, 3), *, repeats: int = 1, max_iter: int = 1000,
+                         seed: int = 0) -> dict[int, float]:
+    """t-SNE's side of Figure 9: scikit-learn's Barnes-Hut t-SNE (the paper ran MulticoreTSNE, also
+    Barnes-Hut) seconds against the embedding dimension, median over ``repeats`` interleaved rounds.
+    Barnes-Hut is limited to d < 4 in scikit-learn (its tree has 2^d children per node)."""
+    from sklearn.manifold import TSNE
+
+    if max(dims) >= 4:
+        raise ValueError("scikit-learn's Barnes-Hut t-SNE supports d < 4 only")
+    seconds: dict[int, list[float]] = {d: [] for d in dims}
+    for _ in range(repeats):
+        for d in dims:
+            fn = lambda Z, d=d: TSNE(n_components=d, random_state=seed, n_jobs=1, max_iter=max_iter).fit_transform(Z)  # noqa: E731
+            seconds[d].append(timed(fn, X)[1])
+    return {d: float(np.median(t)) for d, t in seconds.items()}

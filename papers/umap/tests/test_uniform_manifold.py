@@ -109,3 +109,33 @@ def test_paired_runs_and_per_seed_accuracy_on_iris():
         assert runs[name]["Y"][0].shape == (150, 2) and all(t > 0.9 for t in runs[name]["trust"])
     acc = per_seed_accuracy(runs["ours"]["Y"], iris.target, ks=(5, 10))
     assert set(acc) == {5, 10} and all(len(v) == 2 and 0.8 < min(v) <= 1 for v in acc.values())
+
+
+def test_proxy_points_are_deterministic_mnist1d_signals():
+    from papers.umap.benchmark import proxy_points
+
+    X, y = proxy_points(300, seed=1)
+    assert X.shape == (300, 40) and X.dtype == np.float32 and set(np.unique(y)) <= set(range(10))
+    X2, _ = proxy_points(300, seed=1)
+    assert np.array_equal(X, X2)
+
+
+def test_subsample_stability_pairs_subsamples_and_measures_procrustes():
+    from papers.umap.benchmark import subsample_stability
+
+    X = load_iris().data
+    linear = {"exact": lambda s: (lambda Z: Z[:, :2] * 3.0 + 1.0),       # same map on any subset: distance 0
+              "noisy": lambda s: (lambda Z: Z[:, :2] + np.random.default_rng(len(Z)).normal(size=(len(Z), 2)))}
+    out = subsample_stability(X, [0.3, 0.6], [0, 1, 2], linear)
+    assert set(out) == {"exact", "noisy"} and all(len(out["exact"][f]) == 3 for f in (0.3, 0.6))
+    assert max(max(v) for v in out["exact"].values()) < 1e-12
+    assert min(min(v) for v in out["noisy"].values()) > 1e-3
+
+
+def test_tsne_dimension_times_refuses_barnes_hut_beyond_three_dimensions():
+    from papers.umap.benchmark import tsne_dimension_times
+
+    with pytest.raises(ValueError, match="d < 4"):
+        tsne_dimension_times(load_iris().data, (2, 4))
+    times = tsne_dimension_times(load_iris().data[:60], (2, 3), max_iter=250)
+    assert set(times) == {2, 3} and all(t > 0 for t in times.values())
