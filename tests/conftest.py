@@ -1,5 +1,6 @@
 """Fixtures shared by the harness tests."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,8 +22,11 @@ def edit_toy():
     """``edit_toy(root, "sleep_s = 0.0", "sleep_s = 60.0")`` changes a default of the toy notebook's parameters."""
     def edit(root: Path, old: str, new: str, paper: str = "toy") -> None:
         path = root / paper / "notebooks" / "01_toy.ipynb"
-        text = path.read_text()
-        assert old in text, f"{old!r} not in {path}"
-        path.write_text(text.replace(old, new))
+        notebook = json.loads(path.read_text())
+        sources = ["".join(cell["source"]) for cell in notebook["cells"]]
+        assert any(old in text for text in sources), f"{old!r} not in {path}"
+        for cell, text in zip(notebook["cells"], sources):
+            cell["source"] = text.replace(old, new).splitlines(keepends=True)
+        path.write_text(json.dumps(notebook, indent=1) + "\n")
     return edit
 

@@ -54,6 +54,10 @@ def test_invalid_yaml(tmp_path):
     (lambda d: d["claims"][0].update(check="__import__('os')"), "unknown function"),
     (lambda d: d["claims"][0].update(profiles=["gpu"]), "profiles must be"),
     (lambda d: d["claims"][0].update(expected_outcome="not_reproduced"), "needs an explanation"),
+    (lambda d: d["claims"][0].update(expected_outcome={"full": "not_reproduced"}), "needs an explanation"),
+    (lambda d: d["claims"][0].update(expected_outcome={"full": "maybe"}, explanation="x"), "or a mapping"),
+    (lambda d: d["claims"][0].update(expected_outcome={"gpu": "not_reproduced"}, explanation="x"),
+     "names profile.*does not apply"),
     (lambda d: d["claims"][1].update(id="mean_small"), "duplicate claim id"),
     (lambda d: d["claims"][0].update(weight=0), "weight must be a positive number"),
     (lambda d: d["claims"][0].pop("kind"), "missing required field 'kind'"),
@@ -69,3 +73,15 @@ def test_malformed_fields_are_named(tmp_path, mutate, message):
     with pytest.raises(spec.PaperSpecError, match=message) as info:
         spec.load("toy", root)
     assert "paper.yaml" in str(info.value)
+
+
+def test_expected_outcome_per_profile(tmp_path):
+    """``expected_outcome: {full: not_reproduced}``: an effect that holds at ci and honestly flips at full."""
+    def mutate(d):
+        d["claims"][0].update(profiles=["ci", "full"], expected_outcome={"full": "not_reproduced"},
+                              explanation="flips at full")
+    paper = spec.load("toy", write_toy(tmp_path, mutate))
+    claim_id = paper.claims[0].id
+    by = {p: {c.id: c for c in paper.claims_for(p)}[claim_id] for p in ("ci", "full")}
+    assert by["ci"].expected_outcome == "reproduced" and by["full"].expected_outcome == "not_reproduced"
+    assert paper.claims[0].expected_label() == "not reproduced at full"

@@ -155,7 +155,8 @@ def claims_table(paper: spec.PaperSpec, entry: dict) -> str:
                 cells += ["", "—"]
             else:
                 cells += [_fmt(result["value"]), result["status"]]
-        marker = " (expected: not reproduced)" if claim.expected_outcome == "not_reproduced" else ""
+        label = claim.expected_label()
+        marker = f" (expected: {label})" if label else ""
         lines.append(f"| `{claim.id}` | {claim.kind} | {_fmt(claim.statement)}{marker} | {_fmt(claim.source)} | "
                      f"{_fmt(claim.paper_value)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

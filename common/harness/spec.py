@@ -7,7 +7,7 @@ one look. See CONTRIBUTING.md for the full contract.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,20 @@ class Claim:
     explanation: str = ""
     kind: str = "paper"
     decisive: str = ""
+    #: per-profile overrides of ``expected_outcome`` (``expected_outcome: {ci: reproduced, full: not_reproduced}``)
+    outcome_by_profile: tuple[tuple[str, str], ...] = ()
+
+    def for_profile(self, profile: str) -> "Claim":
+        """This claim with ``expected_outcome`` resolved for ``profile``."""
+        outcome = dict(self.outcome_by_profile).get(profile, self.expected_outcome)
+        return self if outcome == self.expected_outcome else replace(self, expected_outcome=outcome)
+
+    def expected_label(self) -> str:
+        """``not reproduced``, ``not reproduced at full``, or "" for the table's marker."""
+        bad = [p for p in self.profiles if self.for_profile(p).expected_outcome == "not_reproduced"]
+        if not bad:
+            return ""
+        return "not reproduced" if len(bad) == len(self.profiles) else f"not reproduced at {', '.join(bad)}"
 
     @property
     def metrics(self) -> list[str]:
@@ -135,7 +149,7 @@ class PaperSpec:
         return int(self.cell_timeout_s.get(profile, DEFAULT_CELL_TIMEOUT_S[profile]))
 
     def claims_for(self, profile: str) -> list[Claim]:
-        return [c for c in self.claims if c.applies_to(profile)]
+        return [c.for_profile(profile) for c in self.claims if c.applies_to(profile)]
 
 
 def paper_dir(slug: str, papers_root: Path | None = None) -> Path:
@@ -300,10 +314,19 @@ def _parse_claim(raw: Any, where: str, fail) -> Claim:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
         fail(f"{where}: weight must be a positive number")
     outcome = raw.get("expected_outcome", "reproduced")
-    if outcome not in ("reproduced", "not_reproduced"):
-        fail(f"{where}: expected_outcome must be 'reproduced' or 'not_reproduced'")
+    by_profile: dict = {}
+    if isinstance(outcome, dict):
+        # one expected outcome per profile, e.g. {ci: reproduced, full: not_reproduced}
+        unknown = sorted(set(outcome) - set(profiles))
+        if unknown:
+            fail(f"{where}: expected_outcome names profile(s) {unknown} the claim does not apply to ({profiles})")
+        by_profile, outcome = dict(outcome), "reproduced"
+    for value_ in [outcome, *by_profile.values()]:
+        if value_ not in ("reproduced", "not_reproduced"):
+            fail(f"{where}: expected_outcome must be 'reproduced' or 'not_reproduced' "
+                 "(or a mapping from profile to one of them)")
     explanation = raw.get("explanation", "")
-    if outcome == "not_reproduced" and not (isinstance(explanation, str) and explanation.strip()):
+    if "not_reproduced" in [outcome, *by_profile.values()] and not (isinstance(explanation, str) and explanation.strip()):
         fail(f"{where}: a not_reproduced claim needs an explanation")
     if decisive and not (isinstance(explanation, str) and explanation.strip()):
         fail(f"{where}: a claim with `decisive:` needs an explanation (shown when the experiment cannot decide)")
@@ -317,6 +340,7 @@ def _parse_claim(raw: Any, where: str, fail) -> Claim:
         paper_value=raw.get("paper_value"),
         value=(value or "").strip(),
         expected_outcome=outcome,
+        outcome_by_profile=tuple(sorted(by_profile.items())),
         explanation=(explanation or "").strip(),
         kind=raw["kind"],
         decisive=(decisive or "").strip(),
