@@ -15,15 +15,22 @@ algorithm below is our reading of it, built from the standard K-FAC pieces the p
   of the neuron's output-gradient energy and its pre-activation energy.
 * **Spectral radius** of the block-diagonal K-FAC curvature:
   ``ρ ≈ max_l λ_max(S_l ⊗ A_l) = max_l λ_max(S_l) λ_max(A_l)`` (:func:`kfac_spectral_radius`).
-* **Flatness term** (:func:`flatness_penalty`): ``μ · λ_max(S_l*) · u*ᵀ A_l*(batch) u*`` for the layer
-  ``l*`` with the largest block eigenvalue, ``u*`` the top eigenvector of ``A_l*``; by Danskin's
-  theorem its gradient is ``λ_max(S)·∂λ_max(A)``, the part of ``∂ρ`` that flows through the
-  forward pass (the ``S`` part, which needs third derivatives, is held fixed between refreshes).
+* **Flatness term** (:func:`flatness_penalty`): for the layer ``l*`` with the largest block eigenvalue,
+  with ``v*`` and ``u*`` the top eigenvectors of ``S_l*`` and ``A_l*`` (refreshed every epoch and held
+  fixed in between), the loss adds ``μ · (v*ᵀ S_l*(batch) v*) · (u*ᵀ A_l*(batch) u*)``, the Rayleigh
+  quotient of the block ``S_l* ⊗ A_l*`` in the direction ``v* ⊗ u*``. By Danskin's theorem its gradient
+  at the refresh point is ``∂ρ = λ_max(A)·∂λ_max(S) + λ_max(S)·∂λ_max(A)``. ``v*ᵀ S v* = E[(v*ᵀδ)²]``
+  with ``δ = ∂ℓ/∂z`` (labels sampled from the model), so its gradient needs ``∂δ/∂θ``, a *second*
+  derivative of the loss, which double backprop gives (``δ`` computed with ``create_graph=True``).
+  The ``S`` part is what lets the term act on the first layer, whose ``A`` is fixed by the data.
 * **Training and pruning together** (:func:`train_and_prune`): SGD from scratch; at each epoch of a
   geometric schedule (:func:`keep_schedule`) every hidden layer drops its lowest-saliency active
   neurons down to the step's budget; training continues with the pruned neurons masked.
 
-Baselines at the same schedule, budget, data and seeds: magnitude (``‖w_j‖₂`` of the incoming row,
+Pruned neurons are masked: their incoming row, bias and outgoing column in the next layer are zero
+(:func:`_apply_masks`), as in the physically smaller network.
+
+Baselines at the same schedule, budget, data, batch order and seeds: magnitude (``‖w_j‖₂`` of the incoming row,
 Li et al. 2017; :func:`magnitude_saliency`) and random neurons (:func:`random_saliency`), both
 trained without the flatness term. torch-pruning is the peer that physically removes the neurons
 (:func:`physically_prune`) and re-scores magnitude, as a side-by-side cross-check.
@@ -137,25 +144,30 @@ def kfac_spectral_radius(stats: KFACStats) -> tuple[float, int]:
     return values[best], best
 
 
-def flatness_direction(stats: KFACStats) -> tuple[int, float, torch.Tensor]:
-    """``(l*, λ_max(S_l*), u*)``: the layer that sets ρ, its S eigenvalue and A's top eigenvector."""
+def flatness_direction(stats: KFACStats) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """``(l*, v*, u*)``: the layer that sets ρ and the top eigenvectors of its ``S`` and ``A``."""
     _, layer = kfac_spectral_radius(stats)
-    top_s = float(torch.linalg.eigvalsh(stats.S[layer])[-1])
-    _, vecs = torch.linalg.eigh(stats.A[layer])
-    return layer, top_s, vecs[:, -1].float()
+    _, s_vecs = torch.linalg.eigh(stats.S[layer])
+    _, a_vecs = torch.linalg.eigh(stats.A[layer])
+    return layer, s_vecs[:, -1].float(), a_vecs[:, -1].float()
 
 
-def flatness_penalty(a_tilde: torch.Tensor, top_s: float, u: torch.Tensor) -> torch.Tensor:
-    """``λ_max(S) · uᵀ A u`` with ``A = mean(ã ãᵀ)`` of the batch (differentiable through ``ã``)."""
-    return top_s * (a_tilde @ u).pow(2).mean()
+def flatness_penalty(delta: torch.Tensor, a_tilde: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``(vᵀ S v) · (uᵀ A u)`` with ``S = mean(δ δᵀ)`` and ``A = mean(ã ãᵀ)`` of the batch.
+
+    Differentiable through ``δ`` (pass one computed with ``create_graph=True``) and through ``ã``.
+    """
+    return (delta @ v).pow(2).mean() * (a_tilde @ u).pow(2).mean()
 
 
 def _apply_masks(model: MLP, masks: list[torch.Tensor]) -> None:
+    """Zero each pruned neuron's incoming row, bias and outgoing column (the next layer's input)."""
     with torch.no_grad():
-        for layer, mask in zip(hidden_layers(model), masks, strict=True):
+        for li, (layer, mask) in enumerate(zip(hidden_layers(model), masks, strict=True)):
             layer.weight[~mask] = 0.0
             if layer.bias is not None:
                 layer.bias[~mask] = 0.0
+            model.layers[li + 1].weight[:, ~mask] = 0.0
 
 
 def prune_step(scores: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
@@ -177,19 +189,30 @@ class PruneResult:
     test_acc: float
     spectral_radius_kfac: float
     history: list[float]
+    flat_active_epochs: list[bool] = field(default_factory=list)  # penalty non-zero in the epoch
+    flat_layers: list[int] = field(default_factory=list)  # l* of each epoch (with the term)
+    batch_orders: list[torch.Tensor] = field(default_factory=list)  # only with keep_batch_orders
+
+    @property
+    def flat_active_fraction(self) -> float:
+        """Fraction of epochs in which the flatness penalty was non-zero (0 without the term)."""
+        return float(np.mean(self.flat_active_epochs)) if self.flat_active_epochs else 0.0
 
 
 def train_and_prune(data, method: str, hidden=(128, 64), keep_ratio: float = 0.1, epochs: int = 30,
                     prune_epochs=(4, 7, 10, 13), lr: float = 0.05, momentum: float = 0.9,
                     batch_size: int = 64, flat_weight: float = 0.0, stats_examples: int = 512,
-                    seed: int = 0) -> PruneResult:
+                    seed: int = 0, keep_batch_orders: bool = False) -> PruneResult:
     """Train an MLP from scratch and prune its hidden neurons on a schedule (the paper's setting).
 
     At the start of each epoch in ``prune_epochs`` every hidden layer keeps the
     ``keep_schedule(n, keep_ratio, len(prune_epochs))`` highest-saliency active neurons
     (``method`` ∈ ``kfac``/``magnitude``/``random``). With ``flat_weight = μ > 0`` the loss adds
-    ``μ·λ_max(S_l*)·u*ᵀA_l*u*`` (:func:`flatness_penalty`); the K-FAC statistics are refreshed on
-    ``stats_examples`` training examples every epoch. Everything random comes from ``seed``.
+    ``μ·(v*ᵀS_l*v*)(u*ᵀA_l*u*)`` on each batch (:func:`flatness_penalty`, with labels sampled from the
+    model for ``δ``); the K-FAC statistics are refreshed on ``stats_examples`` training examples every
+    epoch. Everything random comes from ``seed``: the initial weights and the batch order from one
+    generator, the K-FAC samples (examples and labels) from another, so every method and flatness
+    weight sees the same initialisation and batch order.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -198,7 +221,8 @@ def train_and_prune(data, method: str, hidden=(128, 64), keep_ratio: float = 0.1
     if sorted(prune_epochs) != list(prune_epochs) or not all(0 <= e < epochs for e in prune_epochs):
         raise ValueError(f"prune_epochs must be increasing epochs in [0, {epochs}), got {prune_epochs}")
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # batch order
+    stats_gen = torch.Generator().manual_seed(seed + 1_000_003)  # K-FAC examples and sampled labels
     rng = np.random.default_rng(seed)
     X, y = data.X_train, data.y_train
     model = MLP(data.n_features, hidden, data.n_classes)
@@ -206,12 +230,12 @@ def train_and_prune(data, method: str, hidden=(128, 64), keep_ratio: float = 0.1
     masks = [torch.ones(layer.out_features, dtype=torch.bool) for layer in hidden_layers(model)]
     schedules = [keep_schedule(layer.out_features, keep_ratio, len(prune_epochs)) for layer in hidden_layers(model)]
     stats, direction, history = None, None, []
-    captured: list[torch.Tensor] = []
+    active_epochs, flat_layers, orders = [], [], []
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
     for epoch in range(epochs):
         if method == "kfac" or flat_weight > 0:
-            idx = torch.randperm(len(X), generator=gen)[:stats_examples]
-            stats = kfac_statistics(model, X[idx], generator=gen)
-            direction = flatness_direction(stats) if flat_weight > 0 else None
+            idx = torch.randperm(len(X), generator=stats_gen)[:stats_examples]
+            stats = kfac_statistics(model, X[idx], generator=stats_gen)
         if epoch in prune_epochs:
             step = list(prune_epochs).index(epoch)
             for li, layer in enumerate(hidden_layers(model)):
@@ -224,18 +248,30 @@ def train_and_prune(data, method: str, hidden=(128, 64), keep_ratio: float = 0.1
                 masks[li] = prune_step(scores, masks[li], schedules[li][step])
             _apply_masks(model, masks)
         hook = None
-        if direction is not None and direction[0] > 0:  # layer 0's input is the data: no gradient to steer
-            hook = model.layers[direction[0]].register_forward_hook(lambda m, i, o: captured.append(i[0]) and None)
+        if flat_weight > 0:
+            direction = flatness_direction(stats)
+            flat_layers.append(direction[0])
+            hook = model.layers[direction[0]].register_forward_hook(lambda m, i, o: captured.append((i[0], o)))
         order = torch.randperm(len(X), generator=gen)
-        total = 0.0
+        if keep_batch_orders:
+            orders.append(order.clone())
+        total, penalty_sum = 0.0, 0.0
         for start in range(0, len(X), batch_size):
             b = order[start:start + batch_size]
             captured.clear()
-            loss = F.cross_entropy(model(X[b]), y[b])
+            logits = model(X[b])
+            loss = F.cross_entropy(logits, y[b])
             if hook is not None:
-                a = captured[0]
+                a, z = captured[0]
+                with torch.no_grad():
+                    sampled = torch.multinomial(logits.softmax(-1).double(), 1, generator=stats_gen).squeeze(1)
+                # per-example δ = ∂ℓ_i/∂z, kept in the graph: the penalty's gradient is a second derivative
+                (delta,) = torch.autograd.grad(F.cross_entropy(logits, sampled, reduction="sum"), z,
+                                               create_graph=True)
                 a_tilde = torch.cat([a, torch.ones(a.size(0), 1, dtype=a.dtype)], 1)
-                loss = loss + flat_weight * flatness_penalty(a_tilde, direction[1], direction[2])
+                penalty = flatness_penalty(delta, a_tilde, direction[1], direction[2])
+                penalty_sum += float(penalty.detach())
+                loss = loss + flat_weight * penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -243,26 +279,28 @@ def train_and_prune(data, method: str, hidden=(128, 64), keep_ratio: float = 0.1
             total += float(loss.detach()) * len(b)
         if hook is not None:
             hook.remove()
+            active_epochs.append(penalty_sum > 0)
         history.append(total / len(X))
     model.eval()
     with torch.no_grad():
         train_acc = float((model(X).argmax(-1) == y).float().mean())
         test_acc = float((model(data.X_test).argmax(-1) == data.y_test).float().mean())
-    rho, _ = kfac_spectral_radius(kfac_statistics(model, X, generator=gen))
-    return PruneResult(model, masks, train_acc, test_acc, rho, history)
+    rho, _ = kfac_spectral_radius(kfac_statistics(model, X, generator=stats_gen))
+    return PruneResult(model, masks, train_acc, test_acc, rho, history, active_epochs, flat_layers, orders)
 
 
 def hessian_spectral_radius(model: nn.Module, X: torch.Tensor, y: torch.Tensor, max_iter: int = 100,
-                            tol: float = 1e-4, seed: int = 0) -> float:
+                            tol: float = 1e-4, seed: int = 0, with_iterations: bool = False):
     """λ_max of the full-batch training-loss Hessian (power iteration with HVPs, all parameters).
 
     Pruned neurons add only zero rows and columns (ReLU'(0) = 0 in torch and their outputs are zero),
-    so this is the spectral radius of the physically pruned network.
+    so this is the spectral radius of the physically pruned network. With ``with_iterations`` it returns
+    ``(λ_max, power iterations used)``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    lam, _ = hessian_max_eigenvalue(lambda: F.cross_entropy(model(X), y), params, max_iter=max_iter,
-                                    tol=tol, generator=torch.Generator().manual_seed(seed))
-    return lam
+    lam, iters = hessian_max_eigenvalue(lambda: F.cross_entropy(model(X), y), params, max_iter=max_iter,
+                                        tol=tol, generator=torch.Generator().manual_seed(seed))
+    return (lam, iters) if with_iterations else lam
 
 
 def count_parameters(n_in: int, hidden_kept, n_out: int) -> int:

@@ -58,15 +58,42 @@ def test_kfac_statistics_shapes_psd_and_spectral_radius():
     assert torch.allclose(st.A[0][-1, -1], torch.tensor(1.0, dtype=torch.float64))  # homogeneous coordinate
     rho, layer = kp.kfac_spectral_radius(st)
     assert rho == pytest.approx(max(kronecker_max_eigenvalue(S, A) for S, A in zip(st.S, st.A, strict=True)))
-    # the penalty at the top eigenvector of A equals λ_max(S) λ_max(A) on the same activations
-    _, top_s, u = kp.flatness_direction(st)
-    assert top_s * float(torch.linalg.eigvalsh(st.A[layer])[-1]) == pytest.approx(rho, rel=1e-6)
+    # at the top eigenvectors, (vᵀSv)(uᵀAu) equals the block's λ_max(S) λ_max(A) = ρ
+    l_star, v, u = kp.flatness_direction(st)
+    assert l_star == layer
+    S, A = st.S[layer], st.A[layer]
+    assert float(v.double() @ S @ v.double()) * float(u.double() @ A @ u.double()) == pytest.approx(rho, rel=1e-5)
 
 
-def test_flatness_penalty_value():
-    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    u = torch.tensor([0.0, 1.0])
-    assert float(kp.flatness_penalty(a, 3.0, u)) == pytest.approx(3.0 * (0 + 4) / 2)
+def test_flatness_penalty_is_kronecker_rayleigh_quotient():
+    g = torch.Generator().manual_seed(1)
+    d = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    a = torch.randn(20, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(3, generator=g, dtype=torch.float64)
+    u = torch.randn(4, generator=g, dtype=torch.float64)
+    v, u = v / v.norm(), u / u.norm()
+    S, A = d.T @ d / 20, a.T @ a / 20
+    w = torch.kron(v, u)
+    assert float(kp.flatness_penalty(d, a, v, u)) == pytest.approx(float(w @ torch.kron(S, A) @ w))
+
+
+def test_flatness_penalty_steers_first_layer_through_S():
+    """A_0 is fixed by the data, but the S part (double backprop through δ) still moves layer 0."""
+    torch.manual_seed(0)
+    model = MLP(6, (5, 4), 3)
+    X = torch.randn(30, 6)
+    captured = []
+    hook = model.layers[0].register_forward_hook(lambda m, i, o: captured.append((i[0], o)))
+    logits = model(X)
+    hook.remove()
+    a, z = captured[0]
+    labels = torch.multinomial(logits.softmax(-1).detach(), 1, generator=torch.Generator().manual_seed(0)).squeeze(1)
+    (delta,) = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), z, create_graph=True)
+    a_tilde = torch.cat([a, torch.ones(a.size(0), 1)], 1)
+    v, u = torch.ones(5) / 5 ** 0.5, torch.ones(7) / 7 ** 0.5
+    penalty = kp.flatness_penalty(delta, a_tilde, v, u)
+    grads = torch.autograd.grad(penalty, [model.layers[0].weight, model.layers[2].weight])
+    assert all(float(gr.abs().max()) > 0 for gr in grads)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +107,45 @@ def test_train_and_prune_budget_masks_and_determinism(digits, method):
               flat_weight=0.01 if method == "kfac" else 0.0)
     r = kp.train_and_prune(digits, method, **kw)
     assert [int(m.sum()) for m in r.masks] == [4, 2]
-    for layer, mask in zip(r.model.layers[:-1], r.masks, strict=True):
+    for li, (layer, mask) in enumerate(zip(r.model.layers[:-1], r.masks, strict=True)):
         assert torch.all(layer.weight[~mask] == 0) and torch.all(layer.bias[~mask] == 0)
+        assert torch.all(r.model.layers[li + 1].weight[:, ~mask] == 0)  # outgoing columns too
     again = kp.train_and_prune(digits, method, **kw)
     assert r.test_acc == again.test_acc and all(torch.equal(a, b) for a, b in zip(r.masks, again.masks, strict=True))
     with pytest.raises(ValueError):
         kp.train_and_prune(digits, "obd")
+
+
+def test_all_methods_see_the_same_batch_order(digits):
+    kw = dict(hidden=(16, 8), keep_ratio=0.25, epochs=3, prune_epochs=(0, 1), seed=5, keep_batch_orders=True)
+    runs = [kp.train_and_prune(digits, "kfac", flat_weight=0.01, **kw), kp.train_and_prune(digits, "kfac", **kw),
+            kp.train_and_prune(digits, "magnitude", **kw), kp.train_and_prune(digits, "random", **kw)]
+    assert len(runs[0].batch_orders) == 3
+    for r in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0].batch_orders, r.batch_orders, strict=True))
+    # while another seed gives another order
+    other = kp.train_and_prune(digits, "magnitude", **{**kw, "seed": 6})
+    assert not torch.equal(other.batch_orders[0], runs[0].batch_orders[0])
+
+
+def test_magnitude_ignores_weights_from_pruned_inputs(digits):
+    r = kp.train_and_prune(digits, "magnitude", hidden=(16, 8), keep_ratio=0.25, epochs=3, prune_epochs=(0, 1),
+                           seed=2)
+    dead = ~r.masks[0]
+    assert int(dead.sum()) == 12 and torch.all(r.model.layers[1].weight[:, dead] == 0)
+    # layer 1's magnitude saliency is then the norm over the live inputs only
+    live_norm = r.model.layers[1].weight[:, ~dead].norm(dim=1)
+    assert torch.allclose(kp.magnitude_saliency(r.model.layers[1]), live_norm)
+
+
+def test_flatness_penalty_acts_in_most_epochs(digits):
+    kw = dict(hidden=(32, 16), keep_ratio=0.25, epochs=6, prune_epochs=(1, 2), seed=0)
+    r = kp.train_and_prune(digits, "kfac", flat_weight=0.01, **kw)
+    assert len(r.flat_active_epochs) == 6 and r.flat_active_fraction >= 0.5
+    assert len(r.flat_layers) == 6 and all(0 <= layer <= 2 for layer in r.flat_layers)
+    plain = kp.train_and_prune(digits, "kfac", **kw)
+    assert plain.flat_active_fraction == 0.0 and plain.flat_layers == []
+    assert plain.test_acc != r.test_acc or not torch.equal(plain.model.layers[0].weight, r.model.layers[0].weight)
 
 
 def test_physical_pruning_and_peer_magnitude(digits):
