@@ -170,3 +170,22 @@ def test_ray_runs_a_real_paper_like_local(tmp_path, ray_cluster):
     volatile = {name for names in ours["volatile"].values() for name in names}
     strip = lambda m: {nb: {k: v for k, v in vals.items() if k not in volatile} for nb, vals in m["notebooks"].items()}  # noqa: E731
     assert strip(ours) == strip(theirs)
+
+
+def test_dirty_counts_only_the_run_s_own_files(tmp_path):
+    """provenance's ``dirty`` with a run's code paths: an edit elsewhere in the checkout does not count."""
+    from common.harness import provenance
+
+    repo = tmp_path / "repo"
+    (repo / "papers" / "a").mkdir(parents=True)
+    (repo / "papers" / "b").mkdir(parents=True)
+    for name in ("a", "b"):
+        (repo / "papers" / name / "m.py").write_text("x = 1\n")
+    git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (repo / "papers" / "b" / "m.py").write_text("x = 2\n")
+    assert provenance.git_state(repo, paths=[repo / "papers" / "a"])["dirty"] is False
+    assert provenance.git_state(repo, paths=[repo / "papers" / "b"])["dirty"] is True
+    assert provenance.git_state(repo)["dirty"] is True

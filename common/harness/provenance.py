@@ -84,15 +84,26 @@ def input_hash(files_hash: str, parameters: dict) -> str:
     return hashlib.sha256(files_hash.encode() + b"\0" + blob).hexdigest()
 
 
-def git_state(root: Path = REPO_ROOT) -> dict:
+def code_paths(paper: PaperSpec, common_root: Path | None = None) -> list[Path]:
+    """What a run of ``paper`` depends on: its folder, the parts of ``common/`` it imports, the lock."""
+    return [paper.root, *common_dependencies(paper, common_root), LOCK_FILE, REPO_ROOT / "pyproject.toml"]
+
+
+def git_state(root: Path = REPO_ROOT, paths: list[Path] | None = None) -> dict:
+    """The commit, and whether the working tree differs from it (``dirty``).
+
+    With ``paths`` (a run's :func:`code_paths`), only those count: a run of one paper is not dirty because
+    another paper is being edited in the same checkout. Without, the whole tree counts.
+    """
     def git(*args):
         done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--verify", "--quiet", "HEAD") or None
+    scope = [os.path.relpath(p, root) for p in paths] if paths else ["."]
     # Files the scoreboard regenerates (and results) do not change what a run computes.
     status = git(
-        "status", "--porcelain", "--", ".", ":(exclude)results", ":(exclude).cache", ":(exclude)runs",
+        "status", "--porcelain", "--", *scope, ":(exclude)results", ":(exclude).cache", ":(exclude)runs",
         ":(exclude)README.md", ":(exclude)CITATION.cff", ":(glob,exclude)papers/*/README.md",
     )
     return {"commit": commit, "dirty": bool(status)}

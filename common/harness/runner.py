@@ -267,7 +267,7 @@ def run_paper(
                 else:
                     report.golden_problems = [f"{golden_file} is missing (run `make bless PAPER={slug}`)"]
 
-        git = provenance.git_state()
+        git = provenance.git_state(paths=provenance.code_paths(paper))
         device = provenance.device()
         atomic_write_json(staging / "metrics.json", {
             "notebooks": metrics, "volatile": volatile,

@@ -197,20 +197,29 @@ def results_readme(index: dict, papers_root: Path | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
+#: the CPU queue of the full profiles: what runs on the 2-core machine (``make all PROFILE=full``)
+CPU_QUEUE_MINUTES = 20
+
+
 def resources_section(slugs: list[str], papers_root: Path | None = None) -> list[str]:
-    """Markdown lines: the full profiles that declare a GPU (``resources`` in paper.yaml), with what they need."""
+    """Markdown lines: the full profiles beyond the CPU queue (``resources.full`` in paper.yaml declares a GPU,
+    or more than ``CPU_QUEUE_MINUTES`` on a CPU), with what they need."""
     rows = []
     for slug in slugs:
         needs = (spec.load(slug, papers_root).resources or {}).get("full") or {}
-        if needs.get("gpus"):
-            rows.append(f"| {slug} | {needs.get('gpus')} | {needs.get('memory_gb', '')} | {needs.get('minutes', '')} |")
-    lines = ["## Full profiles that need a GPU", ""]
+        if needs.get("gpus") or needs.get("minutes", 0) > CPU_QUEUE_MINUTES:
+            rows.append(f"| {slug} | {needs.get('gpus', 0)} | {needs.get('cpus', '')} | {needs.get('memory_gb', '')} "
+                        f"| {needs.get('minutes', '')} |")
+    lines = ["## Full profiles that need a GPU or a long run", ""]
     if not rows:
-        return lines + ["No paper declares a GPU for its full profile (`resources: {full: {gpus: 1, ...}}` in paper.yaml);",
-                        "every full profile runs on a CPU (`make all PROFILE=full`, see CONTRIBUTING.md)."]
-    return lines + ["Run them with `make all PROFILE=full BACKEND=ray RAY_ADDRESS=<head>:6379` on a cluster with GPUs "
-                    "(a CPU-only run is allowed and labelled with its device).", "",
-                    "| paper | GPUs | memory (GB) | minutes |", "|---|---|---|---|", *rows]
+        return lines + ["No paper declares a GPU or more than "
+                        f"{CPU_QUEUE_MINUTES} minutes for its full profile (`resources: {{full: {{gpus: 1, ...}}}}` "
+                        "in paper.yaml); every full profile runs on a CPU (`make all PROFILE=full`, see CONTRIBUTING.md)."]
+    return lines + [f"These full profiles do not fit the {CPU_QUEUE_MINUTES}-minute CPU queue. Run them with "
+                    "`make all PROFILE=full BACKEND=ray RAY_ADDRESS=<head>:6379` on a cluster "
+                    "(a CPU-only run is allowed and labelled with its device); minutes are the declared "
+                    "estimate on the declared device (GPU when GPUs > 0).", "",
+                    "| paper | GPUs | CPUs | memory (GB) | minutes |", "|---|---|---|---|---|", *rows]
 
 
 def replace_section(text: str, name: str, content: str) -> str:
