@@ -13,6 +13,11 @@ which :func:`lp_sensitivities` solves with one parametrised cvxpy problem (``a_i
 the problem is compiled once and re-solved for every row) through :func:`common.convex.solve`. Known
 facts (Section 4 of the paper and [CD21]): ``σ_i ≤ 1``; at ``p = 2`` the sensitivities are the leverage
 scores and ``𝔖 = rank A``; for ``p < 2``, ``d^{p/2} ≤ 𝔖 ≤ d``; for ``p > 2``, ``𝔖 ≤ d^{p/2}``.
+For ``p > 2`` also ``σ_i ≥ w_i`` (the Lewis weight below), hence ``𝔖 ≥ Σ w_i = d``: with
+``M = AᵀW^{1−2/p}A`` and ``x = M^{-1}a_i``, ``a_iᵀx = w_i^{2/p}``, and Cauchy–Schwarz in the ``M^{-1}`` inner
+product gives ``|a_jᵀx| ≤ (w_i w_j)^{1/p}``, so ``‖Ax‖_p^p ≤ w_i^{1−2/p} Σ_j w_j^{1−2/p}(a_jᵀx)² =
+w_i^{1−2/p} a_iᵀM^{-1}a_i = w_i`` and ``σ_i ≥ w_i²/w_i``. The solver is Clarabel only (:data:`SOLVERS`):
+a silent fallback to a first-order solver (SCS, ~1e-4 accurate) would bias σ.
 
 **Lewis weights** (Cohen & Peng 2015). The ℓp Lewis weights are the unique ``w > 0`` with
 ``w_i = τ_i(W^{1/2 − 1/p} A)``, i.e. ``w_i = (a_iᵀ (Aᵀ W^{1 − 2/p} A)^{-1} a_i)^{p/2}``; for ``p < 4``
@@ -52,6 +57,7 @@ import numpy as np
 from common.convex import solve
 
 SAMPLERS = ("uniform", "sensitivity", "lewis", "root_leverage")
+SOLVERS = ("CLARABEL",)  # interior point, ~1e-8; no fallback to SCS (a ~1e-4 optimum would bias σ and err)
 ERR_FLOOR = 1e-6  # relative excess costs below this are solver round-off (Clarabel tolerances ~1e-8)
 
 
@@ -76,6 +82,14 @@ def _lp_objective(expr, p: float):
     return cp.norm1(expr) if p == 1 else cp.pnorm(expr, p)
 
 
+def _solve(problem: cp.Problem):
+    """Solve with Clarabel only; raise (never fall back) when it cannot certify an optimum."""
+    result = solve(problem, SOLVERS)
+    if result.solver != "CLARABEL":  # solve() tries only SOLVERS; kept as an explicit guard
+        raise RuntimeError(f"expected Clarabel, the optimum came from {result.solver}")
+    return result
+
+
 def lp_sensitivities(A, p: float) -> np.ndarray:
     """σ_i = 1 / min{‖Ax‖_p^p : a_iᵀx = 1} for every row (0 for a zero row), by convex programs.
 
@@ -90,7 +104,7 @@ def lp_sensitivities(A, p: float) -> np.ndarray:
         if not np.any(A[i]):
             continue
         a.value = A[i]
-        norm = solve(problem).value  # min ‖Ax‖_p subject to a_iᵀx = 1
+        norm = _solve(problem).value  # min ‖Ax‖_p subject to a_iᵀx = 1
         sigma[i] = 1.0 / norm**p
     return sigma
 
@@ -161,6 +175,16 @@ def sampling_scores(A, p: float, sampler: str, *, sensitivities=None) -> np.ndar
     raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
 
 
+def total_variation(scores_a, scores_b) -> float:
+    """Total-variation distance ½ Σ |q_a − q_b| between the sampling distributions of two score vectors."""
+    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"need two score vectors of the same length, got shapes {a.shape} and {b.shape}")
+    if np.any(a < 0) or np.any(b < 0) or not (a.sum() > 0 and b.sum() > 0):
+        raise ValueError("scores must be non-negative with a positive sum")
+    return float(0.5 * np.abs(a / a.sum() - b / b.sum()).sum())
+
+
 def draw_rows(scores, m: int, uniforms) -> tuple[np.ndarray, np.ndarray]:
     """m i.i.d. rows with q = scores / Σ scores by inverse CDF of ``uniforms`` (length m).
 
@@ -193,7 +217,7 @@ class LpRegression:
 
     def __call__(self, M, c) -> np.ndarray:
         self.M.value, self.c.value = np.asarray(M, float), np.asarray(c, float)
-        solve(self.problem)
+        _solve(self.problem)
         return np.array(self.x.value)
 
 
@@ -265,7 +289,11 @@ def required_sample_size(ms, errs, eta: float, *, quantile: float = 0.9) -> floa
     """m*(η): where the ``quantile`` of err over seeds first falls to η (log-log interpolation on ms).
 
     ``errs`` has shape (n_seeds, len(ms)). Returns ms[0] if already met at the smallest m, and inf if never
-    met on the grid.
+    met on the grid. When the quantile at the first passing grid point ms[j] is below :data:`ERR_FLOOR`
+    (the errors there are exactly 0, common at p = 1 where sub-problems recover the optimum), log err has
+    no finite value to interpolate to, and m* is the grid bound ms[j] (conservative: the crossing lies in
+    (ms[j−1], ms[j]]). Interpolating towards log(0) would instead put m* at ms[j−1], where the quantile
+    still fails.
     """
     ms = np.asarray(ms, dtype=float)
     if ms.ndim != 1 or ms.size < 1 or np.any(np.diff(ms) <= 0):
@@ -279,7 +307,9 @@ def required_sample_size(ms, errs, eta: float, *, quantile: float = 0.9) -> floa
     j = int(np.argmax(ok))
     if j == 0:
         return float(ms[0])
-    lo_e, hi_e = np.log(max(qs[j - 1], 1e-300)), np.log(max(qs[j], 1e-300))
+    if qs[j] < ERR_FLOOR:
+        return float(ms[j])
+    lo_e, hi_e = np.log(qs[j - 1]), np.log(qs[j])
     t = (lo_e - np.log(eta)) / (lo_e - hi_e) if lo_e != hi_e else 1.0
     return float(np.exp(np.log(ms[j - 1]) + t * (np.log(ms[j]) - np.log(ms[j - 1]))))
 
@@ -295,16 +325,20 @@ def run_family(n: int, d: int, k: int, p: float, ms, n_seeds: int, *, spike_mass
 
     The instance is drawn from ``random_state``; the sampling variates (shared by all samplers, shape
     (n_seeds, max ms)) from a child stream. Returns a dict with ``total_sensitivity``, ``lewis_total``,
-    ``sigma_max``, ``errors[sampler]`` (n_seeds × len(ms)) and ``log_ratio[sampler]``: per seed, the mean
-    over the m-grid of log(1 + err) (the log approximation ratio of the cost).
+    ``sigma_max``, ``sensitivities`` and ``lewis_weights`` (per row), ``tv_sens_lewis`` (total variation
+    between the two sampling distributions), ``errors[sampler]`` (n_seeds × len(ms)) and
+    ``log_ratio[sampler]``: per seed, the mean over the m-grid of log(1 + err) (the log approximation ratio
+    of the cost).
     """
     rng = np.random.default_rng(random_state)
     instance = spiky_instance(n, d, k, p, spike_mass=spike_mass, random_state=rng)
     Ab = instance.augmented
     sigma = lp_sensitivities(Ab, p)
     uniforms = rng.random((n_seeds, int(max(ms))))
+    w = lewis_weights(Ab, p)
     out = {"k": k, "p": p, "total_sensitivity": float(sigma.sum()), "sigma_max": float(sigma.max()),
-           "lewis_total": float(lewis_weights(Ab, p).sum()), "dim": Ab.shape[1], "errors": {}, "log_ratio": {}}
+           "lewis_total": float(w.sum()), "dim": Ab.shape[1], "sensitivities": sigma, "lewis_weights": w,
+           "tv_sens_lewis": total_variation(sigma, w), "errors": {}, "log_ratio": {}}
     for sampler in samplers_for(p):
         scores = sampling_scores(Ab, p, sampler, sensitivities=sigma)
         errs = relative_errors(instance, scores, ms, uniforms)
@@ -329,3 +363,23 @@ def required_sample_size_interval(ms, errs, eta: float, *, quantile: float = 0.9
     boot = np.array([required_sample_size(ms, errs[i], eta, quantile=quantile) for i in idx])
     alpha = (1 - confidence) / 2
     return float(np.quantile(boot, alpha, method="lower")), float(np.quantile(boot, 1 - alpha, method="higher"))
+
+
+def slope_over_reached(total_sensitivities, mstars) -> tuple[object, int]:
+    """Log-log slope of m* against 𝔖 over the families whose m* was reached on the grid.
+
+    A family whose quantile never reaches η (m* = inf, right-censored at the grid's top) is excluded, not
+    entered at a sentinel value; returns (``common.stats.Interval`` or None when fewer than 3 families
+    remain, the number of censored families excluded).
+    """
+    from common.stats import loglog_slope
+
+    x = np.asarray(total_sensitivities, dtype=float)
+    y = np.asarray(mstars, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError("need one m* per total sensitivity")
+    reached = np.isfinite(y)
+    n_censored = int(np.sum(~reached))
+    if np.sum(reached) < 3:
+        return None, n_censored
+    return loglog_slope(x[reached], y[reached]), n_censored

@@ -12,7 +12,9 @@ from papers.lp_sensitivity_sampling.lp_sensitivity_sampling import (
     required_sample_size,
     required_sample_size_interval,
     sampling_scores,
+    slope_over_reached,
     spiky_instance,
+    total_variation,
 )
 
 
@@ -122,3 +124,42 @@ def test_required_sample_size():
     assert lo == hi == pytest.approx(20 * 2**t)
     with pytest.raises(ValueError):
         required_sample_size([20, 10], errs[:, :2], 0.3)
+
+
+def test_required_sample_size_exact_zero_column_is_the_grid_bound():
+    # referee's case (ci, p = 1, k = 4): q90 = 3.87 at m = 12, exactly 0 from m = 18 on. The crossing is in
+    # (12, 18]; interpolating towards log(0) used to return 12.02, where the criterion still fails.
+    ms = [8, 12, 18, 27, 40]
+    errs = np.zeros((10, 5))
+    errs[:, 0], errs[:, 1] = 28.7, 3.87
+    assert required_sample_size(ms, errs, 0.3) == 18.0
+    errs[:, 2] = 5e-7  # below ERR_FLOOR (solver round-off) counts as exact too
+    assert required_sample_size(ms, errs, 0.3) == 18.0
+    lo, hi = required_sample_size_interval(ms, errs, 0.3, random_state=0)
+    assert lo == hi == 18.0
+    # an all-zero error column at the first grid point: met at ms[0]
+    assert required_sample_size(ms, np.zeros((4, 5)), 0.3) == 8.0
+
+
+def test_total_variation():
+    assert total_variation([1.0, 1.0], [2.0, 2.0]) == 0.0
+    assert total_variation([1.0, 0.0], [0.0, 3.0]) == pytest.approx(1.0)
+    assert total_variation([3.0, 1.0], [1.0, 1.0]) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        total_variation([1.0], [1.0, 2.0])
+
+
+def test_sensitivities_dominate_lewis_weights_above_p2():
+    # for p > 2, sigma_i >= w_i (Cauchy-Schwarz at x = M^{-1} a_i), hence S >= d
+    A = spiky_instance(40, 3, 2, 3.0, random_state=1).augmented
+    sigma, w = lp_sensitivities(A, 3.0), lewis_weights(A, 3.0)
+    assert np.all(sigma >= w * (1 - 1e-6))
+    assert sigma.sum() >= A.shape[1] * (1 - 1e-6)
+
+
+def test_slope_over_reached_excludes_censored():
+    S = [1.0, 2.0, 4.0, 8.0]
+    iv, n_cens = slope_over_reached(S, [10.0, 20.0, 40.0, float("inf")])
+    assert n_cens == 1 and iv.n == 3 and iv.estimate == pytest.approx(1.0)
+    iv, n_cens = slope_over_reached(S, [10.0, float("inf"), 40.0, float("inf")])
+    assert iv is None and n_cens == 2
