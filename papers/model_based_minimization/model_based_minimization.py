@@ -65,6 +65,7 @@ __all__ = [
     "distance_to_solution",
     "initial_point",
     "stationarity_at_tstar",
+    "method_rho_bar",
     "rate_experiment",
     "step_size_sweep",
     "outlier_kink_fraction",
@@ -320,7 +321,10 @@ def moreau_prox(problem: PhaseRetrieval, x: np.ndarray, rho_bar: float, *, eps_f
                 break
             y = y + step * direction
             F = F_new
-        # certificate of this level's iterate; keep the best one (deep levels can stall in rounding)
+        # certificate of this level's iterate, from the gradient *at y* (if the Newton loop ran out of
+        # iterations, the last g_norm belongs to the iterate before the last step); keep the best one
+        # (deep levels can stall in rounding)
+        g_norm = float(np.linalg.norm(smoothed(y, eps)[0]))
         err = float(np.sqrt(2.0 / mu * (eps / 2.0 + g_norm ** 2 / (2.0 * mu))))
         if err < best_err:
             best_y, best_err = y.copy(), err
@@ -428,39 +432,53 @@ def stationarity_at_tstar(problem: PhaseRetrieval, method: str, x0: np.ndarray, 
             "lipschitz_sq": float(lip_sq), "diverged": False}
 
 
+def method_rho_bar(problem: PhaseRetrieval, method: str, factor: float = 2.0) -> float:
+    """ρ̄ = ``factor``·(τ + η) for the method's model (Theorem 4.3 needs ρ̄ > τ + η, and (4.16) η ≤ ρ̄):
+    2ρ for the subgradient and prox-linear models (τ = ρ, η = 0), 2η = 4 max‖a_i‖² for the proximal-point
+    model (τ = 0, η = 2 max‖a_i‖²). With β = ρ̄ + γ⁻¹√(T+1) > ρ̄ ≥ η every sample subproblem is convex."""
+    if factor <= 1.0:
+        raise ValueError(f"factor must exceed 1 (rho_bar > tau + eta), got {factor}")
+    tau, eta = model_constants(problem, method)
+    return float(factor * (tau + eta))
+
+
 def rate_experiment(d: int, m: int, p_fail: float, budgets, n_seeds: int, gamma: float, n_eval: int, *,
                     seed: int, rho_bar_factor: float = 2.0, progress=None) -> dict:
-    """For each seed: one instance, one x₀; for each method and T: run with β = ρ̄ + γ⁻¹√(T+1), ρ̄ =
-    ``rho_bar_factor``·ρ, and estimate E‖∇φ_{1/ρ̄}(x_{t*})‖² (:func:`stationarity_at_tstar`).
+    """For each seed: one instance, one x₀; for each method and T: run with β = ρ̄ + γ⁻¹√(T+1), ρ̄ the
+    method's own ``rho_bar_factor``·(τ + η) (:func:`method_rho_bar`: 2ρ for subgradient and prox-linear, 2η for
+    proximal point), and estimate E‖∇φ_{1/ρ̄}(x_{t*})‖² at that ρ̄ (:func:`stationarity_at_tstar`).
 
-    Also computes, per seed and T, the right-hand side of (4.15) for the subgradient and prox-linear models
-    (τ = ρ, η = 0) with Δ = φ_{1/ρ̄}(x₀) − 0 (0 is a lower bound of f) and L² the mean ‖v_t‖² of that run.
+    Also computes, per seed and T, the right-hand side of (4.15) for every method with its (τ, η, ρ̄),
+    Δ = φ_{1/ρ̄}(x₀) − 0 (0 is a lower bound of f) and L² the mean ‖v_t‖² of that run.
     Returns ``{"runs": {method: {T: [dict per seed]}}, "bound": {method: {T: [per seed]}}, "instances": [...]}``.
     """
     runs = {name: {T: [] for T in budgets} for name in METHODS}
-    bounds = {name: {T: [] for T in budgets} for name in ("subgradient", "prox_linear")}
+    bounds = {name: {T: [] for T in budgets} for name in METHODS}
     instances = []
     for s in range(n_seeds):
         rng = np.random.default_rng([seed, s])
         problem = make_phase_retrieval(d, m, p_fail, rng=rng)
         rho = weak_convexity(problem)
-        rho_bar = rho_bar_factor * rho
+        rho_bars = {name: method_rho_bar(problem, name, rho_bar_factor) for name in METHODS}
         x0 = initial_point(problem, rng=rng)
-        delta = moreau_envelope(problem, x0, rho_bar)
-        instances.append({"rho": rho, "rho_bar": rho_bar, "delta": delta,
+        envelope = {rb: moreau_envelope(problem, x0, rb) for rb in set(rho_bars.values())}
+        deltas = {name: envelope[rb] for name, rb in rho_bars.items()}
+        rho_bar = rho_bars["prox_linear"]
+        instances.append({"rho": rho, "rho_bar": rho_bar, "rho_bars": rho_bars, "deltas": deltas,
+                          "delta": deltas["prox_linear"],
                           "grad_sq_at_x_star": moreau_gradient_sq(problem, problem.x_star, rho_bar)[0],
                           "kink_fraction": {T: outlier_kink_fraction(problem, theorem_beta(T, rho_bar, gamma))
                                             for T in budgets}})
         for name in METHODS:
+            rb = rho_bars[name]
+            tau, eta = model_constants(problem, name)
             for T in budgets:
-                beta = theorem_beta(T, rho_bar, gamma)
-                result = stationarity_at_tstar(problem, name, x0, T, beta, rho_bar, n_eval,
+                beta = theorem_beta(T, rb, gamma)
+                result = stationarity_at_tstar(problem, name, x0, T, beta, rb, n_eval,
                                                rng=np.random.default_rng([seed, s, T, 7]))
                 runs[name][T].append(result)
-                if name in bounds:
-                    tau, eta = model_constants(problem, name)
-                    bounds[name][T].append(theorem_bound_415(delta, result["lipschitz_sq"], rho_bar, tau, eta,
-                                                             np.full(T + 1, beta)))
+                bounds[name][T].append(theorem_bound_415(deltas[name], result["lipschitz_sq"], rb, tau, eta,
+                                                         np.full(T + 1, beta)))
                 if progress is not None:
                     progress.update(1)
     return {"runs": runs, "bound": bounds, "instances": instances}
@@ -468,27 +486,45 @@ def rate_experiment(d: int, m: int, p_fail: float, budgets, n_seeds: int, gamma:
 
 def step_size_sweep(d: int, m: int, p_fail: float, T: int, gammas, n_seeds: int, *, seed: int,
                     rho_bar_factor: float = 2.0, tol: float = 1e-3) -> dict:
-    """For each seed and method, the fraction of the γ grid whose final iterate (β = ρ̄ + γ⁻¹√(T+1), T steps)
-    satisfies dist(x_T, ±x*)/‖x*‖ ≤ ``tol``; also the final distances. Same instance, x₀ and sample
-    sequence for every method and γ of a seed."""
+    """Step-size robustness over a grid of γ (β = ρ̄ + γ⁻¹√(T+1), ρ̄ = ``rho_bar_factor``·ρ for every method, so
+    that all methods take the same β at each γ; T steps; same instance, x₀ and sample sequence for every
+    method and γ of a seed).
+
+    Per seed and method it returns:
+
+    - ``stable``: the fraction of the γ grid whose final iterate is finite and has a lower objective than x₀,
+      ``f(x_T) < f(x₀)`` (tolerance-free: it counts the step sizes at which the method does not diverge and
+      makes progress);
+    - ``fraction``: the fraction whose final iterate recovers the signal, dist(x_T, ±x*)/‖x*‖ ≤ ``tol``
+      (reported only: exact recovery is reachable by the interpolating prox-linear and proximal-point steps,
+      not by a constant-step subgradient method, whose iterates sit at a jitter floor ∝ 1/β);
+    - ``distances`` and ``objective_ratio`` (f(x_T)/f(x₀), ∞ when diverged) for every γ.
+    """
     fractions = {name: [] for name in METHODS}
+    stable = {name: [] for name in METHODS}
     distances = {name: [] for name in METHODS}
+    objective_ratio = {name: [] for name in METHODS}
     for s in range(n_seeds):
         rng = np.random.default_rng([seed, s, 1])
         problem = make_phase_retrieval(d, m, p_fail, rng=rng)
         rho_bar = rho_bar_factor * weak_convexity(problem)
         x0 = initial_point(problem, rng=rng)
+        f0 = objective(problem, x0)
         for name in METHODS:
-            dists = []
+            dists, ratios = [], []
             for gamma in gammas:
                 with np.errstate(over="ignore", invalid="ignore"):
                     x_T, _, _ = run_method(problem, name, x0, T, theorem_beta(T, rho_bar, gamma),
                                            rng=np.random.default_rng([seed, s, 2]))
-                dist = distance_to_solution(problem, x_T) if np.all(np.isfinite(x_T)) else np.inf
-                dists.append(dist)
+                    finite = bool(np.all(np.isfinite(x_T)))
+                    f_T = objective(problem, x_T) if finite else np.inf
+                dists.append(distance_to_solution(problem, x_T) if finite else np.inf)
+                ratios.append(f_T / f0 if np.isfinite(f_T) else np.inf)
             distances[name].append(dists)
+            objective_ratio[name].append(ratios)
             fractions[name].append(float(np.mean(np.asarray(dists) <= tol)))
-    return {"fraction": fractions, "distances": distances}
+            stable[name].append(float(np.mean(np.asarray(ratios) < 1.0)))
+    return {"fraction": fractions, "stable": stable, "distances": distances, "objective_ratio": objective_ratio}
 
 
 def outlier_kink_fraction(problem: PhaseRetrieval, beta: float) -> float:

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from papers.model_based_minimization.model_based_minimization import (
-    make_phase_retrieval, model_constants, moreau_prox, objective, prox_linear_step, prox_point_step,
-    run_method, stratified_times, subgradient_step, theorem_beta, theorem_bound_415, weak_convexity)
+    make_phase_retrieval, method_rho_bar, model_constants, moreau_prox, objective, prox_linear_step,
+    prox_point_step, run_method, step_size_sweep, stratified_times, subgradient_step, theorem_beta,
+    theorem_bound_415, weak_convexity)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,36 @@ def test_theorem_bound_formula():
     assert np.isclose(got, expected)
     with pytest.raises(ValueError):
         theorem_bound_415(delta, L2, 1.0, 1.0, 0.0, [5.0])
+
+
+def test_moreau_certificate_holds_when_newton_is_cut_short(problem):
+    """With one Newton step per level the certificate must still bound the distance to the exact prox (it is
+    computed from the gradient at the returned point, not at the previous iterate)."""
+    rho_bar = 2 * weak_convexity(problem)
+    x = np.random.default_rng(11).standard_normal(5)
+    y_exact, err_exact = moreau_prox(problem, x, rho_bar)
+    for max_newton in (1, 2, 3):
+        y, err = moreau_prox(problem, x, rho_bar, max_newton=max_newton)
+        assert np.linalg.norm(y - y_exact) <= err + err_exact
+
+
+def test_method_rho_bar_satisfies_theorem_hypotheses(problem):
+    for name in ("subgradient", "prox_linear", "prox_point"):
+        tau, eta = model_constants(problem, name)
+        rb = method_rho_bar(problem, name)
+        assert rb > tau + eta and rb >= eta
+        assert theorem_beta(0, rb, 100.0) > eta          # every sample subproblem is convex
+    assert method_rho_bar(problem, "prox_linear") == 2 * weak_convexity(problem)
+    assert method_rho_bar(problem, "prox_point") == 4 * problem.row_norms_sq.max()
+    with pytest.raises(ValueError):
+        method_rho_bar(problem, "prox_point", factor=1.0)
+
+
+def test_step_size_sweep_stable_fraction():
+    out = step_size_sweep(5, 40, 0.0, 200, [1e-2, 1e2], 1, seed=3)
+    for name in ("subgradient", "prox_linear", "prox_point"):
+        ratios = np.asarray(out["objective_ratio"][name][0])
+        assert out["stable"][name][0] == np.mean(ratios < 1.0)
+    # a huge step (gamma = 100) blows up the subgradient method but not the prox-linear step (stops at the kink)
+    assert out["objective_ratio"]["subgradient"][0][1] > 1.0
+    assert out["objective_ratio"]["prox_linear"][0][1] < 1.0
