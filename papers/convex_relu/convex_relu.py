@@ -47,7 +47,8 @@ from common.stats import Interval
 __all__ = [
     "BinaryData", "load_binary", "sample_patterns", "convex_objective", "convex_predict_train",
     "network_predict", "recover_network", "reference_optimum", "ADMMResult", "admm", "semilog_slope",
-    "nonconvex_objective", "train_nonconvex", "network_patterns", "accuracy",
+    "nonconvex_objective", "train_nonconvex", "network_patterns", "accuracy", "enumerate_patterns",
+    "arrangement_patterns_2d", "rate_diagnostics", "first_stop",
 ]
 
 
@@ -72,8 +73,11 @@ def load_binary(name: str, *, n_train: int | None = None, n_components: int | No
     projected on its top ``n_components`` principal directions, each divided by its singular value, so
     the feature columns are orthonormal on the training set (``X^T X = I``); the bias column is
     ``1/sqrt(n)`` (unit norm too). Test data get the same map. ``n_components=None`` keeps the
-    standardised features (z-scores divided by ``sqrt(n)``) instead. The scaling does not change the
-    family of problems (a scale of X is a rescaling of beta), only the conditioning ADMM sees.
+    standardised features (z-scores divided by ``sqrt(n)``) instead. Whitening is not a rescaling: it is a
+    linear change of coordinates that changes the group-norm regulariser (``||v_i||_2`` is measured in the
+    whitened coordinates, a different penalty on the original features), and keeping ``n_components`` <
+    the rank truncates the data (breast_cancer 30 -> 20 directions, digits 64 -> 20 at the default). Only
+    a common scalar factor on X could be absorbed into beta.
     """
     from sklearn.datasets import load_breast_cancer, load_digits
     from sklearn.model_selection import train_test_split
@@ -117,8 +121,10 @@ def load_binary(name: str, *, n_train: int | None = None, n_components: int | No
 def sample_patterns(X: np.ndarray, n_patterns: int, random_state=None, max_draws: int | None = None) -> np.ndarray:
     """``P_s`` distinct activation patterns ``D_i = 1[X h_i >= 0]``, ``h_i ~ N(0, I)``: an (n, P) bool array.
 
-    Duplicates are redrawn (at most ``max_draws`` draws in all, default ``50 P``). The all-zero pattern is
-    dropped (it contributes nothing to the fit).
+    Duplicates are redrawn (at most ``max_draws`` draws in all, default ``50 P``), so exactly ``P_s``
+    distinct patterns come back; the author code instead draws ``P_s`` directions and de-duplicates (fewer
+    than ``P_s`` patterns when two draws coincide). The all-zero pattern is dropped (it contributes nothing
+    to the fit).
     """
     if n_patterns < 1:
         raise ValueError(f"n_patterns must be >= 1, got {n_patterns}")
@@ -137,6 +143,53 @@ def sample_patterns(X: np.ndarray, n_patterns: int, random_state=None, max_draws
     if len(patterns) < n_patterns:
         raise ValueError(f"only {len(patterns)} distinct patterns in {max_draws} draws")
     return np.stack(patterns, axis=1)
+
+
+def _unique_columns(P: np.ndarray) -> np.ndarray:
+    """The distinct columns of a bool (n, N) array, in a deterministic (byte) order."""
+    packed = np.ascontiguousarray(np.packbits(P, axis=0).T)  # (N, ceil(n/8)) bytes per column
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    _, first = np.unique(keys, return_index=True)  # first occurrence of every distinct key, in key order
+    return P[:, first]
+
+
+def enumerate_patterns(X: np.ndarray, n_directions: int, random_state=None, batch: int = 50_000) -> np.ndarray:
+    """The distinct non-zero patterns ``1[X h >= 0]`` over ``n_directions`` Gaussian directions, (n, P) bool.
+
+    With enough directions this finds every pattern of the arrangement (the exact program's ``D_i``); a
+    pattern whose cone of directions is narrow can be missed, so completeness must be checked (the count
+    stable when the directions double, or against :func:`arrangement_patterns_2d` at rank 2).
+    """
+    if n_directions < 1:
+        raise ValueError(f"n_directions must be >= 1, got {n_directions}")
+    rng = np.random.default_rng(random_state)
+    found = np.zeros((X.shape[0], 0), dtype=bool)
+    left = n_directions
+    while left > 0:
+        m = min(batch, left)
+        left -= m
+        found = _unique_columns(np.hstack([found, X @ rng.standard_normal((X.shape[1], m)) >= 0]))
+    return found[:, found.any(0)]
+
+
+def arrangement_patterns_2d(X: np.ndarray) -> np.ndarray:
+    """All non-zero patterns ``1[X h >= 0]``, ``h`` in the plane, for an (n, 2) ``X``: exact, (n, P) bool.
+
+    The lines ``x_i . h = 0`` cut the circle of directions into arcs on which the pattern is constant; the
+    midpoint of every arc gives one pattern. A central arrangement of ``L`` distinct lines in the plane has
+    ``2 L`` regions, so the result has ``2 L`` patterns, less the all-zero one when it occurs.
+    """
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"need an (n, 2) array, got {X.shape}")
+    rows = X[np.linalg.norm(X, axis=1) > 0]
+    normal = np.arctan2(rows[:, 1], rows[:, 0])
+    if normal.size == 0:
+        return np.zeros((X.shape[0], 0), dtype=bool)
+    cuts = np.unique(np.mod(np.concatenate([normal + np.pi / 2, normal - np.pi / 2]), 2 * np.pi))
+    mids = cuts + np.diff(np.append(cuts, cuts[0] + 2 * np.pi)) / 2
+    H = np.vstack([np.cos(mids), np.sin(mids)])
+    found = _unique_columns(X @ H >= 0)
+    return found[:, found.any(0)]
 
 
 def _check(X, y, D):
@@ -217,21 +270,29 @@ class ADMMResult:
     history: dict = field(default_factory=dict)  # name -> np.ndarray over iterations 1..K
     setup_seconds: float = 0.0
     iter_seconds: float = 0.0
+    final_objective: float = float("nan")  # (2.3) at the last shrunk iterate
+    final_violation: float = float("nan")  # ||(G v)_-|| at the last shrunk iterate
 
 
 def admm(X, y, D, beta: float, *, rho: float = 1.0, gamma_a: float | None = None, max_iter: int = 500,
-         eps_abs: float = 0.0, eps_rel: float = 0.0, X_test=None, y_test=None,
-         eval_at=None) -> ADMMResult:
+         eps_abs: float = 0.0, eps_rel: float = 0.0, stop: bool = True, X_test=None, y_test=None,
+         eval_at=None, diagnostics: bool = True) -> ADMMResult:
     """Algorithm 3.1 for (2.3) with squared loss (updates in the module docstring).
 
     ``gamma_a`` is the dual step (the dual variables move by ``gamma_a / rho`` times the residual); the
     default ``gamma_a = rho`` is the standard scaled ADMM step of 1. Stops after ``max_iter`` iterations
     or, when ``eps_abs`` or ``eps_rel`` is positive, at Boyd et al.'s (2011, Sec. 3.3.1) criterion
     ``||r|| <= sqrt(p) eps_abs + eps_rel max(||A x||, ||B z||)`` and ``||s|| <= sqrt(q) eps_abs + eps_rel
-    rho ||A^T y||`` with ``A = [I; G]``. History (per iteration): ``objective`` (2.3 at the shrunk iterate
-    ``v``), ``primal_residual``, ``dual_residual``, ``violation`` (``||(G v)_-||``, the constraint violation
-    of ``v``), ``seconds`` (the iteration's wall time, diagnostics excluded); at the iterations in ``eval_at`` (default: all) the train/test accuracy of the network
-    :func:`network_predict` defines with ``v`` (``accuracy_iterations`` lists them).
+    rho ||A^T y||`` with ``A = [I; G]``. With ``stop=False`` the criterion is only evaluated (history
+    ``tolerance_met``) and the run goes on to ``max_iter``: :func:`first_stop` then gives the iteration a
+    stopping run would have ended at, and the sum of ``seconds`` up to it its time. History (per
+    iteration): ``objective`` (2.3 at the shrunk iterate ``v``), ``primal_residual``, ``dual_residual``,
+    ``violation`` (``||(G v)_-||``, the constraint violation of ``v``), ``seconds`` (the iteration's wall
+    time: the updates, the residuals and the stopping test; the other diagnostics excluded); at the
+    iterations in ``eval_at`` (default: all) the train/test accuracy of the network :func:`network_predict`
+    defines with ``v`` (``accuracy_iterations`` lists them). ``diagnostics=False`` skips the per-iteration
+    ``objective`` and ``violation`` (the costliest diagnostics; ``final_objective`` and ``final_violation``
+    are always set).
     """
     _check(X, y, D)
     if beta < 0 or rho <= 0:
@@ -264,7 +325,8 @@ def admm(X, y, D, beta: float, *, rho: float = 1.0, gamma_a: float | None = None
     nu = np.zeros_like(s)
     step = gamma_a / rho
     names = ("objective", "primal_residual", "dual_residual", "violation", "train_acc", "test_acc",
-             "accuracy_iterations", "seconds")
+             "accuracy_iterations", "seconds", "tolerance_met")
+    check = eps_abs > 0 or eps_rel > 0
     eval_at = None if eval_at is None else set(int(e) for e in eval_at)
     hist = {k: [] for k in names}
     setup = time.perf_counter() - start
@@ -274,7 +336,7 @@ def admm(X, y, D, beta: float, *, rho: float = 1.0, gamma_a: float | None = None
     for k in range(1, max_iter + 1):
         t0 = time.perf_counter()
         rhs = Fty + (v - lam + Gt(s - nu)).ravel()
-        u = linalg.cho_solve(chol, rhs).reshape(2 * P, d)
+        u = linalg.cho_solve(chol, rhs, check_finite=False).reshape(2 * P, d)
         z = u + lam
         norms = np.linalg.norm(z, axis=1, keepdims=True)
         v_old, s_old = v, s
@@ -284,31 +346,47 @@ def admm(X, y, D, beta: float, *, rho: float = 1.0, gamma_a: float | None = None
         r_u, r_s = u - v, Gu - s
         lam = lam + step * r_u
         nu = nu + step * r_s
+        primal = math.sqrt(np.sum(r_u**2) + np.sum(r_s**2))
+        dual = rho * np.linalg.norm((v - v_old) + Gt(s - s_old))
+        met = False
+        if check:
+            p_dim, q_dim = u.size + s.size, u.size
+            eps_pri = math.sqrt(p_dim) * eps_abs + eps_rel * max(
+                math.sqrt(np.sum(u**2) + np.sum(Gu**2)), math.sqrt(np.sum(v**2) + np.sum(s**2)))
+            eps_dual = math.sqrt(q_dim) * eps_abs + eps_rel * rho * np.linalg.norm(lam + Gt(nu))
+            met = primal <= eps_pri and dual <= eps_dual
         hist["seconds"].append(time.perf_counter() - t0)
         iter_time += hist["seconds"][-1]
         # diagnostics (not timed)
-        primal = math.sqrt(np.sum(r_u**2) + np.sum(r_s**2))
-        dual = rho * np.linalg.norm((v - v_old) + Gt(s - s_old))
+        if check:
+            hist["tolerance_met"].append(met)
         Vk, Wk = v[:P], v[P:]
-        hist["objective"].append(convex_objective(X, y, D, Vk, Wk, beta))
         hist["primal_residual"].append(primal)
         hist["dual_residual"].append(dual)
-        hist["violation"].append(float(np.linalg.norm(np.minimum(G(v), 0.0))))
+        if diagnostics:
+            hist["objective"].append(convex_objective(X, y, D, Vk, Wk, beta))
+            hist["violation"].append(float(np.linalg.norm(np.minimum(G(v), 0.0))))
         if eval_at is None or k in eval_at:
             hist["accuracy_iterations"].append(k)
             hist["train_acc"].append(accuracy(network_predict(X, Vk, Wk), y))
             if X_test is not None:
                 hist["test_acc"].append(accuracy(network_predict(X_test, Vk, Wk), y_test))
-        if eps_abs > 0 or eps_rel > 0:
-            p_dim, q_dim = u.size + s.size, u.size
-            eps_pri = math.sqrt(p_dim) * eps_abs + eps_rel * max(
-                math.sqrt(np.sum(u**2) + np.sum(Gu**2)), math.sqrt(np.sum(v**2) + np.sum(s**2)))
-            eps_dual = math.sqrt(q_dim) * eps_abs + eps_rel * rho * np.linalg.norm(lam + Gt(nu))
-            if primal <= eps_pri and dual <= eps_dual:
-                converged = True
+        if met:
+            converged = True
+            if stop:
                 break
     history = {k_: np.asarray(v_) for k_, v_ in hist.items() if len(v_)}
-    return ADMMResult(v[:P].copy(), v[P:].copy(), k, converged, history, setup, iter_time)
+    return ADMMResult(v[:P].copy(), v[P:].copy(), k, converged, history, setup, iter_time,
+                      convex_objective(X, y, D, v[:P], v[P:], beta), float(np.linalg.norm(np.minimum(G(v), 0.0))))
+
+
+def first_stop(result: ADMMResult) -> int | None:
+    """The first iteration (1-based) at which Boyd's criterion held, or ``None`` (needs ``eps_*`` > 0)."""
+    met = result.history.get("tolerance_met")
+    if met is None:
+        raise ValueError("the run did not evaluate a stopping criterion (eps_abs = eps_rel = 0)")
+    hit = np.flatnonzero(met)
+    return int(hit[0]) + 1 if hit.size else None
 
 
 def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
@@ -330,6 +408,30 @@ def semilog_slope(k, values, *, confidence: float = 0.95) -> tuple[Interval, flo
     fit = sps.linregress(k, np.log(values))
     half = float(sps.t.ppf(0.5 + confidence / 2, k.size - 2) * fit.stderr)
     return Interval(float(fit.slope), float(fit.slope - half), float(fit.slope + half), k.size, confidence, "t"), float(fit.rvalue**2)
+
+
+def rate_diagnostics(k, values) -> dict:
+    """Tell a linear rate (``log values`` linear in ``k``) from a power law (``log values`` linear in ``log k``).
+
+    Returns ``semilog_r2`` and ``loglog_r2`` (the r^2 of the two least-squares fits; a linear rate fits the
+    first better, a power law the second, so ``semilog_minus_loglog_r2 > 0`` has no free parameter) and
+    ``half_slope_ratio``: the semilog slope over the second half of the window over the slope over the
+    first half (about 1 for a linear rate; for ``k^-p`` on a window ``[a, b]`` it is about the ratio of the
+    halves' mean ``1/k``, e.g. 0.54 on ``[376, 1500]``).
+    """
+    k, values = np.asarray(k, float), np.asarray(values, float)
+    if k.shape != values.shape or k.size < 6:
+        raise ValueError("need at least 6 paired points")
+    if np.any(values <= 0) or np.any(k <= 0):
+        raise ValueError("k and values must be positive")
+    logv = np.log(values)
+    semi = sps.linregress(k, logv)
+    loglog = sps.linregress(np.log(k), logv)
+    h = k.size // 2
+    first, second = sps.linregress(k[:h], logv[:h]).slope, sps.linregress(k[h:], logv[h:]).slope
+    return {"semilog_r2": float(semi.rvalue**2), "loglog_r2": float(loglog.rvalue**2),
+            "semilog_minus_loglog_r2": float(semi.rvalue**2 - loglog.rvalue**2),
+            "half_slope_ratio": float(second / first)}
 
 
 # ------------------------------------------------------------------------------- non-convex baseline
