@@ -1,0 +1,154 @@
+"""The learn-then-optimise pipeline and its evaluation against the exact MIP (Cooper et al. 2024, Algorithm 1).
+
+For each test instance: the model predicts setups ``yhat``; post-processing repairs ``yhat`` until (5)
+holds (:func:`lot_sizing.repair_setups`); the LP with ``y`` fixed gives quantities and stocks; setups the
+LP leaves idle (``x_t = 0``) are closed, which lowers the cost by their ``f_t`` and keeps the plan
+feasible. The result is compared with the MIP optimum of the same instance:
+
+    gap = (cost(pipeline) - cost(MIP)) / cost(MIP)                                     (7)
+
+and the pipeline's time (the model's batch forward pass shared equally over the batch, plus repair and
+LP) with HiGHS's time on the MIP.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.mip import InfeasibleError
+from papers.clsp_transformer.lot_sizing import (Instances, is_feasible, plan_cost, repair_setups,
+                                                 solve_fixed_setup_lp)
+
+__all__ = ["Dataset", "load_dataset", "PipelineResult", "run_pipeline", "train_and_evaluate", "mip_reference"]
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+@dataclass
+class Dataset:
+    train: Instances
+    train_setups: np.ndarray
+    test: Instances
+    test_setups: np.ndarray
+    test_objective: np.ndarray
+    test_mip_seconds: np.ndarray
+
+
+def load_dataset(T: int, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+    """The committed labelled instances of ``make_dataset.py`` (first ``n_train`` / ``n_test`` of each split)."""
+    path = DATA_DIR / f"clsp_T{T}.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python -m papers.clsp_transformer.make_dataset --T {T}`")
+    data = np.load(path)
+    inst = Instances.from_dict(data)
+    total_train = int(data["n_train"])
+    n_train = total_train if n_train is None else n_train
+    n_test = inst.n - total_train if n_test is None else n_test
+    if not 0 < n_train <= total_train or not 0 < n_test <= inst.n - total_train:
+        raise ValueError(f"asked for {n_train} train / {n_test} test instances; the file has "
+                         f"{total_train} / {inst.n - total_train}")
+    tr = np.arange(n_train)
+    te = total_train + np.arange(n_test)
+    return Dataset(train=inst[tr], train_setups=data["setups"][tr], test=inst[te], test_setups=data["setups"][te],
+                   test_objective=data["objective"][te], test_mip_seconds=data["mip_seconds"][te])
+
+
+@dataclass
+class PipelineResult:
+    """Per-instance arrays of one model's pipeline on a test set."""
+
+    feasible_before_repair: np.ndarray   # bool: did yhat satisfy (5)?
+    opened_by_repair: np.ndarray         # setups opened by repair
+    infeasible_after: np.ndarray         # bool: the LP found no plan even after repair
+    objective: np.ndarray
+    gap: np.ndarray                      # (7)
+    setup_accuracy: np.ndarray           # fraction of periods where yhat == y*
+    seconds: np.ndarray                  # model share + repair + LP
+
+
+def run_pipeline(inst: Instances, predicted, optimum, model_seconds: float, optimal_setups=None) -> PipelineResult:
+    """Repair, LP, idle-setup closing and gap (7) for every instance of ``inst``."""
+    predicted = np.asarray(predicted, dtype=np.int8)
+    optimum = np.asarray(optimum, dtype=float)
+    if predicted.shape != (inst.n, inst.T) or optimum.shape != (inst.n,):
+        raise ValueError(f"predicted {predicted.shape} / optimum {optimum.shape} do not match {inst.n} instances")
+    share = model_seconds / inst.n
+    feasible = is_feasible(inst.demand, inst.capacity, predicted)
+    out = {k: np.zeros(inst.n) for k in ("opened", "infeasible", "objective", "seconds")}
+    for i in range(inst.n):
+        start = time.perf_counter()
+        y, opened = repair_setups(inst, i, predicted[i])
+        try:
+            lp = solve_fixed_setup_lp(inst, i, y)
+        except InfeasibleError:
+            out["infeasible"][i] = 1.0
+            out["objective"][i] = np.nan
+            out["seconds"][i] = time.perf_counter() - start + share
+            continue
+        T = inst.T
+        x, s = lp.x[:T], lp.x[T:]
+        y_used = (y == 1) & (x > 1e-9)                  # close setups the LP leaves idle
+        out["objective"][i] = plan_cost(inst, i, x, s, y_used)
+        out["opened"][i] = opened
+        out["seconds"][i] = time.perf_counter() - start + share
+    gap = (out["objective"] - optimum) / optimum
+    acc = (np.mean(predicted == np.asarray(optimal_setups), axis=1) if optimal_setups is not None
+           else np.full(inst.n, np.nan))
+    return PipelineResult(feasible_before_repair=feasible, opened_by_repair=out["opened"],
+                          infeasible_after=out["infeasible"].astype(bool), objective=out["objective"], gap=gap,
+                          setup_accuracy=acc, seconds=out["seconds"])
+
+
+def train_and_evaluate(kind: str, data: Dataset, *, seed: int, steps: int, batch_size: int = 64, lr: float = 3e-3,
+                       d_model: int = 32, with_eos: bool = True) -> tuple[PipelineResult, dict]:
+    """Train one model (``"transformer"`` or ``"lstm"``) on ``data.train`` and run the pipeline on ``data.test``.
+
+    Both kinds get the same features, seed, optimiser, learning rate, batch size and ``steps``; their
+    widths are chosen so the parameter counts are close (reported in ``info``).
+    """
+    from common.harness.seeding import seeded_training
+    from papers.clsp_transformer.lot_sizing import N_FEATURES, features
+    from papers.clsp_transformer.models import BiLSTMTagger, SetupTransformer, n_parameters, predict, train
+
+    seeded_training(seed)
+    if kind == "transformer":
+        model = SetupTransformer(N_FEATURES, data.test.T, d_model=d_model, n_heads=2, d_ff=2 * d_model,
+                                 with_eos=with_eos)
+    elif kind == "lstm":
+        model = BiLSTMTagger(N_FEATURES, hidden=d_model)
+    else:
+        raise ValueError(f"kind must be 'transformer' or 'lstm', got {kind!r}")
+    start = time.process_time()
+    losses = train(model, features(data.train), data.train_setups, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    train_cpu = time.process_time() - start
+    setups, seconds = predict(model, features(data.test))
+    result = run_pipeline(data.test, setups, data.test_objective, seconds, data.test_setups)
+    info = {"n_parameters": n_parameters(model), "final_loss": float(np.mean(losses[-20:])), "train_cpu_s": train_cpu,
+            "predict_seconds": seconds}
+    return result, info
+
+
+def mip_reference(data: Dataset, n_instances: int) -> dict:
+    """Re-solve the first ``n_instances`` test MIPs: their HiGHS times here, and two exactness checks.
+
+    ``max_rel_mismatch_stored``: largest relative difference between the re-solved and the stored optima.
+    ``max_rel_mismatch_lp``: largest relative difference between the LP with the optimal ``y`` fixed and the
+    MIP optimum (0 up to solver tolerance: once ``y`` is right, the LP step loses nothing).
+    """
+    from papers.clsp_transformer.lot_sizing import solve_clsp_mip
+
+    if not 0 < n_instances <= data.test.n:
+        raise ValueError(f"n_instances must be in 1..{data.test.n}, got {n_instances}")
+    seconds, stored, lp_gap = [], [], []
+    for i in range(n_instances):
+        result, y = solve_clsp_mip(data.test, i)
+        seconds.append(result.wall_time)
+        stored.append(abs(result.objective - data.test_objective[i]) / abs(data.test_objective[i]))
+        lp = solve_fixed_setup_lp(data.test, i, y)
+        lp_gap.append(abs(lp.objective - result.objective) / abs(result.objective))
+    return {"seconds": np.array(seconds), "median_seconds": float(np.median(seconds)),
+            "max_rel_mismatch_stored": float(max(stored)), "max_rel_mismatch_lp": float(max(lp_gap))}
