@@ -1,0 +1,1 @@
+"""Neural light-curve approximation (Fulu)."""
