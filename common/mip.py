@@ -41,8 +41,9 @@ class MIPResult:
     """The outcome of one solve.
 
     ``objective`` is ``c @ x`` at the returned ``x``; ``mip_gap`` is HiGHS's relative gap between it and
-    the dual bound (0 for an LP or a proven optimum); ``wall_time`` covers the solver call only
-    (model building included, as a caller would pay it).
+    the dual bound (0 for an LP or a proven optimum); ``wall_time`` is the wall-clock time of the
+    ``scipy.optimize.milp`` call, which includes SciPy's conversion of the problem for HiGHS (what a
+    caller pays) but not the caller's own construction of ``c``, the constraints and the bounds.
     """
 
     objective: float
@@ -66,7 +67,11 @@ class InfeasibleError(MIPError):
 
 
 class UnboundedError(MIPError):
-    """The objective is unbounded below (or HiGHS could not tell unbounded from infeasible)."""
+    """The objective is unbounded below.
+
+    Also raised when HiGHS reports "unbounded or infeasible" without deciding which (it can do so when
+    presolve detects a dual infeasibility); re-solve with ``presolve=False`` to separate the two.
+    """
 
 
 class TimeLimitError(MIPError):

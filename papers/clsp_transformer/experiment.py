@@ -108,7 +108,9 @@ def train_and_evaluate(kind: str, data: Dataset, *, seed: int, steps: int, batch
     """Train one model (``"transformer"`` or ``"lstm"``) on ``data.train`` and run the pipeline on ``data.test``.
 
     Both kinds get the same features, seed, optimiser, learning rate, batch size and ``steps``; their
-    widths are chosen so the parameter counts are close (reported in ``info``).
+    widths are chosen so the parameter counts are close (reported in ``info``). ``with_eos=False`` trains
+    the transformer without the End-of-Sequence target (the EOS ablation). ``info["train_accuracy"]`` is
+    the setup accuracy on the first ``n_test`` training instances (fit, as opposed to generalisation).
     """
     from common.harness.seeding import seeded_training
     from papers.clsp_transformer.lot_sizing import N_FEATURES, features
@@ -127,8 +129,11 @@ def train_and_evaluate(kind: str, data: Dataset, *, seed: int, steps: int, batch
     train_cpu = time.process_time() - start
     setups, seconds = predict(model, features(data.test))
     result = run_pipeline(data.test, setups, data.test_objective, seconds, data.test_setups)
+    # setup accuracy on (the first n_test) training instances: separates under-fitting from generalisation
+    n_fit = min(data.train.n, data.test.n)
+    train_pred, _ = predict(model, features(data.train[np.arange(n_fit)]))
     info = {"n_parameters": n_parameters(model), "final_loss": float(np.mean(losses[-20:])), "train_cpu_s": train_cpu,
-            "predict_seconds": seconds}
+            "predict_seconds": seconds, "train_accuracy": float(np.mean(train_pred == data.train_setups[:n_fit]))}
     return result, info
 
 

@@ -1,4 +1,9 @@
-"""common.mip: known optima, error paths, and a cross-check against HiGHS called directly through highspy."""
+"""common.mip: known optima, error paths, and a cross-check against HiGHS called directly through highspy.
+
+The independent checks are the enumerations (knapsacks, a lot-sizing instance). The highspy cross-check
+runs the same HiGHS engine, so it tests this wrapper's translation of the problem (constraints, bounds,
+integrality, objective sign), not the solver itself.
+"""
 
 import itertools
 
