@@ -52,8 +52,12 @@ def test_binned_split_keeps_edges_and_whole_bins():
     for b in np.unique(bins[test]):
         assert test[bins == b].all()  # whole bins
     assert round(0.3 * np.unique(bins).size) == np.unique(bins[test]).size
+    two = lc.binned_train_test_split(t, bin_size=5.0, test_size=2, rng=1)  # the paper's final run: 2 bins
+    assert np.unique(bins[two]).size == 2 and not two[bins == bins.min()].any()
     with pytest.raises(ValueError):
         lc.binned_train_test_split(t, bin_size=0.0)
+    with pytest.raises(ValueError):
+        lc.binned_train_test_split(t, test_size=0)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,7 @@ def curve():
     return lc.simulate_light_curve(0, "ztf", np.random.default_rng(3))
 
 
-@pytest.mark.parametrize("name,kwargs", [("gp", {}), ("mlp_sklearn", {}), ("mlp_sklearn_lib", {}), ("mlp_torch", {"n_epochs": 50}),
+@pytest.mark.parametrize("name,kwargs", [("gp", {}), ("mlp_sklearn", {}), ("mlp_sklearn_torch", {"max_iter": 90}), ("mlp_torch", {"n_epochs": 50}),
                                          ("bnn", {"n_epochs": 50}), ("nf", {"n_epochs": 20})])
 def test_approximators_fit_predict_shapes(curve, name, kwargs):
     model = lc.make_approximator(name, 0, **kwargs)
@@ -92,13 +96,15 @@ def test_mlp_objective_matches_sklearn_training_error(curve):
     """Our torch L-BFGS MLP and scikit-learn's MLPRegressor minimise the same objective: similar fits."""
     from sklearn.neural_network import MLPRegressor
 
-    ours = lc.MLPApproximator(0).fit(curve.t, curve.flux, curve.flux_err, curve.log_lam)
+    ours = lc.MLPApproximator(0, max_iter=300).fit(curve.t, curve.flux, curve.flux_err, curve.log_lam)
     x, y = ours._sx(np.column_stack([curve.t, curve.log_lam])), ours._sy(curve.flux)
     errs = []
     for seed in range(3):
-        sk = MLPRegressor(hidden_layer_sizes=(20, 10), activation="tanh", solver="lbfgs", max_iter=90, alpha=1e-4, random_state=seed)
+        sk = MLPRegressor(hidden_layer_sizes=(20, 20), activation="tanh", solver="lbfgs", max_iter=300, alpha=0.1, random_state=seed)
         errs.append(np.sqrt(np.mean((sk.fit(x, y).predict(x) - y) ** 2)))
     assert ours.train_rmse < 3 * max(errs) + 0.05
+    lib = lc.make_approximator("mlp_sklearn", 0)  # the library at the paper's settings
+    assert (lib.hidden, lib.alpha, lib.max_iter) == ((20, 20), 0.1, 900)
 
 
 def test_coupling_layer_inverse_and_log_det():
