@@ -1,0 +1,1 @@
+"""OLSS learned schedulers."""
