@@ -145,3 +145,39 @@ def test_per_label_fit_and_sampling(model):
 def test_stable_diffusion_start_level():
     t = stable_diffusion_start(SCHEDULE)
     assert 0 < t < 1 and SCHEDULE.alpha(torch.tensor(t)).item() == pytest.approx(0.0683, abs=5e-4)
+
+
+def test_closed_loop_on_every_teacher_step_reproduces_the_teacher(model):
+    """Closed-loop fit (the referee's diagnostic) with n = N: the sampler's own states are the teacher's, so the fit
+    is the teacher-forced one (zero residual, DDIM's coefficients) and the sampler reproduces the teacher."""
+    x_fit, x_new = noise(8, seed=3), noise(5, seed=4)
+    with torch.no_grad():
+        times, states, eps = record_teacher(model, x_fit, None, n_teacher=6)
+        sched = fit_olss(times, states, eps, 6, search=False, fit_mode="closed_loop", model=model)
+        assert np.max(sched.fit_mse) < 1e-20
+        wx, we = ddim_coefficients(times, SCHEDULE)
+        assert np.allclose(sched.wx, wx, rtol=1e-7) and np.allclose(sched.we, we, rtol=1e-6, atol=1e-9)
+        assert torch.allclose(olss_sample(model, x_new, None, sched), ddim(model, x_new, time_grid(6, "uniform_t")), atol=1e-8)
+
+
+def test_closed_loop_rollout_error_not_above_teacher_forced(model):
+    """On its own fit noises the closed-loop fit's rollout endpoint error equals its last residual and is <= the
+    teacher-forced fit's rollout error (not a theorem, the steps are fitted greedily; checked on a tiny case)."""
+    x, y = noise(12, seed=8), torch.arange(12) % 2
+    with torch.no_grad():
+        times, states, eps = record_teacher(model, x, y, n_teacher=20)
+        for search in (False, True):
+            tf = fit_per_label(times, states, eps, y, 4, search)
+            cl = fit_per_label(times, states, eps, y, 4, search, fit_mode="closed_loop", model=model,
+                               paths={c: s.path for c, s in tf.items()})
+            for c in (0, 1):
+                rows = y == c
+                assert cl[c].path == tf[c].path
+                err_tf = float(((olss_sample(model, x[rows], y[rows], tf[c]) - states[-1, rows]) ** 2).mean())
+                err_cl = float(((olss_sample(model, x[rows], y[rows], cl[c]) - states[-1, rows]) ** 2).mean())
+                assert err_cl == pytest.approx(cl[c].fit_mse[-1], rel=1e-9, abs=1e-15)
+                assert err_cl <= err_tf + 1e-15
+    with pytest.raises(ValueError):
+        fit_coefficients(times, states, eps, [0, 5], fit_mode="closed_loop")
+    with pytest.raises(ValueError):
+        fit_coefficients(times, states, eps, [0, 5], fit_mode="other")
