@@ -11,10 +11,12 @@ from common.diffusion.samplers import (
     ddim_invert,
     ddim_timesteps,
     dpm_solver_pp_2m,
+    dpm_solver_pp_3m,
     euler_edm,
     heun_edm,
     reference_ode,
     time_grid,
+    unipc,
 )
 from common.diffusion.schedule import VPSchedule
 from common.diffusion.views import Denoiser
@@ -31,6 +33,7 @@ __all__ = [
     "ddim_invert",
     "ddim_timesteps",
     "dpm_solver_pp_2m",
+    "dpm_solver_pp_3m",
     "euler_edm",
     "heun_edm",
     "load_digits_eps",
@@ -38,4 +41,5 @@ __all__ = [
     "reference_ode",
     "time_grid",
     "to_images",
+    "unipc",
 ]

@@ -1,4 +1,4 @@
-r"""Samplers for the probability-flow ODE of a VP diffusion model: DDIM, DPM-Solver++(2M), EDM Euler/Heun.
+r"""Samplers for the probability-flow ODE of a VP diffusion model: DDIM, DPM-Solver++(2M/3M), UniPC, EDM Euler/Heun.
 
 Samplers only call ``model.eps(x, t, y)`` and read ``model.schedule`` (the protocol of
 :mod:`common.diffusion.views`), so the pretrained model, a guided :class:`~common.diffusion.views.Denoiser`
@@ -27,6 +27,7 @@ time :math:`dx/d\lambda = \sigma^2 x - \sigma\hat\varepsilon` (Lu et al. 2022, E
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -267,6 +268,155 @@ def dpm_solver_pp_2m(model, x, ts, y=None, lower_order_final: bool = True,
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
         x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] - sigma[i + 1] * alpha[i] / sigma[i]) * d
         x0_prev = x0
+        if return_trajectory:
+            trajectory.append(x)
+        if callback is not None:
+            callback({"i": i, "t": c["t"][i], "t_next": c["t"][i + 1], "x": x, "x0": x0})
+    return _finish(x, trajectory, return_trajectory)
+
+
+def dpm_solver_pp_3m(model, x, ts, y=None, lower_order_final: bool = True,
+                     return_trajectory: bool = False, callback: Callable | None = None):
+    r"""DPM-Solver++(3M) (Lu et al. 2022b, Sec. 4 and App. B), data prediction, multistep, one NFE per step.
+
+    With :math:`h = \lambda_{i+1} - \lambda_i`, :math:`r_0 = (\lambda_i - \lambda_{i-1})/h` and
+    :math:`r_1 = (\lambda_{i-1} - \lambda_{i-2})/h`, the scaled backward differences of the data predictions
+    :math:`\Delta_0 = (\hat x_0^{(i)} - \hat x_0^{(i-1)})/r_0`, :math:`\Delta_1 = (\hat x_0^{(i-1)} - \hat x_0^{(i-2)})/r_1`
+    give :math:`D_1 = \Delta_0 + \tfrac{r_0}{r_0 + r_1}(\Delta_0 - \Delta_1)` (:math:`\approx h\,\hat x_0'`) and
+    :math:`D_2 = (\Delta_0 - \Delta_1)/(r_0 + r_1)` (:math:`\approx h^2\hat x_0''/2`). Integrating this
+    Taylor expansion exactly against the exponential kernel of the ODE in :math:`\lambda` gives
+
+    .. math:: x_{i+1} = \tfrac{\sigma_{i+1}}{\sigma_i}x_i
+              + \alpha_{i+1}\big(\varphi_1\hat x_0^{(i)} + \varphi_2 D_1 - \varphi_3 D_2\big),\qquad
+              \varphi_1 = 1 - e^{-h},\ \varphi_2 = 1 - \varphi_1/h,\ \varphi_3 = (h - \varphi_1)/h^2 - \tfrac12.
+
+    The first two steps use orders 1 and 2 (the history is short; order 2 is DPM-Solver++(2M) in
+    diffusers' "midpoint" form, :math:`\alpha_{i+1}\varphi_1(\hat x_0^{(i)} + \Delta_0/2)`). The last step is
+    first order when it ends at t = 0 or, with ``lower_order_final`` (diffusers' default), when there are
+    fewer than 15 steps; the step before it is then second order, as in diffusers'
+    ``DPMSolverMultistepScheduler(solver_order=3)``.
+    """
+    ts = check_times(ts)
+    c = grid_coefficients(model.schedule, ts)
+    alpha, sigma, lam = c["alpha"], c["sigma"], c["lambda"]
+    n = len(ts) - 1
+    trajectory, history = [x], []
+    for i in range(n):
+        x0, _ = predict_x0(model, x, c["t"][i], alpha[i], sigma[i], y)
+        history = (history + [x0])[-3:]
+        short = lower_order_final and n < 15
+        order = min(len(history), 3)
+        if i == n - 1 and (sigma[i + 1] == 0.0 or short):
+            order = 1
+        elif i == n - 2 and short:
+            order = min(order, 2)
+        if order == 1:
+            x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] - sigma[i + 1] * alpha[i] / sigma[i]) * x0
+        else:
+            h = lam[i + 1] - lam[i]
+            phi1 = -math.expm1(-h)  # 1 - e^{-h}
+            r0 = (lam[i] - lam[i - 1]) / h
+            delta0 = (history[-1] - history[-2]) / r0
+            if order == 2:  # DPM-Solver++(2M) in diffusers' "midpoint" form
+                x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * phi1 * (x0 + 0.5 * delta0)
+            else:
+                r1 = (lam[i - 1] - lam[i - 2]) / h
+                delta1 = (history[-2] - history[-3]) / r1
+                d1 = delta0 + (r0 / (r0 + r1)) * (delta0 - delta1)
+                d2 = (delta0 - delta1) / (r0 + r1)
+                phi2 = 1.0 - phi1 / h
+                phi3 = (h - phi1) / h**2 - 0.5
+                x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * (phi1 * x0 + phi2 * d1 - phi3 * d2)
+        if return_trajectory:
+            trajectory.append(x)
+        if callback is not None:
+            callback({"i": i, "t": c["t"][i], "t_next": c["t"][i + 1], "x": x, "x0": x0})
+    return _finish(x, trajectory, return_trajectory)
+
+
+# --- UniPC --------------------------------------------------------------------------------------------
+
+
+def _unipc_system(rks: list[float], h: float, variant: str) -> tuple[np.ndarray, np.ndarray, float]:
+    r"""UniPC's linear system for data prediction (Zhao et al. 2023, Eq. 8 and Algorithm 2 / 3).
+
+    With :math:`\tilde h = -h`, :math:`\varphi_1 = e^{\tilde h} - 1` and the recursion
+    :math:`\varphi_{k+1} = \varphi_k/\tilde h - 1/(k+1)!` (starting at :math:`\varphi_1/\tilde h - 1`), the
+    rows are :math:`R_{k} = r^{k-1}` for the nodes :math:`r = (r_1, \dots, r_{p-1}, 1)` and
+    :math:`b_k = k!\,\varphi_{k+1}/B(h)`, with :math:`B(h) = \tilde h` ("bh1") or :math:`e^{\tilde h} - 1` ("bh2").
+    Returns (R, b, B(h)) in float64.
+    """
+    hh = -h
+    if variant == "bh1":
+        b_h = hh
+    elif variant == "bh2":
+        b_h = math.expm1(hh)
+    else:
+        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+    nodes = np.asarray([*rks, 1.0], dtype=np.float64)
+    phi = math.expm1(hh) / hh - 1.0
+    factorial, rows, rhs = 1.0, [], []
+    for k in range(1, len(nodes) + 1):
+        rows.append(nodes ** (k - 1))
+        rhs.append(phi * factorial / b_h)
+        factorial *= k + 1
+        phi = phi / hh - 1.0 / factorial
+    return np.stack(rows), np.asarray(rhs), b_h
+
+
+def unipc(model, x, ts, y=None, order: int = 2, variant: str = "bh2", lower_order_final: bool = True,
+          corrector: bool = True, return_trajectory: bool = False, callback: Callable | None = None):
+    r"""UniPC (Zhao et al. 2023): the UniP-p multistep predictor with the UniC corrector, data prediction,
+    one NFE per step (the corrector reuses the evaluation the next predictor step needs anyway).
+
+    Step i → i+1, with :math:`h = \lambda_{i+1} - \lambda_i`, history nodes
+    :math:`r_k = (\lambda_{i-k} - \lambda_i)/h` and differences :math:`D_k = (\hat x_0^{(i-k)} - \hat x_0^{(i)})/r_k`:
+
+    * UniP-p (Algorithm 2): :math:`x_{i+1} = \tfrac{\sigma_{i+1}}{\sigma_i}x_i - \alpha_{i+1}(e^{-h} - 1)\hat x_0^{(i)}
+      - \alpha_{i+1}B(h)\sum_{k<p}\rho^p_k D_k`, with :math:`\rho^p` solving the first p-1 rows of
+      :func:`_unipc_system` (p = 2: :math:`\rho = 1/2`);
+    * UniC (Algorithm 3): once :math:`\hat x_0^{(i+1)}` is evaluated at the predicted state, the state is
+      recomputed from :math:`x_i` with one more node (r = 1, :math:`D = \hat x_0^{(i+1)} - \hat x_0^{(i)}`) and
+      :math:`\rho^c` solving the full system (order 1: :math:`\rho = 1/2`). The network is *not* called at the
+      corrected state: the next step uses the evaluation at the predicted one.
+
+    The order warms up (1, 2, ...); with ``lower_order_final`` (diffusers' default) the order of step i is at
+    most n - i; a step to t = 0 is always first order (its :math:`h` is infinite). No correction follows
+    the last step. Matches diffusers' ``UniPCMultistepScheduler(predict_x0=True, solver_type=variant)``.
+    """
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    ts = check_times(ts)
+    c = grid_coefficients(model.schedule, ts)
+    alpha, sigma, lam = c["alpha"], c["sigma"], c["lambda"]
+    n = len(ts) - 1
+    trajectory, x0s, x_prev, last_order = [x], [], None, 0
+    for i in range(n):
+        x0, _ = predict_x0(model, x, c["t"][i], alpha[i], sigma[i], y)
+        if corrector and x_prev is not None:  # UniC: correct x_i from x_{i-1} with the new evaluation
+            h = lam[i] - lam[i - 1]
+            rks = [(lam[i - 1 - k] - lam[i - 1]) / h for k in range(1, last_order)]
+            diffs = [(x0s[-1 - k] - x0s[-1]) / r for k, r in zip(range(1, last_order), rks, strict=True)]
+            R, b, b_h = _unipc_system(rks, h, variant)
+            rho = [0.5] if last_order == 1 else np.linalg.solve(R, b).tolist()
+            res = sum((r * d for r, d in zip(rho[:-1], diffs, strict=True)), torch.zeros_like(x)) + rho[-1] * (x0 - x0s[-1])
+            x = (sigma[i] / sigma[i - 1]) * x_prev + alpha[i] * (-math.expm1(-h)) * x0s[-1] - alpha[i] * b_h * res
+        x0s = (x0s + [x0])[-order:]
+        p = min(order, len(x0s), n - i if lower_order_final else order)
+        if sigma[i + 1] == 0.0:
+            p = 1
+        x_prev = x
+        if p == 1:
+            x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] - sigma[i + 1] * alpha[i] / sigma[i]) * x0
+        else:
+            h = lam[i + 1] - lam[i]
+            rks = [(lam[i - k] - lam[i]) / h for k in range(1, p)]
+            diffs = [(x0s[-1 - k] - x0) / r for k, r in zip(range(1, p), rks, strict=True)]
+            R, b, b_h = _unipc_system(rks, h, variant)
+            rho = [0.5] if p == 2 else np.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
+            res = sum((r * d for r, d in zip(rho, diffs, strict=True)), torch.zeros_like(x))
+            x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * (-math.expm1(-h)) * x0 - alpha[i + 1] * b_h * res
+        last_order = p
         if return_trajectory:
             trajectory.append(x)
         if callback is not None:
