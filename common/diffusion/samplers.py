@@ -1,4 +1,4 @@
-r"""Samplers for the probability-flow ODE of a VP diffusion model: DDIM, DPM-Solver++(2M/3M), UniPC, EDM Euler/Heun.
+r"""Samplers for the probability-flow ODE of a VP diffusion model: DDIM, DPM-Solver++(2M/3M), singlestep DPM-Solver(++)-1/2/3, UniPC, EDM Euler/Heun.
 
 Samplers only call ``model.eps(x, t, y)`` and read ``model.schedule`` (the protocol of
 :mod:`common.diffusion.views`), so the pretrained model, a guided :class:`~common.diffusion.views.Denoiser`
@@ -331,6 +331,114 @@ def dpm_solver_pp_3m(model, x, ts, y=None, lower_order_final: bool = True,
             trajectory.append(x)
         if callback is not None:
             callback({"i": i, "t": c["t"][i], "t_next": c["t"][i + 1], "x": x, "x0": x0})
+    return _finish(x, trajectory, return_trajectory)
+
+
+# --- DPM-Solver-2/3 and DPM-Solver++(2S/3S), singlestep ------------------------------------------------
+
+
+def singlestep_orders(n_steps: int, order: int = 3, lower_order_final: bool = True, final_zero: bool = False) -> list[int]:
+    """The order of every grid interval of a singlestep solver (diffusers' ``get_order_list``).
+
+    A macro step of order k spans k consecutive intervals of the grid: [1, 2, 3] is one third-order step
+    whose two intermediate points are grid points. With ``lower_order_final`` the last macro step is
+    shortened so the grid is covered exactly (e.g. n = 6, k = 3: [1, 2, 3, 1, 2, 1]); a final step to
+    t = 0 is first order.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    cycle = list(range(1, order + 1))
+    if not lower_order_final:
+        orders = cycle * (n_steps // order)
+        if len(orders) != n_steps:
+            raise ValueError(f"without lower_order_final, n_steps ({n_steps}) must be a multiple of the order ({order})")
+    elif order == 3:
+        tail = {0: [1, 2, 1], 1: [1], 2: [1, 2]}[n_steps % 3]
+        orders = cycle * (n_steps // 3 - (n_steps % 3 == 0)) + tail
+    elif order == 2:
+        orders = cycle * (n_steps // 2 - (n_steps % 2 == 0)) + ([1, 1] if n_steps % 2 == 0 else [1])
+    else:
+        orders = [1] * n_steps
+    if final_zero:
+        orders[-1] = 1
+    return orders
+
+
+def dpm_solver_singlestep(model, x, ts, y=None, order: int = 3, algorithm: str = "dpmsolver",
+                          solver_type: str = "midpoint", lower_order_final: bool = True,
+                          return_trajectory: bool = False, callback: Callable | None = None):
+    r"""Singlestep DPM-Solver-k (Lu et al. 2022a, Algorithms 1-2; ``algorithm="dpmsolver"``, noise
+    prediction) and DPM-Solver++(kS) (Lu et al. 2022b; ``"dpmsolver++"``, data prediction), one NFE per
+    grid point, as diffusers' ``DPMSolverSinglestepScheduler``.
+
+    The grid is split into macro steps by :func:`singlestep_orders`; a macro step from :math:`s` (state
+    :math:`x_s`) of order k evaluates the model at :math:`s` and at its k - 1 intermediate grid points, each
+    reached from :math:`x_s` by the lower-order formula, and ends with the order-k formula. With
+    :math:`h = \lambda_t - \lambda_s`, the model outputs :math:`m_s, m_{u_1}, m_{u_2}` at :math:`r_1 h, r_2 h`
+    and :math:`D_1^{(j)} = (m_{u_j} - m_s)/r_j`, for data prediction
+
+    .. math:: x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\varphi_1 m_s + \alpha_t c\,D_1 (+ \text{a } D_2 \text{ term}),
+              \quad \varphi_1 = 1 - e^{-h},
+
+    with ``solver_type="midpoint"``: order 2 :math:`c = \varphi_1/2`, order 3 :math:`c = 1 - \varphi_1/h` on
+    :math:`D_1^{(2)}` alone (the paper's DPM-Solver-3 final update); ``"heun"``: :math:`c = 1 - \varphi_1/h`
+    and, at order 3, the full second-order Taylor term with
+    :math:`D_1 = (r_2 D_1^{(1)} - r_1 D_1^{(2)})/(r_2 - r_1)`, :math:`D_2 = 2(D_1^{(2)} - D_1^{(1)})/(r_2 - r_1)`.
+    Noise prediction swaps :math:`(\sigma, \alpha, -h)` for :math:`(\alpha, \sigma, h)` (Lu et al. 2022a, Eq. 3.7).
+    """
+    if algorithm not in ("dpmsolver", "dpmsolver++"):
+        raise ValueError(f"algorithm must be 'dpmsolver' or 'dpmsolver++', got {algorithm!r}")
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    ts = check_times(ts)
+    c = grid_coefficients(model.schedule, ts)
+    alpha, sigma, lam = c["alpha"], c["sigma"], c["lambda"]
+    n = len(ts) - 1
+    orders = singlestep_orders(n, order, lower_order_final, final_zero=sigma[-1] == 0.0)
+    data = algorithm == "dpmsolver++"
+    trajectory, outs, start, j = [x], [], x, 0
+    for i in range(n):
+        x0, eps = predict_x0(model, x, c["t"][i], alpha[i], sigma[i], y)
+        k = orders[i]
+        if k == 1:
+            start, j, outs = x, i, []
+        outs.append(x0 if data else eps)
+        t1 = i + 1
+        if data:  # x_t = sigma_t/sigma_s x_s + alpha_t * (...)
+            lead = (sigma[t1] / sigma[j]) * start
+            base = alpha[t1] - sigma[t1] * alpha[j] / sigma[j]  # alpha_t (1 - e^{-h}), finite at sigma_t = 0
+        else:  # x_t = alpha_t/alpha_s x_s - sigma_t * (...)
+            lead = (alpha[t1] / alpha[j]) * start
+            base = -(alpha[t1] * sigma[j] / alpha[j] - sigma[t1])  # -sigma_t (e^h - 1), finite at sigma_t = 0
+        x = lead + base * outs[0]
+        if k > 1:
+            h = lam[t1] - lam[j]
+            scale = alpha[t1] if data else sigma[t1]
+            e = math.expm1(-h) if data else math.expm1(h)  # e^{-h} - 1  |  e^h - 1
+            phi2 = (e / (-h if data else h) - 1.0) * (-1.0 if data else 1.0)  # 1 - phi1/h  |  (e^h - 1)/h - 1
+            sign = 1.0 if data else -1.0
+            rs = [(lam[j + m] - lam[j]) / h for m in range(1, k)]
+            d1s = [(outs[m] - outs[0]) / rs[m - 1] for m in range(1, k)]
+            if k == 2:
+                coef = -0.5 * e if data else 0.5 * e
+                coef = coef if solver_type == "midpoint" else phi2
+                x = x + sign * scale * coef * d1s[0]
+            elif solver_type == "midpoint":
+                x = x + sign * scale * phi2 * d1s[1]
+            else:
+                r1, r2 = rs
+                d1 = (r2 * d1s[0] - r1 * d1s[1]) / (r2 - r1)
+                d2 = 2.0 * (d1s[1] - d1s[0]) / (r2 - r1)
+                if data:  # + alpha_t (phi2 D1 - ((e^{-h} - 1 + h)/h^2 - 1/2) D2)
+                    x = x + scale * (phi2 * d1 - ((e + h) / h**2 - 0.5) * d2)
+                else:  # - sigma_t (phi2 D1 + ((e^h - 1 - h)/h^2 - 1/2) D2)
+                    x = x - scale * (phi2 * d1 + ((e - h) / h**2 - 0.5) * d2)
+        if return_trajectory:
+            trajectory.append(x)
+        if callback is not None:
+            callback({"i": i, "t": c["t"][i], "t_next": c["t"][t1], "x": x, "x0": x0})
     return _finish(x, trajectory, return_trajectory)
 
 
