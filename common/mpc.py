@@ -18,10 +18,12 @@ simulator plays all three parties in one process and *counts* every message.
   with a zero-sharing ``a_0 + a_1 + a_2 = 0`` (from pairwise PRF keys; here NumPy generators), then sends
   ``z_i`` to party ``i-1``: **one round, three ring elements per product** (a matrix product costs three
   ring elements per *output* entry);
-* truncation (ABY3's Pi_trunc2 with a preprocessed pair ``(r, r >> f)``): open ``c = x - r`` (one round,
-  three elements), output ``(c >> f) + (r >> f)``; off by at most one unit in the last place, except with
-  probability about ``|x| / 2^63`` (a wrap), which :attr:`RSS3.large_trunc_errors` counts. The pair comes
-  from an offline dealer and is not counted as online communication;
+* truncation: probabilistic truncation with a correct top bit (Escudero et al. 2020, SPU's ABY3 ``TruncAPr``):
+  open ``c = x + 2^62 + r`` for a dealer's mask ``r`` (one round, three elements), correct the wrap with the
+  shared top bit of ``r``; off by at most one unit in the last place whenever ``|x| < 2^62`` (ABY3's plain
+  Pi_trunc2 instead fails with probability about ``|x| / 2^63``, which at f = 18 breaks a LayerNorm of values
+  near 100 once in about 10^4). :attr:`RSS3.large_trunc_errors` counts errors beyond one unit. The dealer's
+  material is offline and not counted;
 * comparison (``ltz``, the sign bit) and normalisation (the power of two of a positive value, which
   reciprocal and inverse square root start from) are **ideal functionalities**: the simulator reconstructs,
   computes in the clear and re-shares with fresh randomness, and *counts the cost of the ABY3 circuit that
@@ -258,18 +260,31 @@ class RSS3:
         return self._reshare(np.matmul(a, b) + np.matmul(a, b1) + np.matmul(a1, b))
 
     def truncate(self, x: Shared, bits: int | None = None) -> Shared:
-        """ABY3 Pi_trunc2: open ``c = x - r`` and output ``(c >> bits) + (r >> bits)`` (probabilistic, +-1 ulp).
+        """Probabilistic truncation with a correct top bit (Escudero et al., CRYPTO 2020, section 5.1; the
+        ``TruncAPr`` of SPU's ABY3): exact up to +-1 ulp for every ``|x| < 2^62``, no rare large failure.
 
-        The pair ``(r, r >> bits)`` comes from an offline dealer (not counted); opening ``c`` costs one round
-        and three ring elements per value, booked as ``trunc``.
+        With ``x' = x + 2^62`` in ``[0, 2^63)`` and a dealer's ``r = b 2^63 + r'`` (``b`` a bit, ``r' < 2^63``),
+        open ``c = x' + r``; writing ``c = c_b 2^63 + c'`` gives ``x' + r' = c' + (c_b xor b) 2^63`` with
+        ``c_b xor b = c_b + b - 2 c_b b`` linear in the shared ``b``, so
+        ``x' >> f ~ (c' >> f) - (r' >> f) + (c_b xor b) 2^(63 - f)`` and ``x >> f = x' >> f - 2^(62 - f)``.
+        The dealer's shares (of ``r``, ``b`` and ``r' >> f``) are offline material, not counted; opening ``c``
+        costs one round and three ring elements per value, booked as ``trunc``.
         """
         bits = self.f if bits is None else bits
         n = math.prod(x.shape)
-        r = self._random_ring(x.shape)
-        c = self.reconstruct(self.sub(x, self.share_ring(r)))
+        top = np.uint64(1) << np.uint64(RING_BITS - 1)
+        r_low = self._random_ring(x.shape) & (top - np.uint64(1))
+        b = self.rng.integers(0, 2, size=x.shape, dtype=np.uint64)
+        shift = np.uint64(bits)
+        c = self.reconstruct(self.add_public_ring(self.add(x, self.share_ring(b * top + r_low)), top >> np.uint64(1)))
         self.cost.add("trunc", n)
-        out = self.add_public_ring(self.share_ring(self.fxp.truncate(r, bits)), self.fxp.truncate(c, bits))
-        # bookkeeping (the simulator looking): the rare wrap that makes the probabilistic truncation fail
+        c_b, c_low = c >> np.uint64(RING_BITS - 1), c & (top - np.uint64(1))
+        b_sh, s_sh = self.share_ring(b), self.share_ring(r_low >> shift)
+        v = Shared(b_sh.comps * (np.uint64(1) - np.uint64(2) * c_b))  # b or 1 - b (the 1 added below)
+        v = self.add_public_ring(v, c_b)
+        out = self.sub(Shared(v.comps * (np.uint64(1) << np.uint64(RING_BITS - 1 - bits))), s_sh)
+        out = self.add_public_ring(out, (c_low >> shift) - (np.uint64(1) << np.uint64(RING_BITS - 2 - bits)))
+        # bookkeeping (the simulator looking): errors beyond one unit, possible only when |x| >= 2^62
         exact = self.fxp.truncate(self.reconstruct(x), bits).view(np.int64)
         got = self.reconstruct(out).view(np.int64)
         self.n_truncations += n
