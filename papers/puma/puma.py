@@ -26,10 +26,11 @@ pretrained model needs no fine-tuning:
 
 Baselines: the plaintext model (float64, exact functions); **MPCFormer**'s "Quad" GeLU
 ``0.125 x^2 + 0.25 x + 0.5`` and "2Quad" softmax ``(x + c)^2 / sum (x + c)^2`` (c = 5), which MPCFormer
-only uses *after* distillation; and **CrypTen-default** approximations (GeLU through ``tanh = 2 sigma(2x) - 1``
-with CrypTen's sigmoid: ``exp`` by the same Taylor limit and a 10-step Newton reciprocal started at
-``3 e^(1 - 2x) + 0.003``; softmax with the same max subtraction and exp but no mask, and that Newton
-reciprocal).
+only uses *after* distillation; and **CrypTen-default** approximations, re-derived from CrypTen's
+source and ``configs/default.yaml``: GeLU in tanh form through CrypTen's sigmoid (``exp`` with 9 iterations, 3
+Newton steps from 0.75); softmax with CrypTen's ``max(dim)`` (log-reduction tree, pairwise step and the argmax
+one-hot it always computes), the same exp without the mask, and CrypTen's 10-step Newton reciprocal started at
+``3 e^(1 - 2x) + 0.003``.
 
 Every approximation is written once against a small set of operations (:class:`Float64Ops`,
 :class:`FixedOps`, :class:`MPCOps`) so that the same code runs in float64 (approximation error only), in
@@ -56,7 +57,10 @@ RSQRT_POLY = (4.14285016, -15.47994394, 38.4714796, -49.86605845, 26.02942339)
 SOFTMAX_CLIP = -14.0
 EXP_ITERS = 8  # SPU's default fxp_exp_iters (the LLaMA example's config lowers it to 5) and CrypTen's default
 RECIPROCAL_ITERS = 2  # SPU's default Goldschmidt iterations for the reciprocal
-CRYPTEN_RECIPROCAL_ITERS = 10
+CRYPTEN_RECIPROCAL_ITERS = 10  # CrypTen's reciprocal_nr_iters (configs/default.yaml)
+CRYPTEN_SIGMOID_EXP_ITERS = 9  # CrypTen's sigmoid overrides: exp_iterations 9, reciprocal_nr_iters 3, initial 0.75
+CRYPTEN_SIGMOID_NR_ITERS = 3
+CRYPTEN_SIGMOID_INITIAL = 0.75
 QUAD_C = 5.0  # MPCFormer's 2Quad constant
 MASK_FILL = -64.0  # public value placed at causally masked scores before the row maximum
 
@@ -112,6 +116,12 @@ class Float64Ops:
 
     def ltz(self, a):
         return (a < 0).astype(np.float64)
+
+    def bit_to_fixed(self, a):
+        return a
+
+    def cumsum(self, a, axis: int):
+        return np.cumsum(a, axis=axis)
 
     def normalize(self, a, offset: int = 0):
         e = np.floor(np.log2(a)) + 1 - offset
@@ -184,6 +194,12 @@ class FixedOps:
     def ltz(self, a):
         return (a.view(np.int64) < 0).astype(np.int64).view(np.uint64)
 
+    def bit_to_fixed(self, a):
+        return a * np.uint64(1 << self.fxp.frac_bits)
+
+    def cumsum(self, a, axis: int):
+        return np.cumsum(a, axis=axis, dtype=np.uint64)
+
     def normalize(self, a, offset: int = 0):
         value = self.fxp.decode(a)
         e = np.floor(np.log2(value)) + 1 - offset
@@ -253,6 +269,13 @@ class MPCOps:
 
     def ltz(self, a):
         return self.rss.ltz(a)
+
+    def bit_to_fixed(self, a):
+        return self.rss.mul_public_ring(a, np.uint64(1 << self.fxp.frac_bits))
+
+    def cumsum(self, a, axis: int):
+        axis = axis % len(a.shape) + 1
+        return Shared(np.cumsum(a.comps, axis=axis, dtype=np.uint64))
 
     def normalize(self, a, offset: int = 0):
         return self.rss.normalize(a, offset)
@@ -409,21 +432,38 @@ def gelu_quad(ops, x):
     return polynomial(ops, x, {0: 0.5, 1: 0.25, 2: 0.125})
 
 
-def sigmoid_crypten(ops, x, exp_iters: int = EXP_ITERS):
-    """CrypTen's default sigmoid: ``s = 1/(1 + e^-|x|)`` (Newton reciprocal), ``1 - s`` for negative ``x``."""
+def sigmoid_crypten(ops, x, exp_iters: int = CRYPTEN_SIGMOID_EXP_ITERS, nr_iters: int = CRYPTEN_SIGMOID_NR_ITERS,
+                    initial: float | None = CRYPTEN_SIGMOID_INITIAL):
+    """CrypTen's default sigmoid (``sigmoid_tanh_method: reciprocal``): ``s = 1/(1 + e^-|x|)``, ``1 - s`` for
+    negative ``x``. CrypTen overrides its reciprocal defaults here: ``exp`` with 9 iterations and 3 Newton steps
+    ``y <- 2y - y^2 d`` started at the public 0.75 (the denominator lies in ``(1, 2]``). ``initial=None`` starts
+    from CrypTen's general reciprocal guess ``3 e^(1 - 2d) + 0.003`` instead (with ``nr_iters`` = 10 and
+    ``exp_iters`` = 8: the heavier variant this replication first used, kept as a diagnostic).
+    """
     neg = ops.ltz(x)
     sign = ops.add_int(ops.mul_int(neg, -2), 1)
     pos = ops.mul_bit(x, sign)
     den = ops.add_const(exp_taylor(ops, ops.mul_int(pos, -1), exp_iters), 1.0)
-    s = reciprocal_crypten(ops, den, exp_iters=exp_iters)
-    return ops.add(s, ops.mul_bit(ops.add_const(ops.mul_int(s, -2), 1.0), neg))
+    if initial is None:
+        s = reciprocal_crypten(ops, den, iters=nr_iters, exp_iters=exp_iters)
+    else:
+        # CrypTen's Newton step y <- 2y - y^2 d; from a public y0 the first step is local: 2 y0 - y0^2 d
+        s = ops.add_const(ops.mul_const(den, -initial * initial), 2.0 * initial)
+        for _ in range(nr_iters - 1):
+            s = ops.sub(ops.add(s, s), ops.mul(ops.mul(s, s), den))
+    keep = ops.add_int(ops.mul_int(neg, -1), 1)
+    # CrypTen's where(1 - ltz, s, 1 - s): two products with the bit
+    return ops.add(ops.mul_bit(s, keep), ops.mul_bit(ops.add_const(ops.mul_int(s, -1), 1.0), neg))
 
 
-def gelu_crypten(ops, x, exp_iters: int = EXP_ITERS):
-    """CrypTen-default-style GeLU: ``0.5 x (1 + tanh(z)) = x sigma(2z)``, ``z = sqrt(2/pi)(x + 0.044715 x^3)``."""
+def gelu_crypten(ops, x, **sigmoid_kwargs):
+    """Tanh-form GeLU through CrypTen's sigmoid: ``0.5 x (1 + tanh(z)) = x sigma(2z)``,
+    ``z = sqrt(2/pi)(x + 0.044715 x^3)`` (CrypTen's ``tanh(z) = 2 sigma(2z) - 1``). ``sigmoid_kwargs`` go to
+    :func:`sigmoid_crypten` (defaults: CrypTen's own configuration).
+    """
     c = math.sqrt(2.0 / math.pi)
     z2 = polynomial(ops, x, {1: 2 * c, 3: 2 * c * 0.044715})
-    return ops.mul(x, sigmoid_crypten(ops, z2, exp_iters))
+    return ops.mul(x, sigmoid_crypten(ops, z2, **sigmoid_kwargs))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -442,10 +482,59 @@ def softmax_puma(ops, x, mask=None, exp_iters: int = EXP_ITERS, clip: float = SO
     return ops.mul(e, reciprocal_puma(ops, ops.sum(e, axis=-1, keepdims=True)))
 
 
-def softmax_crypten(ops, x, mask=None, exp_iters: int = EXP_ITERS):
-    """CrypTen's default softmax: ``exp(x - max)`` (same Taylor limit, no clipping) times the Newton reciprocal."""
+def weighted_index(ops, bits, random_state=0):
+    """CrypTen's ``weighted_index`` along the last axis (its tie-break of an argmax): one of the 1-bits of a 0/1
+    vector, chosen uniformly: ``c = cumsum(bits)``, ``r = u c_last`` (``u`` a shared uniform in [0, 1), one product
+    per row), ``g = [c > r]`` (one comparison per element), one-hot ``g - shift(g)``. Bits are integer shares.
+    """
+    c = ops.cumsum(bits, axis=-1)
+    u = ops.enc(np.random.default_rng(random_state).uniform(0.0, 1.0, size=c.shape[:-1] + (1,)))
+    r = ops.mul_bit(u, c[..., -1:])  # fixed point times an integer: no truncation
+    g = ops.ltz(ops.sub(r, ops.bit_to_fixed(c)))  # [c > r]
+    zero = ops.mul_int(g[..., :1], 0)
+    return ops.sub(g, ops.concat([zero, g[..., :-1]], axis=-1))
+
+
+def row_max_crypten(ops, x, random_state=0):
+    """CrypTen's ``max(dim)`` with its default ``max_method: log_reduction`` (crypten/common/functions/maximum.py):
+    ``int(ln n)`` halving steps ``where(a >= b, a, b)``, then the pairwise method on the ``m`` survivors (each
+    compared with its ``m - 1`` cyclic shifts, the bits multiplied, ties broken by :func:`weighted_index`, the max
+    read as ``sum(x one_hot)``), and, because ``max(dim)`` always returns the argmax too, the one-hot over the whole
+    row: ``eq(x, max)`` (two comparisons per element) and another :func:`weighted_index`. The softmax discards the
+    argmax; its cost is CrypTen's.
+    """
+    r = x
+    for _ in range(int(math.log(x.shape[-1]))):
+        m = r.shape[-1]
+        a, b = r[..., : m // 2], r[..., m // 2 : 2 * (m // 2)]
+        ge = ops.add_int(ops.mul_int(ops.ltz(ops.sub(a, b)), -1), 1)  # [a >= b]
+        mx = ops.add(b, ops.mul_bit(ops.sub(a, b), ge))
+        r = ops.concat([mx, r[..., 2 * (m // 2) :]], axis=-1) if m % 2 else mx
+    m = r.shape[-1]
+    if m > 1:
+        onehot = None
+        for i in range(1, m):
+            shifted = ops.concat([r[..., i:], r[..., :i]], axis=-1)
+            ge = ops.add_int(ops.mul_int(ops.ltz(ops.sub(r, shifted)), -1), 1)
+            onehot = ge if onehot is None else ops.mul_bit(onehot, ge)
+        onehot = weighted_index(ops, onehot, random_state)
+        r = ops.sum(ops.mul_bit(r, onehot), axis=-1, keepdims=True)
+    d = ops.sub(x, r)
+    ne = ops.add(ops.ltz(d), ops.ltz(ops.mul_int(d, -1)))
+    weighted_index(ops, ops.add_int(ops.mul_int(ne, -1), 1), random_state + 1)  # the argmax CrypTen also returns
+    return r
+
+
+def softmax_crypten(ops, x, mask=None, exp_iters: int = EXP_ITERS, max_method: str = "crypten"):
+    """CrypTen's default softmax: ``exp(x - max)`` (same Taylor limit, no clipping) times the Newton reciprocal of
+    the row sum (``reciprocal_all_pos``: no sign). ``max_method="crypten"`` computes the maximum as CrypTen does
+    (:func:`row_max_crypten`, argmax included); ``"tree"`` uses PUMA's plain comparison tree (:func:`row_max`), a
+    same-max diagnostic that isolates the exp/clip/reciprocal differences.
+    """
+    if max_method not in ("crypten", "tree"):
+        raise ValueError(f"max_method must be 'crypten' or 'tree', got {max_method!r}")
     x = _masked(ops, x, mask)
-    d = ops.sub(x, row_max(ops, x))
+    d = ops.sub(x, row_max_crypten(ops, x) if max_method == "crypten" else row_max(ops, x))
     e = exp_taylor(ops, d, exp_iters)
     if mask is not None:
         e = ops.mul_int(e, np.asarray(mask, dtype=np.int64))
@@ -589,11 +678,16 @@ def sample_windows(stream, n: int, length: int, rng) -> tuple[np.ndarray, np.nda
 
 
 def communication(fn, shape, *args, random_state=0, **kwargs) -> dict:
-    """Bytes and rounds of ``fn(ops, x, ...)`` on a shared input of ``shape`` (input-independent counts)."""
+    """Bytes and rounds of ``fn(ops, x, ...)`` on a shared input of ``shape`` (input-independent counts), and the
+    comparisons per input element (``ltz_per_element``) with the bytes they account for (``ltz_bytes``).
+    """
     ops = MPCOps(random_state=random_state)
     x = ops.enc(np.random.default_rng(random_state).normal(size=shape))
     before = ops.rss.cost.snapshot()
+    ltz_before = list(ops.rss.cost.by_op["ltz"])
     fn(ops, x, *args, **kwargs)
     after = ops.rss.cost.snapshot()
-    return {"bytes": after[0] - before[0], "rounds": after[1] - before[1],
-            "bytes_per_element": (after[0] - before[0]) / math.prod(shape)}
+    ltz_after = ops.rss.cost.by_op["ltz"]
+    n = math.prod(shape)
+    return {"bytes": after[0] - before[0], "rounds": after[1] - before[1], "bytes_per_element": (after[0] - before[0]) / n,
+            "ltz_per_element": (ltz_after[1] - ltz_before[1]) / n, "ltz_bytes": ltz_after[2] - ltz_before[2]}

@@ -109,3 +109,32 @@ def test_next_token_metrics():
     m = P.next_token_metrics(logits, logits, np.array([[0, 2]]))
     assert m["agreement"] == 1.0 and math.isclose(m["ppl_ratio"], 1.0)
     assert math.isclose(m["ppl"], math.exp(-(math.log(0.7) + math.log(0.8)) / 2))
+
+
+@pytest.mark.parametrize("kind", ["float64", "fixed", "mpc"])
+def test_crypten_max_and_weighted_index(kind):
+    """CrypTen's log-reduction max (with its pairwise step and argmax one-hot) returns the exact maximum, ties
+    included; weighted_index keeps exactly one of the 1-bits of each row (none for an all-zero row)."""
+    ops = P.make_ops(kind, random_state=0)
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=(2, 3, 16)) * 3, 2)
+    x[0, 0, :] = 1.5  # a row of ties
+    assert np.allclose(ops.dec(P.row_max_crypten(ops, ops.enc(x)))[..., 0], x.max(-1), atol=1e-4)
+    bits = (x > 0).astype(np.int64)
+    bits[1, 2, :] = 0
+    oh = P.weighted_index(ops, ops.enc_int(bits) if kind != "float64" else bits.astype(float))
+    oh = np.asarray(ops.rss.reconstruct(oh).view(np.int64) if kind == "mpc" else (oh if kind == "float64" else oh.view(np.int64)))
+    assert np.array_equal(oh.sum(-1), bits.any(-1).astype(int)) and np.all(oh[bits == 0] == 0)
+
+
+def test_crypten_gelu_follows_crypten_sigmoid_config():
+    """CrypTen's sigmoid (exp 9 iterations, 3 Newton steps from 0.75) is accurate: tanh-GeLU within 1e-3 on [-10, 10];
+    it uses one comparison per element, PUMA's GeLU three."""
+    grid = np.linspace(-10, 10, 20001)
+    assert np.abs(P.gelu_crypten(P.Float64Ops(), grid) - P.gelu_exact(grid)).max() < 1e-3
+    fx = P.FixedOps(18)
+    assert np.abs(fx.dec(P.gelu_crypten(fx, fx.enc(grid))) - P.gelu_exact(grid)).max() < 1.5e-3
+    assert P.communication(P.gelu_crypten, (4, 8))["ltz_per_element"] == 1.0
+    assert P.communication(P.gelu_puma, (4, 8))["ltz_per_element"] == 3.0
+    with pytest.raises(ValueError):
+        P.softmax_crypten(P.Float64Ops(), np.zeros((2, 2)), max_method="argsort")
