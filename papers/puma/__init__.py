@@ -1,0 +1,1 @@
+"""PUMA secure LLM inference."""
