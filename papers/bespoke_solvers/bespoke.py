@@ -115,14 +115,14 @@ def uniform_flow_grid(lo: float, hi: float, n_steps: int) -> torch.Tensor:
 
 def rk_euler(model, x: torch.Tensor, taus: torch.Tensor, y=None) -> torch.Tensor:
     """Euler (RK1) in FM time along increasing ``taus``: x += h u(x, tau); one NFE per step."""
-    for a, b in zip(taus[:-1].tolist(), taus[1:].tolist()):
+    for a, b in zip(taus[:-1].tolist(), taus[1:].tolist(), strict=True):
         x = x + (b - a) * velocity(model, x, a, y)
     return x
 
 
 def rk_midpoint(model, x: torch.Tensor, taus: torch.Tensor, y=None) -> torch.Tensor:
     """Explicit midpoint (RK2) in FM time: x += h u(x + h/2 u(x, tau), tau + h/2); two NFE per step."""
-    for a, b in zip(taus[:-1].tolist(), taus[1:].tolist()):
+    for a, b in zip(taus[:-1].tolist(), taus[1:].tolist(), strict=True):
         h = b - a
         z = x + 0.5 * h * velocity(model, x, a, y)
         x = x + h * velocity(model, z, a + 0.5 * h, y)
@@ -212,7 +212,7 @@ class BespokeSolver(nn.Module):
     def lipschitz(self, lipschitz_u: float = 1.0, g: dict | None = None) -> torch.Tensor:
         """[n] Lipschitz bounds L_i of the steps (module docstring), with Lip(u) <= ``lipschitz_u``."""
         g = self.grid() if g is None else g
-        t, td, s, sd = g["t"], g["tdot"], g["s"], g["sdot"]
+        td, s, sd = g["tdot"], g["s"], g["sdot"]
         h, L = 1.0 / self.n_steps, float(lipschitz_u)
         if self.order == 1:
             return ((s[:-1] + h * sd[:-1]).abs() + h * td[:-1] * s[:-1] * L) / s[1:]

@@ -95,8 +95,9 @@ def test_lipschitz_bound_of_identity_steps():
     assert torch.allclose(rk1, torch.full((n,), 1 + h * L, dtype=torch.float64))
 
 
-def test_loss_is_zero_on_exact_steps_and_gradients_flow():
-    """On a linear ODE with exactly interpolated paths the local errors of the matching transform vanish."""
+def test_hermite_is_exact_on_smooth_paths_and_loss_gradients_flow():
+    """Hermite interpolation reproduces a smooth path; the bound loss of the identity transform is positive and
+    gives finite gradients to every parameter."""
     a, lo, hi = -1.0, 0.1, 0.9
     lambdas = torch.logit(torch.linspace(lo, hi, 200, dtype=torch.float64))
     taus = torch.sigmoid(lambdas)
@@ -108,7 +109,7 @@ def test_loss_is_zero_on_exact_steps_and_gradients_flow():
     assert torch.allclose(B.hermite(gt, q), x0 * math.exp(a * (0.37 - lo)), atol=1e-9)
     solver = B.BespokeSolver(3, 2, lo, hi)
     loss, parts = B.rmse_bound_loss(solver, LinearFlow(a), gt, dtype=torch.float64)
-    assert float(loss) > 0 and parts["local"].shape == (3,) and float(parts["M"][-1]) == 1.0
+    assert float(loss.detach()) > 0 and parts["local"].shape == (3,) and float(parts["M"][-1]) == 1.0
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in solver.parameters())
 
