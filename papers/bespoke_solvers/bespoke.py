@@ -64,6 +64,7 @@ velocities (cubic Hermite), which is differentiable in the (learnable) query tim
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,22 @@ def uniform_flow_grid(lo: float, hi: float, n_steps: int) -> torch.Tensor:
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     return torch.linspace(lo, hi, n_steps + 1, dtype=torch.float64)
+
+
+def logsnr_flow_grid(lo: float, hi: float, n_steps: int) -> torch.Tensor:
+    r"""FM times uniform in log-SNR: :math:`\tau_i = \mathrm{sigmoid}(\lambda_i)`, :math:`\lambda_i` uniform between
+    :math:`\mathrm{logit}(lo)` and :math:`\mathrm{logit}(hi)` (the VP log-SNR grid of DPM-Solver, in FM time).
+
+    A stronger fixed grid for RK2 than the uniform FM grid on this VP-trained model (a baseline added by the
+    referee: the paper's base solver uses the uniform grid)."""
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if not 0 < lo < hi < 1:
+        raise ValueError(f"need 0 < lo < hi < 1 (FM times), got {lo}, {hi}")
+    lam = torch.linspace(math.log(lo / (1 - lo)), math.log(hi / (1 - hi)), n_steps + 1, dtype=torch.float64)
+    grid = torch.sigmoid(lam)
+    grid[0], grid[-1] = lo, hi
+    return grid
 
 
 def rk_euler(model, x: torch.Tensor, taus: torch.Tensor, y=None) -> torch.Tensor:
@@ -372,7 +389,8 @@ def evaluate_solvers(model, solvers: dict, x_vp: torch.Tensor, y, reference_vp: 
     """RMSE and PSNR (data range 2) to the reference VP endpoint of every method at ``nfe`` network calls.
 
     ``solvers`` maps a name to a trained :class:`BespokeSolver` with that NFE; the baselines (RK1/RK2 on the uniform
-    FM grid, DDIM on the uniform-t grid, DPM-Solver++(2M) on the uniform-t and log-SNR grids) are run here, all
+    FM grid, RK2 on the log-SNR FM grid, DDIM on the uniform-t grid, DPM-Solver++(2M) on the uniform-t and log-SNR
+    grids) are run here, all
     from the same ``x_vp``. The NFE of every run is measured with the model's counter.
     """
     if nfe % 2:
@@ -389,6 +407,8 @@ def evaluate_solvers(model, solvers: dict, x_vp: torch.Tensor, y, reference_vp: 
     x_flow = vp_to_flow(model, x_vp, lo)
     score("rk1", lambda: flow_to_vp(model, rk_euler(model, x_flow, uniform_flow_grid(lo, hi, nfe), y), hi))
     score("rk2", lambda: flow_to_vp(model, rk_midpoint(model, x_flow, uniform_flow_grid(lo, hi, nfe // 2), y), hi))
+    score("rk2_logsnr",
+          lambda: flow_to_vp(model, rk_midpoint(model, x_flow, logsnr_flow_grid(lo, hi, nfe // 2), y), hi))
     score("ddim", lambda: ddim(model, x_vp, time_grid(nfe, "uniform_t"), y))
     score("dpmpp2m_uniform_t", lambda: dpm_solver_pp_2m(model, x_vp, time_grid(nfe, "uniform_t"), y))
     score("dpmpp2m_logsnr", lambda: dpm_solver_pp_2m(model, x_vp, time_grid(nfe, "logsnr"), y))

@@ -155,3 +155,13 @@ def test_errors():
         B.BespokeSolver(3, 2, 0.9, 0.1)
     with pytest.raises(ValueError):
         B.uniform_flow_grid(0.1, 0.9, 0)
+
+
+def test_logsnr_flow_grid():
+    lo, hi, n = 0.0064, 0.99, 5
+    grid = B.logsnr_flow_grid(lo, hi, n)
+    assert len(grid) == n + 1 and float(grid[0]) == lo and float(grid[-1]) == hi
+    lam = torch.logit(grid)
+    assert torch.allclose(lam[1:] - lam[:-1], torch.full((n,), float(lam[1] - lam[0]), dtype=torch.float64))
+    with pytest.raises(ValueError):
+        B.logsnr_flow_grid(lo, hi, 0)
