@@ -1,0 +1,1 @@
+"""Bespoke solvers for flow models."""
