@@ -31,14 +31,13 @@ tokens (:func:`decode_teacher_forced`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from common.kv_decoding import SparseDecodingAttention, decode_step, prefill, reprefill_last
-from common.tinylm import VOCAB, corpus_tokens, recall_episodes
+from common.tinylm import corpus_tokens, recall_episodes
 
 
 @dataclass(frozen=True)
