@@ -11,10 +11,13 @@ from common.diffusion.samplers import (
     ddim_invert,
     ddim_timesteps,
     dpm_solver_pp_2m,
+    dpm_solver_pp_3m,
+    dpm_solver_singlestep,
     euler_edm,
     heun_edm,
     reference_ode,
     time_grid,
+    unipc,
 )
 from common.diffusion.schedule import VPSchedule
 from common.diffusion.views import Denoiser
@@ -31,6 +34,8 @@ __all__ = [
     "ddim_invert",
     "ddim_timesteps",
     "dpm_solver_pp_2m",
+    "dpm_solver_pp_3m",
+    "dpm_solver_singlestep",
     "euler_edm",
     "heun_edm",
     "load_digits_eps",
@@ -38,4 +43,5 @@ __all__ = [
     "reference_ode",
     "time_grid",
     "to_images",
+    "unipc",
 ]

@@ -47,7 +47,7 @@ class NoiseBank:
         if n_classes is not None and n_classes < 1:
             raise ValueError(f"n_classes must be >= 1 or None, got {n_classes}")
         self.seed, self.dim, self.n_classes, self.dtype = int(seed), int(dim), n_classes, dtype
-        self._children = dict(zip(_STREAMS, np.random.SeedSequence(self.seed).spawn(len(_STREAMS))))
+        self._children = dict(zip(_STREAMS, np.random.SeedSequence(self.seed).spawn(len(_STREAMS)), strict=True))
 
     def _draw(self, stream: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if int(n) != n or n < 1:

@@ -1,4 +1,4 @@
-r"""Samplers for the probability-flow ODE of a VP diffusion model: DDIM, DPM-Solver++(2M), EDM Euler/Heun.
+r"""Samplers for the probability-flow ODE of a VP diffusion model: DDIM, DPM-Solver++(2M/3M), singlestep DPM-Solver(++)-1/2/3, UniPC, EDM Euler/Heun.
 
 Samplers only call ``model.eps(x, t, y)`` and read ``model.schedule`` (the protocol of
 :mod:`common.diffusion.views`), so the pretrained model, a guided :class:`~common.diffusion.views.Denoiser`
@@ -27,6 +27,7 @@ time :math:`dx/d\lambda = \sigma^2 x - \sigma\hat\varepsilon` (Lu et al. 2022, E
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -267,6 +268,263 @@ def dpm_solver_pp_2m(model, x, ts, y=None, lower_order_final: bool = True,
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
         x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] - sigma[i + 1] * alpha[i] / sigma[i]) * d
         x0_prev = x0
+        if return_trajectory:
+            trajectory.append(x)
+        if callback is not None:
+            callback({"i": i, "t": c["t"][i], "t_next": c["t"][i + 1], "x": x, "x0": x0})
+    return _finish(x, trajectory, return_trajectory)
+
+
+def dpm_solver_pp_3m(model, x, ts, y=None, lower_order_final: bool = True,
+                     return_trajectory: bool = False, callback: Callable | None = None):
+    r"""DPM-Solver++(3M) (Lu et al. 2022b, Sec. 4 and App. B), data prediction, multistep, one NFE per step.
+
+    With :math:`h = \lambda_{i+1} - \lambda_i`, :math:`r_0 = (\lambda_i - \lambda_{i-1})/h` and
+    :math:`r_1 = (\lambda_{i-1} - \lambda_{i-2})/h`, the scaled backward differences of the data predictions
+    :math:`\Delta_0 = (\hat x_0^{(i)} - \hat x_0^{(i-1)})/r_0`, :math:`\Delta_1 = (\hat x_0^{(i-1)} - \hat x_0^{(i-2)})/r_1`
+    give :math:`D_1 = \Delta_0 + \tfrac{r_0}{r_0 + r_1}(\Delta_0 - \Delta_1)` (:math:`\approx h\,\hat x_0'`) and
+    :math:`D_2 = (\Delta_0 - \Delta_1)/(r_0 + r_1)` (:math:`\approx h^2\hat x_0''/2`). Integrating this
+    Taylor expansion exactly against the exponential kernel of the ODE in :math:`\lambda` gives
+
+    .. math:: x_{i+1} = \tfrac{\sigma_{i+1}}{\sigma_i}x_i
+              + \alpha_{i+1}\big(\varphi_1\hat x_0^{(i)} + \varphi_2 D_1 - \varphi_3 D_2\big),\qquad
+              \varphi_1 = 1 - e^{-h},\ \varphi_2 = 1 - \varphi_1/h,\ \varphi_3 = (h - \varphi_1)/h^2 - \tfrac12.
+
+    The first two steps use orders 1 and 2 (the history is short; order 2 is DPM-Solver++(2M) in
+    diffusers' "midpoint" form, :math:`\alpha_{i+1}\varphi_1(\hat x_0^{(i)} + \Delta_0/2)`). The last step is
+    first order when it ends at t = 0 or, with ``lower_order_final`` (diffusers' default), when there are
+    fewer than 15 steps; the step before it is then second order, as in diffusers'
+    ``DPMSolverMultistepScheduler(solver_order=3)``.
+    """
+    ts = check_times(ts)
+    c = grid_coefficients(model.schedule, ts)
+    alpha, sigma, lam = c["alpha"], c["sigma"], c["lambda"]
+    n = len(ts) - 1
+    trajectory, history = [x], []
+    for i in range(n):
+        x0, _ = predict_x0(model, x, c["t"][i], alpha[i], sigma[i], y)
+        history = (history + [x0])[-3:]
+        short = lower_order_final and n < 15
+        order = min(len(history), 3)
+        if i == n - 1 and (sigma[i + 1] == 0.0 or short):
+            order = 1
+        elif i == n - 2 and short:
+            order = min(order, 2)
+        if order == 1:
+            x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] - sigma[i + 1] * alpha[i] / sigma[i]) * x0
+        else:
+            h = lam[i + 1] - lam[i]
+            phi1 = -math.expm1(-h)  # 1 - e^{-h}
+            r0 = (lam[i] - lam[i - 1]) / h
+            delta0 = (history[-1] - history[-2]) / r0
+            if order == 2:  # DPM-Solver++(2M) in diffusers' "midpoint" form
+                x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * phi1 * (x0 + 0.5 * delta0)
+            else:
+                r1 = (lam[i - 1] - lam[i - 2]) / h
+                delta1 = (history[-2] - history[-3]) / r1
+                d1 = delta0 + (r0 / (r0 + r1)) * (delta0 - delta1)
+                d2 = (delta0 - delta1) / (r0 + r1)
+                phi2 = 1.0 - phi1 / h
+                phi3 = (h - phi1) / h**2 - 0.5
+                x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * (phi1 * x0 + phi2 * d1 - phi3 * d2)
+        if return_trajectory:
+            trajectory.append(x)
+        if callback is not None:
+            callback({"i": i, "t": c["t"][i], "t_next": c["t"][i + 1], "x": x, "x0": x0})
+    return _finish(x, trajectory, return_trajectory)
+
+
+# --- DPM-Solver-2/3 and DPM-Solver++(2S/3S), singlestep ------------------------------------------------
+
+
+def singlestep_orders(n_steps: int, order: int = 3, lower_order_final: bool = True, final_zero: bool = False) -> list[int]:
+    """The order of every grid interval of a singlestep solver (diffusers' ``get_order_list``).
+
+    A macro step of order k spans k consecutive intervals of the grid: [1, 2, 3] is one third-order step
+    whose two intermediate points are grid points. With ``lower_order_final`` the last macro step is
+    shortened so the grid is covered exactly (e.g. n = 6, k = 3: [1, 2, 3, 1, 2, 1]); a final step to
+    t = 0 is first order.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    cycle = list(range(1, order + 1))
+    if not lower_order_final:
+        orders = cycle * (n_steps // order)
+        if len(orders) != n_steps:
+            raise ValueError(f"without lower_order_final, n_steps ({n_steps}) must be a multiple of the order ({order})")
+    elif order == 3:
+        tail = {0: [1, 2, 1], 1: [1], 2: [1, 2]}[n_steps % 3]
+        orders = cycle * (n_steps // 3 - (n_steps % 3 == 0)) + tail
+    elif order == 2:
+        orders = cycle * (n_steps // 2 - (n_steps % 2 == 0)) + ([1, 1] if n_steps % 2 == 0 else [1])
+    else:
+        orders = [1] * n_steps
+    if final_zero:
+        orders[-1] = 1
+    return orders
+
+
+def dpm_solver_singlestep(model, x, ts, y=None, order: int = 3, algorithm: str = "dpmsolver",
+                          solver_type: str = "midpoint", lower_order_final: bool = True,
+                          return_trajectory: bool = False, callback: Callable | None = None):
+    r"""Singlestep DPM-Solver-k (Lu et al. 2022a, Algorithms 1-2; ``algorithm="dpmsolver"``, noise
+    prediction) and DPM-Solver++(kS) (Lu et al. 2022b; ``"dpmsolver++"``, data prediction), one NFE per
+    grid point, as diffusers' ``DPMSolverSinglestepScheduler``.
+
+    The grid is split into macro steps by :func:`singlestep_orders`; a macro step from :math:`s` (state
+    :math:`x_s`) of order k evaluates the model at :math:`s` and at its k - 1 intermediate grid points, each
+    reached from :math:`x_s` by the lower-order formula, and ends with the order-k formula. With
+    :math:`h = \lambda_t - \lambda_s`, the model outputs :math:`m_s, m_{u_1}, m_{u_2}` at :math:`r_1 h, r_2 h`
+    and :math:`D_1^{(j)} = (m_{u_j} - m_s)/r_j`, for data prediction
+
+    .. math:: x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\varphi_1 m_s + \alpha_t c\,D_1 (+ \text{a } D_2 \text{ term}),
+              \quad \varphi_1 = 1 - e^{-h},
+
+    with ``solver_type="midpoint"``: order 2 :math:`c = \varphi_1/2`, order 3 :math:`c = 1 - \varphi_1/h` on
+    :math:`D_1^{(2)}` alone (the paper's DPM-Solver-3 final update); ``"heun"``: :math:`c = 1 - \varphi_1/h`
+    and, at order 3, the full second-order Taylor term with
+    :math:`D_1 = (r_2 D_1^{(1)} - r_1 D_1^{(2)})/(r_2 - r_1)`, :math:`D_2 = 2(D_1^{(2)} - D_1^{(1)})/(r_2 - r_1)`.
+    Noise prediction swaps :math:`(\sigma, \alpha, -h)` for :math:`(\alpha, \sigma, h)` (Lu et al. 2022a, Eq. 3.7).
+    """
+    if algorithm not in ("dpmsolver", "dpmsolver++"):
+        raise ValueError(f"algorithm must be 'dpmsolver' or 'dpmsolver++', got {algorithm!r}")
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    ts = check_times(ts)
+    c = grid_coefficients(model.schedule, ts)
+    alpha, sigma, lam = c["alpha"], c["sigma"], c["lambda"]
+    n = len(ts) - 1
+    orders = singlestep_orders(n, order, lower_order_final, final_zero=sigma[-1] == 0.0)
+    data = algorithm == "dpmsolver++"
+    trajectory, outs, start, j = [x], [], x, 0
+    for i in range(n):
+        x0, eps = predict_x0(model, x, c["t"][i], alpha[i], sigma[i], y)
+        k = orders[i]
+        if k == 1:
+            start, j, outs = x, i, []
+        outs.append(x0 if data else eps)
+        t1 = i + 1
+        if data:  # x_t = sigma_t/sigma_s x_s + alpha_t * (...)
+            lead = (sigma[t1] / sigma[j]) * start
+            base = alpha[t1] - sigma[t1] * alpha[j] / sigma[j]  # alpha_t (1 - e^{-h}), finite at sigma_t = 0
+        else:  # x_t = alpha_t/alpha_s x_s - sigma_t * (...)
+            lead = (alpha[t1] / alpha[j]) * start
+            base = -(alpha[t1] * sigma[j] / alpha[j] - sigma[t1])  # -sigma_t (e^h - 1), finite at sigma_t = 0
+        x = lead + base * outs[0]
+        if k > 1:
+            h = lam[t1] - lam[j]
+            scale = alpha[t1] if data else sigma[t1]
+            e = math.expm1(-h) if data else math.expm1(h)  # e^{-h} - 1  |  e^h - 1
+            phi2 = (e / (-h if data else h) - 1.0) * (-1.0 if data else 1.0)  # 1 - phi1/h  |  (e^h - 1)/h - 1
+            sign = 1.0 if data else -1.0
+            rs = [(lam[j + m] - lam[j]) / h for m in range(1, k)]
+            d1s = [(outs[m] - outs[0]) / rs[m - 1] for m in range(1, k)]
+            if k == 2:
+                coef = -0.5 * e if data else 0.5 * e
+                coef = coef if solver_type == "midpoint" else phi2
+                x = x + sign * scale * coef * d1s[0]
+            elif solver_type == "midpoint":
+                x = x + sign * scale * phi2 * d1s[1]
+            else:
+                r1, r2 = rs
+                d1 = (r2 * d1s[0] - r1 * d1s[1]) / (r2 - r1)
+                d2 = 2.0 * (d1s[1] - d1s[0]) / (r2 - r1)
+                if data:  # + alpha_t (phi2 D1 - ((e^{-h} - 1 + h)/h^2 - 1/2) D2)
+                    x = x + scale * (phi2 * d1 - ((e + h) / h**2 - 0.5) * d2)
+                else:  # - sigma_t (phi2 D1 + ((e^h - 1 - h)/h^2 - 1/2) D2)
+                    x = x - scale * (phi2 * d1 + ((e - h) / h**2 - 0.5) * d2)
+        if return_trajectory:
+            trajectory.append(x)
+        if callback is not None:
+            callback({"i": i, "t": c["t"][i], "t_next": c["t"][t1], "x": x, "x0": x0})
+    return _finish(x, trajectory, return_trajectory)
+
+
+# --- UniPC --------------------------------------------------------------------------------------------
+
+
+def _unipc_system(rks: list[float], h: float, variant: str) -> tuple[np.ndarray, np.ndarray, float]:
+    r"""UniPC's linear system for data prediction (Zhao et al. 2023, Eq. 8 and Algorithm 2 / 3).
+
+    With :math:`\tilde h = -h`, :math:`\varphi_1 = e^{\tilde h} - 1` and the recursion
+    :math:`\varphi_{k+1} = \varphi_k/\tilde h - 1/(k+1)!` (starting at :math:`\varphi_1/\tilde h - 1`), the
+    rows are :math:`R_{k} = r^{k-1}` for the nodes :math:`r = (r_1, \dots, r_{p-1}, 1)` and
+    :math:`b_k = k!\,\varphi_{k+1}/B(h)`, with :math:`B(h) = \tilde h` ("bh1") or :math:`e^{\tilde h} - 1` ("bh2").
+    Returns (R, b, B(h)) in float64.
+    """
+    hh = -h
+    if variant == "bh1":
+        b_h = hh
+    elif variant == "bh2":
+        b_h = math.expm1(hh)
+    else:
+        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+    nodes = np.asarray([*rks, 1.0], dtype=np.float64)
+    phi = math.expm1(hh) / hh - 1.0
+    factorial, rows, rhs = 1.0, [], []
+    for k in range(1, len(nodes) + 1):
+        rows.append(nodes ** (k - 1))
+        rhs.append(phi * factorial / b_h)
+        factorial *= k + 1
+        phi = phi / hh - 1.0 / factorial
+    return np.stack(rows), np.asarray(rhs), b_h
+
+
+def unipc(model, x, ts, y=None, order: int = 2, variant: str = "bh2", lower_order_final: bool = True,
+          corrector: bool = True, return_trajectory: bool = False, callback: Callable | None = None):
+    r"""UniPC (Zhao et al. 2023): the UniP-p multistep predictor with the UniC corrector, data prediction,
+    one NFE per step (the corrector reuses the evaluation the next predictor step needs anyway).
+
+    Step i → i+1, with :math:`h = \lambda_{i+1} - \lambda_i`, history nodes
+    :math:`r_k = (\lambda_{i-k} - \lambda_i)/h` and differences :math:`D_k = (\hat x_0^{(i-k)} - \hat x_0^{(i)})/r_k`:
+
+    * UniP-p (Algorithm 2): :math:`x_{i+1} = \tfrac{\sigma_{i+1}}{\sigma_i}x_i - \alpha_{i+1}(e^{-h} - 1)\hat x_0^{(i)}
+      - \alpha_{i+1}B(h)\sum_{k<p}\rho^p_k D_k`, with :math:`\rho^p` solving the first p-1 rows of
+      :func:`_unipc_system` (p = 2: :math:`\rho = 1/2`);
+    * UniC (Algorithm 3): once :math:`\hat x_0^{(i+1)}` is evaluated at the predicted state, the state is
+      recomputed from :math:`x_i` with one more node (r = 1, :math:`D = \hat x_0^{(i+1)} - \hat x_0^{(i)}`) and
+      :math:`\rho^c` solving the full system (order 1: :math:`\rho = 1/2`). The network is *not* called at the
+      corrected state: the next step uses the evaluation at the predicted one.
+
+    The order warms up (1, 2, ...); with ``lower_order_final`` (diffusers' default) the order of step i is at
+    most n - i; a step to t = 0 is always first order (its :math:`h` is infinite). No correction follows
+    the last step. Matches diffusers' ``UniPCMultistepScheduler(predict_x0=True, solver_type=variant)``.
+    """
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    ts = check_times(ts)
+    c = grid_coefficients(model.schedule, ts)
+    alpha, sigma, lam = c["alpha"], c["sigma"], c["lambda"]
+    n = len(ts) - 1
+    trajectory, x0s, x_prev, last_order = [x], [], None, 0
+    for i in range(n):
+        x0, _ = predict_x0(model, x, c["t"][i], alpha[i], sigma[i], y)
+        if corrector and x_prev is not None:  # UniC: correct x_i from x_{i-1} with the new evaluation
+            h = lam[i] - lam[i - 1]
+            rks = [(lam[i - 1 - k] - lam[i - 1]) / h for k in range(1, last_order)]
+            diffs = [(x0s[-1 - k] - x0s[-1]) / r for k, r in zip(range(1, last_order), rks, strict=True)]
+            R, b, b_h = _unipc_system(rks, h, variant)
+            rho = [0.5] if last_order == 1 else np.linalg.solve(R, b).tolist()
+            res = sum((r * d for r, d in zip(rho[:-1], diffs, strict=True)), torch.zeros_like(x)) + rho[-1] * (x0 - x0s[-1])
+            x = (sigma[i] / sigma[i - 1]) * x_prev + alpha[i] * (-math.expm1(-h)) * x0s[-1] - alpha[i] * b_h * res
+        x0s = (x0s + [x0])[-order:]
+        p = min(order, len(x0s), n - i if lower_order_final else order)
+        if sigma[i + 1] == 0.0:
+            p = 1
+        x_prev = x
+        if p == 1:
+            x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] - sigma[i + 1] * alpha[i] / sigma[i]) * x0
+        else:
+            h = lam[i + 1] - lam[i]
+            rks = [(lam[i - k] - lam[i]) / h for k in range(1, p)]
+            diffs = [(x0s[-1 - k] - x0) / r for k, r in zip(range(1, p), rks, strict=True)]
+            R, b, b_h = _unipc_system(rks, h, variant)
+            rho = [0.5] if p == 2 else np.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
+            res = sum((r * d for r, d in zip(rho, diffs, strict=True)), torch.zeros_like(x))
+            x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * (-math.expm1(-h)) * x0 - alpha[i + 1] * b_h * res
+        last_order = p
         if return_trajectory:
             trajectory.append(x)
         if callback is not None:

@@ -240,7 +240,7 @@ class GMMTwin:
         if y is None:
             idx = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         else:
-            y = torch.as_tensor(y, dtype=torch.long).expand(n)
+            y = torch.as_tensor(y, dtype=torch.long).expand(n).contiguous()
             idx = torch.searchsorted(self.classes, y)
         z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
         scaled = z * self.lams[idx].sqrt()

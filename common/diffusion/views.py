@@ -103,8 +103,13 @@ class Denoiser:
         return previous
 
     def with_guidance(self, w: float | None) -> "Denoiser":
-        """The same network with classifier-free guidance weight ``w`` (own NFE counter)."""
-        return Denoiser(self.eps_fn, self.schedule, w, self.nfe_guided_pairs_count_two)
+        """The same network with classifier-free guidance weight ``w`` (own NFE counter; the network and
+        checkpoint manifest attached by the loaders, if any, are carried over)."""
+        guided = Denoiser(self.eps_fn, self.schedule, w, self.nfe_guided_pairs_count_two)
+        for name in ("net", "manifest"):
+            if hasattr(self, name):
+                setattr(guided, name, getattr(self, name))
+        return guided
 
     def coefficients(self, t, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha_t, sigma_t) as [B, 1] columns in x's dtype."""

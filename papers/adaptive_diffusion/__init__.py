@@ -1,8 +1,10 @@
 """AdaptiveDiffusion (Ye et al., NeurIPS 2024): third-order-difference step skipping with ε re-use."""
 
+from .grids import GRIDS, frozen_test_stable, make_grid, sd_grid
 from .skipping import (
     N_WARMUP,
     SOLVERS,
+    CallCounter,
     SkipRun,
     ThirdOrderEstimator,
     adaptive_sample,
@@ -16,6 +18,7 @@ from .skipping import (
 )
 
 __all__ = [
-    "N_WARMUP", "SOLVERS", "SkipRun", "ThirdOrderEstimator", "adaptive_sample", "called_subgrid", "ddim_rowwise",
-    "matched_baselines", "max_consecutive_skips", "random_schedule", "scheduled_sample", "uniform_schedule",
+    "GRIDS", "N_WARMUP", "SOLVERS", "CallCounter", "SkipRun", "ThirdOrderEstimator", "adaptive_sample",
+    "called_subgrid", "ddim_rowwise", "frozen_test_stable", "make_grid", "matched_baselines",
+    "max_consecutive_skips", "random_schedule", "scheduled_sample", "sd_grid", "uniform_schedule",
 ]

@@ -6,9 +6,12 @@ compares with the original full-step images), AdaptiveDiffusion at each threshol
 at every sample's own NFE, uniform re-use, random skipping and the base solver with :math:`N_{\text{eff}}`
 steps. All metrics are against the full-step output of the *same* :math:`x_T`.
 
-PSNR: images in [-1, 1] (clamped, as saving an image does), data range 2, over all pixels of the seed's
-samples (torchmetrics' ``PeakSignalNoiseRatio`` on a batch, as the official script). FD32: Fréchet
-distance of the digits classifier's 32-D features to the train split (the offline stand-in for FID).
+PSNR: images in [-1, 1] (clamped, as saving an image does), data range 2, from one MSE pooled over all
+pixels of the seed's samples (the official script averages torchmetrics' PSNR over batches of 16 uint8
+images; a pooled MSE weighs the worst samples more). FD32 (the offline stand-in for FID): Fréchet distance of
+the digits classifier's 32-D features, **between a method's outputs and the full-step outputs of the same
+noises** (the official ``compute_metrics_image.py``: ``fid.compute_fid(adaptive_dir, original_dir)``), and,
+as a diagnostic, to the train split.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from common.diffusion import ddim, dpm_solver_pp_2m, metrics, time_grid
+from common.diffusion import ddim, dpm_solver_pp_2m, metrics
+from papers.adaptive_diffusion.grids import make_grid
 from papers.adaptive_diffusion.skipping import (
+    CallCounter,
     adaptive_sample,
     called_subgrid,
+    ddim_rowwise,
     matched_baselines,
     scheduled_sample,
 )
@@ -72,46 +78,80 @@ def within_label_std(nfe: torch.Tensor, labels: torch.Tensor) -> float:
     return float((resid.pow(2).sum() / max(dof, 1)).sqrt())
 
 
-def run_seed(model, seed: int, n_samples: int, n_steps: int, thresholds, max_skip_steps: int = 4,
-             solver: str = "ddim", order: int = 3, fd: bool = True) -> dict:
-    """All methods on one seed's x_T. Returns {(delta_key, name): value} plus per-sample arrays.
+def features(x: torch.Tensor) -> torch.Tensor:
+    """The digits classifier's 32-D features of images clamped to [-1, 1] (as saved images are)."""
+    return metrics.DigitsFeatures.load().features(x.clamp(-1, 1))
 
-    Keys: ``("ref", "fd")``; per threshold ``(dk, "nfe")`` (the [B] tensor), ``(dk, "calls")`` ([B, N]),
-    ``(dk, "psnr.<method>")``, ``(dk, "fd.<method>")`` for method in adaptive + :data:`BASELINES`,
-    ``(dk, "nfe.<baseline>")`` (the [B] tensors, to check the matching), ``(dk, "x.<method>")``.
+
+def fd_between(feat_a: torch.Tensor, feat_b: torch.Tensor) -> float:
+    """FD32 between two sample sets given by their features (the official metric compares the adaptive
+    images with the full-step images: ``fid.compute_fid(root0, root1)``)."""
+    return metrics.frechet_distance(feat_a, feat_b)
+
+
+def fd_to_train_feat(feat: torch.Tensor) -> float:
+    """FD32 of given features to the train split's (``metrics.fd_to_train`` without recomputing features)."""
+    return metrics.frechet_distance(feat, metrics._train_features())
+
+
+def run_seed(model, seed: int, n_samples: int, n_steps: int, thresholds, max_skip_steps: int = 4,
+             solver: str = "ddim", order: int = 3, fd: bool = True, grid: str = "sd",
+             neff_subgrid_at: float | None = None) -> dict:
+    """All methods on one seed's x_T, on ``grid`` (:func:`~papers.adaptive_diffusion.grids.make_grid`).
+
+    Keys: ``("ref", "x")``, ``("ref", "labels")``, ``("ref", "feat")``, ``("ref", "fd")`` (to train),
+    ``("ref", "counted")``; per threshold ``(dk, "nfe")`` (the [B] tensor), ``(dk, "calls")`` ([B, N]), and for
+    method in adaptive + :data:`BASELINES`: ``(dk, "psnr.<m>")``, ``(dk, "fd_full.<m>")`` (FD32 to the full-step
+    outputs), ``(dk, "fd.<m>")`` (to train), ``(dk, "counted.<m>")`` (network calls per sample, counted by a
+    :class:`~papers.adaptive_diffusion.CallCounter`), ``(dk, "x.<m>")``. With ``neff_subgrid_at`` = a threshold
+    and DDIM, also ``(dk, "psnr.neff_subgrid")``: DDIM on k + 1 evenly spaced points of the N-step grid (the same
+    start and end; a diagnostic variant of the N_eff baseline).
     """
     x_t, y = noise_and_labels(seed, n_samples)
-    ts = time_grid(n_steps, "uniform_t")
+    ts = make_grid(grid, model.schedule, n_steps, solver)
     rng = np.random.default_rng(seed)
+    counter = CallCounter(model, y, n_samples)
+    ids = torch.arange(n_samples)
+
+    def neff_grid(k):
+        return make_grid(grid, model.schedule, k, solver)
+
     out = {}
     with torch.no_grad():
-        ref = full_step(model, x_t, ts, y, solver)
-        out[("ref", "x")] = ref
-        out[("ref", "labels")] = y
+        ref = full_step(counter, x_t, ts, ids, solver)
+        out[("ref", "counted")] = counter.take()
+        out[("ref", "x")], out[("ref", "labels")] = ref, y
         if fd:
-            out[("ref", "fd")] = metrics.fd_to_train(ref)
+            out[("ref", "feat")] = f_ref = features(ref)
+            out[("ref", "fd")] = fd_to_train_feat(f_ref)
         for delta in thresholds:
             dk = delta_key(delta)
-            run = adaptive_sample(model, x_t, ts, y, threshold=delta, max_skip_steps=max_skip_steps,
+            run = adaptive_sample(counter, x_t, ts, ids, threshold=delta, max_skip_steps=max_skip_steps,
                                   solver=solver, order=order)
-            base = matched_baselines(model, x_t, ts, run.nfe, y, solver=solver, rng=rng)
+            run.counted = counter.take()
+            base = matched_baselines(counter, x_t, ts, run.nfe, ids, solver=solver, rng=rng, grid=neff_grid)
             out[(dk, "nfe")], out[(dk, "calls")] = run.nfe, run.calls
             for name, r in [("adaptive", run)] + [(b, base[b]) for b in BASELINES]:
                 out[(dk, f"psnr.{name}")] = psnr_to(r.x, ref)
-                out[(dk, f"nfe.{name}")] = r.nfe
+                out[(dk, f"counted.{name}")] = r.counted
                 out[(dk, f"x.{name}")] = r.x
                 if fd:
-                    out[(dk, f"fd.{name}")] = metrics.fd_to_train(r.x)
+                    f = features(r.x)
+                    out[(dk, f"fd_full.{name}")] = fd_between(f, f_ref)
+                    out[(dk, f"fd.{name}")] = fd_to_train_feat(f)
+            if neff_subgrid_at is not None and delta == neff_subgrid_at and solver == "ddim":
+                sub = [ts[torch.linspace(0, n_steps, k + 1, dtype=torch.float64).round().long()] for k in run.nfe.tolist()]
+                out[(dk, "psnr.neff_subgrid")] = psnr_to(ddim_rowwise(model, x_t, sub, y), ref)
     return out
 
 
 def subgrid_identity_error(model, seed: int, n_steps: int, threshold: float = 0.01, n_check: int = 8,
-                           max_skip_steps: int = 4) -> float:
+                           max_skip_steps: int = 4, grid: str = "sd") -> float:
     """Max |adaptive DDIM - plain DDIM on the called sub-grid| over ``n_check`` samples (float64 model
     not needed: both run the same float32 network at the same inputs up to rounding)."""
     x_t, y = noise_and_labels(seed, max(n_check, 10))
     x_t, y = x_t[:n_check], y[:n_check]
-    ts = time_grid(n_steps, "uniform_t")
+    ts = make_grid(grid, model.schedule, n_steps)
     worst = 0.0
     with torch.no_grad():
         run = adaptive_sample(model, x_t, ts, y, threshold=threshold, max_skip_steps=max_skip_steps)
@@ -121,11 +161,12 @@ def subgrid_identity_error(model, seed: int, n_steps: int, threshold: float = 0.
     return worst
 
 
-def single_skip_cost(model, seed: int, n_samples: int, n_steps: int, positions, solver: str = "ddim") -> dict:
+def single_skip_cost(model, seed: int, n_samples: int, n_steps: int, positions, solver: str = "ddim",
+                     grid: str = "sd") -> dict:
     """PSNR to the full-step output when only step i re-uses ε (all other steps call the network), for
     each i in ``positions``: where along the trajectory a skip is cheap or expensive."""
     x_t, y = noise_and_labels(seed, n_samples)
-    ts = time_grid(n_steps, "uniform_t")
+    ts = make_grid(grid, model.schedule, n_steps, solver)
     out = {}
     with torch.no_grad():
         ref = full_step(model, x_t, ts, y, solver)

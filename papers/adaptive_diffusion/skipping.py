@@ -71,11 +71,13 @@ N_WARMUP = 4  # steps 0..3 always call the network (official: ``len(self.prev_la
 @dataclass
 class SkipRun:
     """A sampling run with ε re-use: the final states ``x`` [B, D], the per-sample ``nfe`` [B] (int64)
-    and ``calls`` [B, N] (True where the network was called at step i)."""
+    and ``calls`` [B, N] (True where the network was called at step i), both bookkeeping; ``counted`` [B]:
+    the calls a :class:`CallCounter` saw for each sample (None when the model was not wrapped)."""
 
     x: torch.Tensor
     nfe: torch.Tensor
     calls: torch.Tensor
+    counted: torch.Tensor | None = None
 
 
 # --- the solvers, driven by a given (possibly cached) epsilon -----------------------------------------
@@ -280,7 +282,8 @@ def matched_baselines(model, x: torch.Tensor, ts, nfe: torch.Tensor, y=None, sol
     at exactly its own NFE ``nfe[b]``. ``grid(k)`` gives the k-step grid of the :math:`N_{\text{eff}}`
     baseline (default: uniform in t with the endpoints of ``ts``, the kind of grid ``ts`` is here).
 
-    Returns ``{"uniform", "random", "neff"}`` -> SkipRun; the N_eff run's ``calls`` marks its first k steps.
+    Returns ``{"uniform", "random", "neff"}`` -> SkipRun; the N_eff run's ``calls`` marks its first k steps
+    (bookkeeping only: :class:`CallCounter` counts the calls each sample really made).
     Re-use runs all samples in one batch (each row its own schedule); DDIM with N_eff steps runs row-wise
     (:func:`ddim_rowwise`), DPM-Solver++(2M) per group of equal NFE, checked against the model's counter.
     """
@@ -296,10 +299,13 @@ def matched_baselines(model, x: torch.Tensor, ts, nfe: torch.Tensor, y=None, sol
             return time_grid(k, "uniform_t", t_start=float(ts[0]), t_end=float(ts[-1]))
     rng = np.random.default_rng(0) if rng is None else rng
     ks = nfe.tolist()
-    out = {
-        "uniform": scheduled_sample(model, x, ts, torch.stack([uniform_schedule(n_steps, k) for k in ks]), y, solver),
-        "random": scheduled_sample(model, x, ts, torch.stack([random_schedule(n_steps, k, rng) for k in ks]), y, solver),
-    }
+    take = getattr(model, "take", None)
+    if take is not None:
+        take()  # count only the baselines' own calls
+    out = {}
+    for name, make in (("uniform", lambda k: uniform_schedule(n_steps, k)), ("random", lambda k: random_schedule(n_steps, k, rng))):
+        out[name] = scheduled_sample(model, x, ts, torch.stack([make(k) for k in ks]), y, solver)
+        out[name].counted = None if take is None else take()
     neff_calls = torch.arange(n_steps)[None, :] < nfe[:, None]
     if solver == "ddim":
         x_neff = ddim_rowwise(model, x, [grid(k) for k in ks], y)
@@ -311,8 +317,36 @@ def matched_baselines(model, x: torch.Tensor, ts, nfe: torch.Tensor, y=None, sol
             x_neff[rows] = dpm_solver_pp_2m(model, x[rows], grid(k), _rows(y, rows))
             if before is not None and model.nfe - before != k:
                 raise RuntimeError(f"{solver} with {k} steps spent {model.nfe - before} network calls")
-    out["neff"] = SkipRun(x_neff, neff_calls.sum(1), neff_calls)
+    out["neff"] = SkipRun(x_neff, neff_calls.sum(1), neff_calls, None if take is None else take())
     return out
+
+
+class CallCounter:
+    """Counts the network calls of every sample, whatever the sampler does with the batch.
+
+    Pass ``ids = torch.arange(B)`` as the samplers' ``y``: every sampler here (and in ``common.diffusion``)
+    hands the model exactly the rows it evaluates, ``y[rows]`` with them, so :meth:`eps` sees which samples
+    it is evaluated on; it adds one to each of those samples' counts, then calls the wrapped model with the
+    true labels ``labels[ids]``. The outputs are unchanged; :meth:`take` returns and resets the per-sample
+    counts ([B] int64). ``nfe`` counts batched calls, as :class:`common.diffusion.Denoiser`.
+    """
+
+    def __init__(self, model, labels: torch.Tensor | None, batch: int):
+        self.model, self.labels, self.schedule = model, labels, model.schedule
+        self.counts = torch.zeros(batch, dtype=torch.long)
+        self.nfe = 0
+
+    def eps(self, x: torch.Tensor, t, ids: torch.Tensor) -> torch.Tensor:
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if ids.shape != (x.shape[0],):
+            raise ValueError(f"need one id per row, got {tuple(ids.shape)} for {x.shape[0]} rows")
+        self.counts += torch.bincount(ids, minlength=len(self.counts))
+        self.nfe += 1
+        return self.model.eps(x, t, None if self.labels is None else self.labels[ids])
+
+    def take(self) -> torch.Tensor:
+        out, self.counts = self.counts, torch.zeros_like(self.counts)
+        return out
 
 
 def max_consecutive_skips(calls: torch.Tensor) -> int:

@@ -128,3 +128,22 @@ def test_kid_to_train_is_small_for_real_digits_and_large_for_a_different_set():
     assert different < noise < 100
     # FD is unchanged by the standardisation (still the raw features)
     assert metrics.fd_to_train(split.x_heldout) == pytest.approx(4.669152673003282, rel=1e-6)
+
+
+def test_gmm_metrics():
+    from common.diffusion.data import load_digits_split
+    from common.diffusion.metrics import gmm_log_density, responsibility_tv
+    from common.diffusion.twins import GMMTwin
+
+    d = load_digits_split()
+    twin = GMMTwin.fit(d.x_train, d.y_train)
+    x, labels = twin.sample(2000, generator=torch.Generator().manual_seed(0))
+    assert responsibility_tv(twin, x, x) == 0.0
+    assert responsibility_tv(twin, x) < 0.05  # samples of the mixture cover its modes at its weights
+    one_mode, _ = twin.sample(500, y=3, generator=torch.Generator().manual_seed(1))
+    assert responsibility_tv(twin, one_mode) > 0.8  # all mass on one of ten roughly equal modes
+    noisy = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
+    assert gmm_log_density(twin, noisy) < gmm_log_density(twin, x)
+    assert 0 < responsibility_tv(twin, noisy, x) <= 1
+    with pytest.raises(ValueError):
+        responsibility_tv(twin, x, x[:10])

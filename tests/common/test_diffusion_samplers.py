@@ -13,10 +13,14 @@ from common.diffusion.samplers import (
     ddim_timesteps,
     diffusers_discrete_steps,
     dpm_solver_pp_2m,
+    dpm_solver_pp_3m,
+    dpm_solver_singlestep,
     euler_edm,
     heun_edm,
     reference_ode,
+    singlestep_orders,
     time_grid,
+    unipc,
 )
 from common.diffusion.schedule import VPSchedule
 from common.diffusion.views import Denoiser, batch_times
@@ -72,7 +76,7 @@ def point_mass_model(mu):
 # --- exactness -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sampler", [ddim, dpm_solver_pp_2m])
+@pytest.mark.parametrize("sampler", [ddim, dpm_solver_pp_2m, dpm_solver_pp_3m, unipc, dpm_solver_singlestep])
 def test_exponential_integrators_exact_for_point_mass(sampler):
     """DDIM and DPM-Solver++ integrate the linear part exactly: with a constant x0 prediction they are exact."""
     mu = torch.linspace(-1, 1, 64, dtype=torch.float64)
@@ -132,13 +136,65 @@ def test_convergence_order_on_gaussian(gaussian, x_start, sampler, kind, order, 
     assert abs(measured - order) < 0.15, f"order {measured:.2f} (errors {errors})"
 
 
+@pytest.mark.parametrize(
+    "kwargs, order",
+    [
+        ({"order": 1, "corrector": False}, 1),
+        ({"order": 1}, 2),
+        ({"order": 2, "corrector": False}, 2),
+        ({"order": 2}, 3),
+        ({"order": 2, "variant": "bh1"}, 3),
+        ({"order": 3}, 4),
+    ],
+    ids=["unip1", "unipc1", "unip2", "unipc2_bh2", "unipc2_bh1", "unipc3"],
+)
+def test_unipc_corrector_raises_the_order(gaussian, x_start, kwargs, order):
+    """Zhao et al. 2023, Theorem 3.1 / Corollary: UniP-p has order p, and UniC adds one (no extra NFE)."""
+    measured, errors = observed_order(unipc, gaussian, x_start, "logsnr", lower_order_final=False, **kwargs)
+    assert abs(measured - order) < 0.15, f"order {measured:.2f} (errors {errors})"
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("algorithm, solver_type", [("dpmsolver", "midpoint"), ("dpmsolver", "heun"),
+                                                    ("dpmsolver++", "midpoint"), ("dpmsolver++", "heun")])
+def test_singlestep_dpm_solver_order(gaussian, x_start, order, algorithm, solver_type):
+    """Lu et al. 2022a, Theorem 3.2: DPM-Solver-k converges with order k (in NFE; grids of 24-96 points)."""
+    measured, errors = observed_order(dpm_solver_singlestep, gaussian, x_start, "logsnr", ns=(24, 48, 96),
+                                      lower_order_final=False, order=order, algorithm=algorithm, solver_type=solver_type)
+    assert abs(measured - order) < 0.15, f"order {measured:.2f} (errors {errors})"
+
+
+def test_singlestep_orders():
+    assert singlestep_orders(6, 3) == [1, 2, 3, 1, 2, 1] and singlestep_orders(7, 3) == [1, 2, 3, 1, 2, 3, 1]
+    assert singlestep_orders(8, 3) == [1, 2, 3, 1, 2, 3, 1, 2] and singlestep_orders(5, 2, final_zero=True) == [1, 2, 1, 2, 1]
+    assert singlestep_orders(6, 2) == [1, 2, 1, 2, 1, 1] and singlestep_orders(6, 3, lower_order_final=False) == [1, 2, 3] * 2
+    with pytest.raises(ValueError):
+        singlestep_orders(7, 3, lower_order_final=False)
+    diffusers = pytest.importorskip("diffusers")
+    for n in range(3, 13):
+        for order in (1, 2, 3):
+            sched = diffusers.DPMSolverSinglestepScheduler(solver_order=order, lower_order_final=True,
+                                                           final_sigmas_type="sigma_min")
+            assert singlestep_orders(n, order) == sched.get_order_list(n)
+
+
+def test_dpm_solver_pp_3m_beats_2m(gaussian, x_start):
+    """3M's third-order steps shrink the error below 2M's at every n; its first (Euler) step keeps the
+    asymptotic global order at 2, as in diffusers (the observed slope on 20-80 steps is between 2 and 3)."""
+    m3, e3 = observed_order(dpm_solver_pp_3m, gaussian, x_start, "logsnr", lower_order_final=False)
+    m2, e2 = observed_order(dpm_solver_pp_2m, gaussian, x_start, "logsnr", lower_order_final=False)
+    assert all(a < 0.7 * b for a, b in zip(e3, e2, strict=True)), (e3, e2)
+    assert 1.85 < m3 < 3.15, m3
+
+
 # --- NFE, trajectories, grids ----------------------------------------------------------------------------
 
 
 def test_nfe_and_trajectory(gaussian, x_start):
     model, _ = gaussian
     ts = time_grid(6, "edm", 0.8, 0.05)
-    for sampler, nfe in [(ddim, 6), (dpm_solver_pp_2m, 6), (euler_edm, 6), (heun_edm, 12)]:
+    for sampler, nfe in [(ddim, 6), (dpm_solver_pp_2m, 6), (dpm_solver_pp_3m, 6), (unipc, 6), (dpm_solver_singlestep, 6),
+                         (euler_edm, 6), (heun_edm, 12)]:
         model.reset_nfe()
         out, traj = sampler(model, x_start, ts, return_trajectory=True)
         assert model.nfe == nfe and len(traj) == 7 and torch.equal(traj[-1], out) and torch.equal(traj[0], x_start)
@@ -219,6 +275,77 @@ def test_dpm_solver_pp_2m_matches_diffusers(pretrained, spacing, final):
         ours = dpm_solver_pp_2m(pretrained, x, ts, y)
         theirs = run_diffusers(sched, pretrained, x, y)
     assert (ours - theirs).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("n, spacing, final", [(10, "trailing", "sigma_min"), (10, "linspace", "zero"),
+                                               (10, "leading", "sigma_min"), (20, "linspace", "zero")])
+def test_dpm_solver_pp_3m_matches_diffusers(pretrained, n, spacing, final):
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                                  beta_end=0.02, algorithm_type="dpmsolver++", solver_order=3,
+                                                  timestep_spacing=spacing, final_sigmas_type=final)
+    sched.set_timesteps(n)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(6))
+    y = torch.arange(32) % 10
+    ts = ddim_timesteps(n, spacing, final="zero" if final == "zero" else "t_min", scheduler="dpm_solver")
+    with torch.no_grad():
+        ours = dpm_solver_pp_3m(pretrained, x, ts, y)
+        theirs = run_diffusers(sched, pretrained, x, y)
+    assert (ours - theirs).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("n, spacing, final", [(5, "linspace", "zero"), (10, "trailing", "sigma_min"),
+                                               (20, "leading", "sigma_min")])
+def test_unipc_matches_diffusers(pretrained, order, variant, n, spacing, final):
+    """Float32 on both sides; 2e-5 covers the rounding of 5-20 steps (measured 2e-6 to 1.1e-5)."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.UniPCMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                              beta_end=0.02, solver_order=order, solver_type=variant,
+                                              timestep_spacing=spacing, final_sigmas_type=final)
+    sched.set_timesteps(n)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(8))
+    y = torch.arange(32) % 10
+    ts = ddim_timesteps(n, spacing, final="zero" if final == "zero" else "t_min", scheduler="dpm_solver")
+    with torch.no_grad():
+        ours = unipc(pretrained, x, ts, y, order=order, variant=variant)
+        theirs = run_diffusers(sched, pretrained, x, y)
+    assert torch.isfinite(ours).all()
+    if variant == "bh1" and final == "zero":
+        # diffusers multiplies B(h) = -inf by a zero residual on the last (first-order) step: NaN there
+        assert torch.isnan(theirs).any()
+        return
+    assert (ours - theirs).abs().max() <= 2e-5
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("algorithm, solver_type, final", [
+    ("dpmsolver", "midpoint", "sigma_min"), ("dpmsolver", "heun", "sigma_min"),
+    ("dpmsolver++", "midpoint", "zero"), ("dpmsolver++", "heun", "sigma_min")])
+@pytest.mark.parametrize("n", [6, 10])
+def test_dpm_solver_singlestep_matches_diffusers(pretrained, order, algorithm, solver_type, final, n):
+    """Float32 on both sides, diffusers' grid coefficients in float32: noise prediction multiplies x by
+    alpha_t / alpha_s (large near t = 1), so its agreement is relative (measured <= 1.9e-5 of max |x|; the
+    coarse midpoint runs reach |x| ~ 260: DPM-Solver-3 with 6 NFE diverges in both implementations)."""
+    diffusers = pytest.importorskip("diffusers")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates algorithm_type="dpmsolver"
+        sched = diffusers.DPMSolverSinglestepScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                                       beta_end=0.02, solver_order=order, algorithm_type=algorithm,
+                                                       solver_type=solver_type, final_sigmas_type=final,
+                                                       lower_order_final=True)
+    sched.set_timesteps(n)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(9))
+    y = torch.arange(32) % 10
+    ts = ddim_timesteps(n, "linspace", final="zero" if final == "zero" else "t_min", scheduler="dpm_solver")
+    with torch.no_grad():
+        ours = dpm_solver_singlestep(pretrained, x, ts, y, order=order, algorithm=algorithm, solver_type=solver_type)
+        theirs = run_diffusers(sched, pretrained, x, y)
+    scale = max(1.0, theirs.abs().max().item()) if algorithm == "dpmsolver" else 1.0
+    assert (ours - theirs).abs().max() <= (6e-5 if algorithm == "dpmsolver" else 2e-5) * scale
 
 
 def test_samplers_agree_on_pretrained_model(pretrained):

@@ -149,3 +149,116 @@ def test_ddim_rowwise_equals_ddim_per_row(model, batch):
             # one step from t = 1 divides by alpha_1 ~ 6e-3: float32 rounding of the coefficients shows at 1e-4
             tol = 1e-3 if len(grids[b]) <= 3 else 2e-5
             assert torch.allclose(out[b:b + 1], ddim(model, x[b:b + 1], grids[b], y[b:b + 1]), atol=tol)
+
+
+# --- SD's grid mapped by log-SNR, against diffusers' schedulers built offline from the pipelines' configs ------
+
+
+def _diffusers_loop(scheduler, model, x, y, ts):
+    """diffusers' scheduler on SD's schedule; the model is queried at the mapped time of each timestep."""
+    for i, k in enumerate(scheduler.timesteps):
+        x = scheduler.step(model.eps(x, float(ts[i]), y), k, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("config", ["sdxl", "sd15"])
+@pytest.mark.parametrize("n", [50, 27, 13])
+def test_sd_ddim_grid_matches_diffusers(config, n):
+    diffusers = pytest.importorskip("diffusers")
+    from common.diffusion.schedule import VPSchedule
+    from papers.adaptive_diffusion.grids import SD15_SCHEDULER_CONFIG, SDXL_SCHEDULER_CONFIG, sd_grid, sd_lambdas
+
+    cfg = SDXL_SCHEDULER_CONFIG if config == "sdxl" else SD15_SCHEDULER_CONFIG
+    sched = diffusers.DDIMScheduler.from_config(cfg)
+    sched.set_timesteps(n)
+    acp = sched.alphas_cumprod.double()
+    theirs = torch.cat([acp[sched.timesteps], sched.final_alpha_cumprod.double().reshape(1)])
+    if n == 50:
+        assert sched.timesteps[0] == 981 and sched.timesteps[-1] == 1
+    lam = 0.5 * torch.log(theirs / (1 - theirs))
+    assert torch.allclose(sd_lambdas(n, "ddim"), lam, atol=1e-6)
+    # mapped onto our model's schedule, the log-SNR (hence alpha, sigma) is the same
+    assert torch.allclose(VPSchedule().lambda_(sd_grid(VPSchedule(), n)), lam, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [50, 20])
+def test_sd_dpm_grid_matches_diffusers(n):
+    diffusers = pytest.importorskip("diffusers")
+    from common.diffusion.schedule import VPSchedule
+    from papers.adaptive_diffusion.grids import SDXL_SCHEDULER_CONFIG, sd_grid
+
+    sched = diffusers.DPMSolverMultistepScheduler.from_config(SDXL_SCHEDULER_CONFIG)
+    sched.set_timesteps(n)
+    ts = sd_grid(VPSchedule(), n, "dpmpp_2m")
+    assert sched.config.final_sigmas_type == "zero" and ts[-1] == 0.0
+    # diffusers' sigmas are sigma/alpha = exp(-lambda)
+    assert torch.allclose(VPSchedule().lambda_(ts[:-1]), -torch.log(sched.sigmas[:-1].double()), atol=1e-5)
+
+
+def test_sd_grid_sampling_equals_diffusers(model):
+    diffusers = pytest.importorskip("diffusers")
+    from papers.adaptive_diffusion.grids import SDXL_SCHEDULER_CONFIG, sd_grid
+
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(7))
+    y = torch.arange(16) % 10
+    for n in (50, 17):
+        ts = sd_grid(model.schedule, n)
+        sched = diffusers.DDIMScheduler.from_config(SDXL_SCHEDULER_CONFIG)
+        sched.set_timesteps(n)
+        with torch.no_grad():
+            assert (ddim(model, x, ts, y) - _diffusers_loop(sched, model, x, y, ts)).abs().max() <= 1e-5
+        ts = sd_grid(model.schedule, n, "dpmpp_2m")
+        sched = diffusers.DPMSolverMultistepScheduler.from_config(SDXL_SCHEDULER_CONFIG)
+        sched.set_timesteps(n)
+        with torch.no_grad():
+            assert (dpm_solver_pp_2m(model, x, ts, y) - _diffusers_loop(sched, model, x, y, ts)).abs().max() <= 1e-4
+
+
+def test_frozen_test_on_a_linear_grid_is_always_stable():
+    from common.diffusion.schedule import VPSchedule
+    from papers.adaptive_diffusion import frozen_test_stable
+
+    class Linear:  # alpha, sigma linear in t: every move is the same, the third-order difference is 0
+        def alpha(self, t):
+            return 1 - 0.5 * t
+
+        def sigma(self, t):
+            return 0.1 + t
+
+    ts = torch.linspace(1, 0.1, 21, dtype=torch.float64)
+    out = frozen_test_stable(Linear(), ts, torch.randn(3, 8), torch.randn(3, 8), 1e-9)
+    assert not out[:, :4].any() and out[:, 4:].all()  # decisions start at step 4
+    sd = frozen_test_stable(VPSchedule(), make_sd(), torch.randn(3, 8), torch.randn(3, 8))
+    assert sd.shape == (3, 50)
+
+
+def make_sd():
+    from common.diffusion.schedule import VPSchedule
+    from papers.adaptive_diffusion.grids import sd_grid
+
+    return sd_grid(VPSchedule(), 50)
+
+
+# --- the call counter ---------------------------------------------------------------------------------
+
+
+def test_call_counter_counts_each_sample(model, batch):
+    from papers.adaptive_diffusion import CallCounter
+
+    x, y = batch
+    ts = time_grid(20, "uniform_t")
+    counter = CallCounter(model, y, 12)
+    ids = torch.arange(12)
+    with torch.no_grad():
+        run = adaptive_sample(counter, x, ts, ids, threshold=0.02)
+        assert torch.equal(counter.take(), run.nfe)
+        plain = adaptive_sample(model, x, ts, y, threshold=0.02)
+        assert torch.equal(run.x, plain.x)  # the wrapper passes the true labels
+        nfe = torch.tensor([5, 5, 7, 20, 1, 9, 9, 9, 12, 5, 6, 7])
+        for solver in ("ddim", "dpmpp_2m"):
+            out = matched_baselines(counter, x, ts, nfe, ids, solver=solver, rng=np.random.default_rng(0))
+            for name, r in out.items():
+                assert torch.equal(r.counted, nfe), (solver, name)
+        # it can fail: a sampler that spends extra calls on some rows is caught
+        ddim(counter, x[:3], ts, ids[:3])
+        assert counter.take().tolist() == [20, 20, 20] + [0] * 9
