@@ -1,0 +1,1 @@
+"""ReSA rectified sparse decoding."""

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from common.tinylm import TinyGPT, TinyGPTConfig
+from papers.resa.resa import (
+    DecodingMethod,
+    bucket_means,
+    decode_teacher_forced,
+    dense_reference_kv,
+    kl_divergence,
+    per_seed_means,
+    recall_chance,
+    standard_methods,
+    window_maxima,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = TinyGPT(TinyGPTConfig(vocab_size=40, d_model=32, n_layers=3, n_heads=2, context=80)).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    return m
+
+
+def data(seed=0, b=2, p=16, g=33):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 40, (b, p), generator=gen), torch.randint(0, 40, (b, g), generator=gen)
+
+
+def test_dense_method_has_zero_error_and_matches_forward(model):
+    prompt, cont = data()
+    out = decode_teacher_forced(model, prompt, cont, DecodingMethod("dense", "dense"))
+    full = model(torch.cat([prompt, cont], 1))
+    assert torch.allclose(out["logits"], full[:, prompt.shape[1] - 1:-1], atol=1e-9)
+    assert out["write_error"].shape == (2, cont.shape[1] - 1)
+    assert float(out["write_error"].max()) < 1e-12
+
+
+def test_sparse_errors_and_rectification_schedule(model):
+    prompt, cont = data(1)
+    sparse = decode_teacher_forced(model, prompt, cont, DecodingMethod("sparse", block_size=4, sparse_ratio=0.25))
+    resa = decode_teacher_forced(model, prompt, cont, DecodingMethod("r8", rectify_every=8, block_size=4, sparse_ratio=0.25))
+    assert sparse["n_rectifications"] == 0 and resa["n_rectifications"] == 32 // 8
+    assert float(sparse["write_error"].max()) > 1e-3
+    # until the first rectification ReSA is plain sparse decoding, step for step
+    assert torch.allclose(resa["logits"][:, :9], sparse["logits"][:, :9], atol=1e-12)
+    assert torch.allclose(resa["write_error"][:, :8], sparse["write_error"][:, :8], atol=1e-12)
+    # right after a rectification the cache is dense again: the next entry's error is one sparse step's
+    f1 = decode_teacher_forced(model, prompt, cont, DecodingMethod("r1", rectify_every=1, block_size=4, sparse_ratio=0.25))
+    assert torch.allclose(resa["write_error"][:, 8], f1["write_error"][:, 8], atol=1e-12)
+
+
+def test_rectify_every_step_with_all_blocks_is_dense(model):
+    prompt, cont = data(2)
+    dense = decode_teacher_forced(model, prompt, cont, DecodingMethod("dense", "dense"))
+    full = decode_teacher_forced(model, prompt, cont, DecodingMethod("all", rectify_every=4, sparse_ratio=1.0))
+    assert torch.allclose(dense["logits"], full["logits"], atol=1e-9)
+
+
+def test_kl_and_reference(model):
+    a = torch.tensor([[0.0, 1.0, 2.0]])
+    assert float(kl_divergence(a, a)) == 0.0
+    p, q = torch.softmax(a, -1), torch.softmax(a.flip(-1), -1)
+    assert np.isclose(float(kl_divergence(a, a.flip(-1))), float((p * (p / q).log()).sum()))
+    prompt, cont = data(3)
+    ref = dense_reference_kv(model, torch.cat([prompt, cont], 1))
+    assert len(ref) == 3 and ref[0][0].shape == (2, 2, 16 + 33, 16)
+
+
+def test_buckets_windows_and_helpers():
+    x = np.arange(10.0)[None]
+    assert bucket_means(x, 2).tolist() == [[2.0, 7.0]]
+    assert bucket_means(x, 3).tolist() == [[1.0, 4.0, 7.0]]  # the last step is left out
+    assert window_maxima(x, 4).tolist() == [[3.0, 7.0]]
+    with pytest.raises(ValueError):
+        window_maxima(x, 6)
+    assert per_seed_means(np.array([1.0, 3.0, 5.0, 7.0]), np.array([2, 2, 0, 0])) == [2.0, 6.0]
+    assert recall_chance() == pytest.approx(1 / 12)
+    names = [m.name for m in standard_methods([8, 16])]
+    assert names == ["dense", "sparse", "oracle", "resa_f8", "resa_f16"]
+    with pytest.raises(ValueError):
+        DecodingMethod("bad", rectify_every=0)
