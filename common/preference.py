@@ -55,7 +55,9 @@ mirror step
 
 The official pipeline samples the pairs on-policy (``μ = π_t``); ``μ = Σ_j λ_j π_{t−j}`` (pairs drawn
 from the population) makes the preference term the win rate against the whole population. With one
-history policy (``λ = (1)``, the official default ``weights=[1, 0]``) MNPO is INPO.
+history policy (``λ = (1)``) MNPO is INPO. (The official trainer as shipped reads a ``history_weights``
+field that its config does not define, so it ignores the config's ``weights=[1, 0]`` and weights its
+``max_history_t = 2`` most recent iterates, ``π_t`` and ``π_{t−1}``, uniformly.)
 
 Tabular helpers: a game is a preference tensor ``P[..., i, j] = P(y_i ≻ y_j)`` (``P + Pᵀ = 1``);
 :func:`duality_gap` uses ``common.game_metrics`` on the symmetric zero-sum game it defines.
