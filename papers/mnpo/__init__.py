@@ -1,0 +1,1 @@
+"""Multiplayer Nash preference optimisation."""

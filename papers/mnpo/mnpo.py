@@ -1,0 +1,266 @@
+"""Multiplayer Nash Preference Optimisation (Wu et al. 2025) on an exact tabular preference game.
+
+**The game.** For each prompt ``x`` a policy is a distribution ``π(·|x)`` over ``K`` responses and a
+preference oracle gives ``P_x[i, j] = P(y_i ≻ y_j | x)`` with ``P + Pᵀ = 1``. The preferences come from
+an equal-weight mixture of ``A`` annotators, each a Bradley–Terry model with its own utilities ``u_a``:
+
+    P_x[i, j] = (1/A) Σ_a σ(s (u_a[i] − u_a[j]))                                                    (G)
+
+One annotator is transitive; a mixture of several with conflicting utilities is not (the Condorcet
+paradox: majority preferences of three strong-opinion annotators cycle), so no reward model fits it and
+the solution concept is the Nash equilibrium of the symmetric zero-sum game ``π ↦ P(π ≻ π')``
+(NLHF, Munos et al. 2024). Its approximation quality is the **duality gap**
+``DG(π) = max_π' P(π' ≻ π) − min_π' P(π ≻ π')`` (MNPO, Sec. 3; ``common.preference.duality_gap``),
+averaged over prompts.
+
+**The methods** (``common.preference``; every method runs ``T`` iterations from ``π_0 = π_ref``; at
+iteration ``t`` it draws ``n_pairs`` response pairs per prompt, asks the oracle for a Bernoulli label per
+pair and minimises its loss over the logits table with Adam from ``π_t``):
+
+- iterative DPO (reference = previous iterate, ``β = 1/η``) and SimPO (``β = 1/η``, ``γ = β/2``):
+  Bradley–Terry losses, which fit a reward to intransitive labels;
+- SPPO: regression of ``log π/π_t`` on each response's single-label win-rate estimate;
+- INPO: regression (4) towards the mirror step against the current iterate, ``ρ = ητ = 1/3``;
+- MNPO: regression (6) towards the multiplayer mirror step against the last ``n_history`` iterates with
+  uniform ``λ`` (official ``MNPOTrainer.mnpo_loss``, ``ratio = 1/3``), pairs drawn on-policy as in the
+  official pipeline; ``mnpo_pop`` draws the pairs from the λ-mixture of past iterates instead.
+
+All methods get the same iterations, pairs, labels budget and optimiser, and the same step-size grid
+for their one strength parameter ``η``, tuned on held-out games (:func:`tune_step_sizes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from common.preference import (
+    dpo_loss,
+    duality_gap,
+    exact_mnpo_update,
+    exact_sppo_update,
+    fit_table,
+    history_weights,
+    mnpo_loss,
+    simpo_loss,
+    sppo_loss,
+    win_rate,
+)
+
+METHODS = ("dpo", "simpo", "sppo", "inpo", "mnpo", "mnpo_pop")
+RHO = 1.0 / 3.0          # official MNPO `ratio` (= ητ), shared by INPO and MNPO
+SIMPO_GAMMA_BETA = 0.5   # SimPO's gamma_beta_ratio
+
+
+@dataclass(frozen=True)
+class Games:
+    """A batch of tabular preference games: ``P`` (S, X, K, K) and ``log_ref`` (S, X, K)."""
+
+    P: np.ndarray
+    log_ref: np.ndarray
+
+
+def annotator_mixture_games(n_games: int, n_prompts: int, n_responses: int, *, n_annotators: int = 3,
+                            sharpness: float = 8.0, ref_scale: float = 1.0, non_transitive: bool = True,
+                            random_state=None) -> Games:
+    """Draw ``n_games`` independent games (G), each with ``n_prompts`` prompts of ``n_responses`` responses.
+
+    Equal-weight annotators (``w_a = 1/A``) with utilities ``u_a ~ N(0, I)`` and sharpness ``s``; with
+    ``non_transitive=True`` a prompt is redrawn until its preferences have no Condorcet winner (no
+    response beats all others), so every prompt's Nash equilibrium is mixed (rejection sampling: about
+    one prompt in four qualifies at A = 3, s = 8, K = 8). The reference policy is
+    ``softmax(ref_scale · N(0, I))`` per prompt.
+    """
+    for name, value in (("n_games", n_games), ("n_prompts", n_prompts), ("n_responses", n_responses),
+                        ("n_annotators", n_annotators)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if n_responses < 3 and non_transitive:
+        raise ValueError("a non-transitive preference game needs at least 3 responses")
+    if n_responses < 2:
+        raise ValueError("a preference game needs at least 2 responses")
+    if sharpness <= 0:
+        raise ValueError(f"sharpness must be positive, got {sharpness!r}")
+    rng = np.random.default_rng(random_state)
+    n_needed = n_games * n_prompts
+    kept: list[np.ndarray] = []
+    n_kept = 0
+    for _ in range(1000):
+        u = rng.standard_normal((max(4 * n_needed, 64), n_annotators, n_responses))
+        diff = sharpness * (u[..., :, None] - u[..., None, :])
+        P = (1.0 / (1.0 + np.exp(-diff))).mean(-3)
+        P = 0.5 * (P + 1.0 - np.swapaxes(P, -1, -2))                  # exact P + Pᵀ = 1
+        if non_transitive:
+            P = P[~condorcet_winner_exists(P)]
+        kept.append(P)
+        n_kept += P.shape[0]
+        if n_kept >= n_needed:
+            break
+    else:
+        raise RuntimeError("could not draw enough non-transitive prompts; raise sharpness or n_annotators")
+    P = np.concatenate(kept)[:n_needed].reshape(n_games, n_prompts, n_responses, n_responses)
+    logits = ref_scale * rng.standard_normal((n_games, n_prompts, n_responses))
+    log_ref = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    return Games(P=P, log_ref=log_ref)
+
+
+def condorcet_winner_exists(P) -> np.ndarray:
+    """Whether some response beats every other one with probability > 1/2 (per game and prompt)."""
+    P = np.asarray(P)
+    K = P.shape[-1]
+    beats = (P > 0.5) | np.eye(K, dtype=bool)
+    return beats.all(axis=-1).any(axis=-1)
+
+
+def _sample(log_pi: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Inverse-CDF sampling of indices from ``exp(log_pi)`` (..., K) with uniforms (..., N)."""
+    cdf = np.cumsum(np.exp(log_pi), axis=-1)
+    cdf[..., -1] = 1.0 + 1e-12
+    idx = (uniforms[..., :, None] > cdf[..., None, :]).sum(-1)
+    return np.minimum(idx, log_pi.shape[-1] - 1)
+
+
+def draw_pairs(P: np.ndarray, log_mu: np.ndarray, n_pairs: int, rng: np.random.Generator):
+    """``n_pairs`` pairs ``y, y' ~ μ`` i.i.d. per prompt, labelled by the oracle; returns (winner, loser) indices."""
+    u = rng.random(log_mu.shape[:-1] + (3, n_pairs))
+    y, y2 = _sample(log_mu, u[..., 0, :]), _sample(log_mu, u[..., 1, :])
+    p = np.take_along_axis(np.take_along_axis(P, y[..., :, None], axis=-2), y2[..., :, None], axis=-1)[..., 0]
+    first_wins = u[..., 2, :] < p
+    return np.where(first_wins, y, y2), np.where(first_wins, y2, y)
+
+
+def _gather(logp: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return torch.gather(logp, -1, idx)
+
+
+def method_step(method: str, P: np.ndarray, log_ref: np.ndarray, history: Sequence[np.ndarray], *, eta: float,
+                n_pairs: int, rng: np.random.Generator, n_history: int = 3, steps: int = 200,
+                lr: float = 0.05) -> np.ndarray:
+    """One iteration of ``method``: draw labelled pairs, fit the new table; returns ``log π_{t+1}``.
+
+    ``history`` lists ``log π_t, log π_{t−1}, ...`` (most recent first).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    log_old = history[0]
+    hist = list(history[:n_history])
+    if method == "mnpo_pop":
+        lam = history_weights(len(hist))
+        log_mu = np.logaddexp.reduce(np.stack([np.log(lam[j]) + hist[j] for j in range(len(hist))]), axis=0)
+    else:
+        log_mu = log_old
+    w, l = (torch.as_tensor(i) for i in draw_pairs(P, log_mu, n_pairs, rng))
+    old_t, ref_t = torch.as_tensor(log_old), torch.as_tensor(log_ref)
+    # log-probs of the fixed policies on the drawn pairs, gathered once
+    old_w, old_l, ref_w, ref_l = _gather(old_t, w), _gather(old_t, l), _gather(ref_t, w), _gather(ref_t, l)
+    hist_w = [_gather(torch.as_tensor(h), w) for h in hist]
+    hist_l = [_gather(torch.as_tensor(h), l) for h in hist]
+
+    def loss(logp: torch.Tensor) -> torch.Tensor:
+        pw, pl = _gather(logp, w), _gather(logp, l)
+        if method == "dpo":
+            per = dpo_loss(pw, pl, old_w, old_l, beta=1.0 / eta)
+        elif method == "simpo":
+            per = simpo_loss(pw, pl, beta=1.0 / eta, gamma=SIMPO_GAMMA_BETA / eta)
+        elif method == "sppo":
+            per = (sppo_loss(pw, old_w, 1.0, eta=eta) + sppo_loss(pl, old_l, 0.0, eta=eta)) / 2
+        elif method == "inpo":
+            per = mnpo_loss(pw, pl, ref_w, ref_l, [old_w], [old_l], eta=eta, rho=RHO)
+        else:  # mnpo, mnpo_pop
+            per = mnpo_loss(pw, pl, ref_w, ref_l, hist_w, hist_l, eta=eta, rho=RHO)
+        return per.mean(-1).sum()
+
+    return fit_table(loss, log_old, steps=steps, lr=lr)
+
+
+def run_method(method: str, games: Games, *, T: int, eta: float, n_pairs: int, random_state, n_history: int = 3,
+               steps: int = 200, lr: float = 0.05) -> list[np.ndarray]:
+    """``T`` iterations of ``method`` from ``π_ref`` on every game at once; returns ``[log π_0, ..., log π_T]``.
+
+    The pair-sampling uniforms depend only on ``random_state`` and ``t``, so every method sees common
+    random numbers (the same draws, through its own policy).
+    """
+    if T < 1:
+        raise ValueError(f"T must be positive, got {T!r}")
+    path = [games.log_ref.copy()]
+    for t in range(T):
+        rng = np.random.default_rng([int(random_state), t])
+        history = path[::-1]
+        path.append(method_step(method, games.P, games.log_ref, history, eta=eta, n_pairs=n_pairs, rng=rng,
+                                n_history=n_history, steps=steps, lr=lr))
+    return path
+
+
+def run_exact(method: str, games: Games, *, T: int, eta: float, n_history: int = 3) -> list[np.ndarray]:
+    """``T`` exact (population) steps of SPPO, INPO, MNPO or MNPO-pop: the limit of infinitely many pairs."""
+    path = [games.log_ref.copy()]
+    for _ in range(T):
+        history = path[::-1][:n_history]
+        if method == "sppo":
+            new = exact_sppo_update(games.P, history[0], eta=eta)
+        elif method == "inpo":
+            new = exact_mnpo_update(games.P, games.log_ref, history[:1], eta=eta, rho=RHO)
+        elif method == "mnpo":
+            new = exact_mnpo_update(games.P, games.log_ref, history, eta=eta, rho=RHO)
+        elif method == "mnpo_pop":
+            new = exact_mnpo_update(games.P, games.log_ref, history, eta=eta, rho=RHO, sampler="population")
+        else:
+            raise ValueError(f"no exact update for {method!r}; expected sppo, inpo, mnpo or mnpo_pop")
+        path.append(new)
+    return path
+
+
+def path_metrics(games: Games, path: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-game metrics of a trajectory (each averaged over prompts; arrays of length S).
+
+    ``gap``: duality gap of ``π_T``; ``gap_path`` (T+1, S); ``min_win_past``: ``min_{t<T}`` of the
+    prompt-averaged win rate ``P(π_T ≻ π_t)``; ``win_ref``: ``P(π_T ≻ π_ref)``; ``kl_ref``: ``KL(π_T ‖ π_ref)``.
+    """
+    pi = [np.exp(lp) for lp in path]
+    gap_path = np.stack([duality_gap(games.P, p).mean(-1) for p in pi])
+    wins_past = np.stack([win_rate(games.P, pi[-1], p).mean(-1) for p in pi[:-1]])
+    kl = (pi[-1] * (path[-1] - games.log_ref)).sum(-1).mean(-1)
+    return {"gap": gap_path[-1], "gap_path": gap_path, "min_win_past": wins_past.min(0),
+            "win_ref": wins_past[0], "kl_ref": kl}
+
+
+def tune_step_sizes(methods: Sequence[str], games: Games, grid: Sequence[float], *, T: int, n_pairs: int,
+                    random_state, **kwargs) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Pick each method's ``η`` from the same ``grid`` by its mean final duality gap on ``games``.
+
+    Returns the chosen ``η`` per method and the mean gap per grid value (the tuning curve).
+    """
+    best, curves = {}, {}
+    for m in methods:
+        gaps = np.array([path_metrics(games, run_method(m, games, T=T, eta=e, n_pairs=n_pairs,
+                                                        random_state=random_state, **kwargs))["gap"].mean()
+                         for e in grid])
+        curves[m] = gaps
+        best[m] = float(grid[int(np.argmin(gaps))])
+    return best, curves
+
+
+def symmetric_nash(P) -> np.ndarray:
+    """A Nash equilibrium of the symmetric zero-sum game ``P`` (K, K) by linear programming (HiGHS).
+
+    Maximise ``v`` subject to ``Σ_i π_i P[i, j] ≥ v`` for every ``j``, ``π ∈ Δ_K``; the value is 1/2.
+    """
+    from scipy.optimize import linprog
+
+    P = np.asarray(P, dtype=float)
+    K = P.shape[-1]
+    if P.shape != (K, K):
+        raise ValueError(f"P must be a (K, K) matrix, got {P.shape}")
+    c = np.zeros(K + 1)
+    c[-1] = -1.0
+    A_ub = np.hstack([-P.T, np.ones((K, 1))])
+    A_eq = np.hstack([np.ones((1, K)), np.zeros((1, 1))])
+    res = linprog(c, A_ub=A_ub, b_ub=np.zeros(K), A_eq=A_eq, b_eq=[1.0],
+                  bounds=[(0, None)] * K + [(None, None)], method="highs")
+    if not res.success:
+        raise RuntimeError(f"linprog failed: {res.message}")
+    pi = np.clip(res.x[:K], 0.0, None)
+    return pi / pi.sum()
