@@ -21,9 +21,9 @@ import torch
 from scipy import stats as sps
 
 from common.diffusion import ddim, dpm_solver_pp_2m, metrics
+from common.diffusion.counting import CallCounter
 from papers.adaptive_diffusion.grids import make_grid
 from papers.adaptive_diffusion.skipping import (
-    CallCounter,
     adaptive_sample,
     called_subgrid,
     ddim_rowwise,
