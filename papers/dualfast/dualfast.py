@@ -55,11 +55,14 @@ import numpy as np
 import torch
 
 from common.diffusion import ddim, dpm_solver_pp_2m, metrics, time_grid, unipc
+from common.diffusion.samplers import check_times, grid_coefficients
 from common.diffusion.noise_bank import NoiseBank
 from common.diffusion.reference import reference_endpoints
 
 BASE_SOLVERS: dict[str, Callable] = {"ddim": ddim, "dpmpp2m": dpm_solver_pp_2m, "unipc": unipc}
 C_GRID = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+TAU_READINGS = ("first", "previous")
+HISTORY_READINGS = ("mixed", "raw", "first_order")
 
 
 # --- the DualFast noise prediction ---------------------------------------------------------------------
@@ -86,57 +89,133 @@ class DualFastModel:
 
     One instance serves exactly one sampling run: the first call must be at ``t_tau`` (the grid's first time);
     its prediction is cached as :math:`\varepsilon_\theta(x_\tau, \tau)` and returned unchanged
-    (:math:`c_\tau = 0`). NFE are counted by the wrapped model (the mixing adds none).
+    (:math:`c_\tau = 0`). NFE are counted by the wrapped model (the mixing adds none). ``tau="first"`` (our
+    main reading) mixes with the first step's prediction; ``tau="previous"`` (a second reading, for the
+    diagnostic of the README) with the raw prediction of the previous call. The coefficient is
+    :math:`c_t = c\,(1 - t/t_0)` in both.
     """
 
-    def __init__(self, model, t_tau: float, c: float):
+    def __init__(self, model, t_tau: float, c: float, tau: str = "first"):
         if not np.isfinite(c):
             raise ValueError(f"c must be finite, got {c}")
+        if tau not in TAU_READINGS:
+            raise ValueError(f"tau must be one of {TAU_READINGS}, got {tau!r}")
         self.model, self.schedule = model, model.schedule
-        self.t_tau, self.c = float(t_tau), float(c)
+        self.t_tau, self.c, self.tau = float(t_tau), float(c), tau
         self.eps_tau: torch.Tensor | None = None
+        self.eps_prev: torch.Tensor | None = None
         self.coefficients: list[float] = []
 
     def eps(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
-        e = self.model.eps(x, t, y)
+        return self.mix(self.model.eps(x, t, y), t)
+
+    def mix(self, e: torch.Tensor, t) -> torch.Tensor:
+        r""":math:`\tilde\varepsilon` from a raw prediction ``e`` made at time ``t`` (updates the cache)."""
         t = _scalar_time(t)
         if self.eps_tau is None:
             if abs(t - self.t_tau) > 1e-12:
                 raise ValueError(f"the first call must be at tau = {self.t_tau}, got t = {t}")
-            self.eps_tau = e
+            self.eps_tau = self.eps_prev = e
             self.coefficients.append(0.0)
             return e
         if e.shape != self.eps_tau.shape:
             raise ValueError("a DualFastModel serves one batch: the shape changed between calls")
         c_t = mixing_coefficient(t, self.t_tau, self.c)
         self.coefficients.append(c_t)
-        return (1.0 + c_t) * e - c_t * self.eps_tau
+        e_ref = self.eps_tau if self.tau == "first" else self.eps_prev
+        self.eps_prev = e
+        return (1.0 + c_t) * e - c_t * e_ref
 
 
 def _dualfast(base: Callable, model, x, ts, y=None, c: float = 0.3, return_trajectory: bool = False,
-              callback: Callable | None = None, **kwargs):
+              callback: Callable | None = None, tau: str = "first", **kwargs):
     ts = torch.as_tensor(ts, dtype=torch.float64)
-    view = DualFastModel(model, float(ts[0]), c)
+    view = DualFastModel(model, float(ts[0]), c, tau=tau)
     return base(view, x, ts, y, return_trajectory=return_trajectory, callback=callback, **kwargs)
 
 
 def dualfast_ddim(model, x, ts, y=None, c: float = 0.3, return_trajectory: bool = False,
-                  callback: Callable | None = None):
+                  callback: Callable | None = None, tau: str = "first"):
     """DDIM (eta = 0) with the DualFast prediction :math:`\\tilde\\varepsilon` (one NFE per step)."""
-    return _dualfast(ddim, model, x, ts, y, c, return_trajectory, callback)
+    return _dualfast(ddim, model, x, ts, y, c, return_trajectory, callback, tau=tau)
 
 
 def dualfast_dpm_solver_pp_2m(model, x, ts, y=None, c: float = 0.3, lower_order_final: bool = True,
-                              return_trajectory: bool = False, callback: Callable | None = None):
+                              return_trajectory: bool = False, callback: Callable | None = None,
+                              tau: str = "first"):
     """DPM-Solver++(2M) with the DualFast prediction (data prediction formed from :math:`\\tilde\\varepsilon`)."""
-    return _dualfast(dpm_solver_pp_2m, model, x, ts, y, c, return_trajectory, callback,
+    return _dualfast(dpm_solver_pp_2m, model, x, ts, y, c, return_trajectory, callback, tau=tau,
                      lower_order_final=lower_order_final)
 
 
 def dualfast_unipc(model, x, ts, y=None, c: float = 0.3, order: int = 2, variant: str = "bh2",
-                   return_trajectory: bool = False, callback: Callable | None = None):
+                   return_trajectory: bool = False, callback: Callable | None = None, tau: str = "first"):
     """UniPC (UniP-2 + UniC, bh2) with the DualFast prediction."""
-    return _dualfast(unipc, model, x, ts, y, c, return_trajectory, callback, order=order, variant=variant)
+    return _dualfast(unipc, model, x, ts, y, c, return_trajectory, callback, tau=tau, order=order, variant=variant)
+
+
+def dualfast_dpm_solver_pp_2m_reading(model, x, ts, y=None, c: float = 0.3, history: str = "mixed",
+                                      tau: str = "first", lower_order_final: bool = True) -> torch.Tensor:
+    r"""DPM-Solver++(2M) + DualFast under the readings of "substitute into the solver" that the text allows.
+
+    With :math:`\hat x_0` from :math:`\varepsilon_\theta` (raw) and :math:`\tilde x_0` from
+    :math:`\tilde\varepsilon` (mixed), the 2M step uses :math:`D_i`:
+
+    * ``history="mixed"`` (our main reading, = :func:`dualfast_dpm_solver_pp_2m`):
+      :math:`D = (1 + \tfrac{1}{2r})\tilde x_0^{(i)} - \tfrac{1}{2r}\tilde x_0^{(i-1)}`;
+    * ``"raw"``: the history keeps the raw prediction, :math:`D = (1 + \tfrac{1}{2r})\tilde x_0^{(i)} - \tfrac{1}{2r}\hat x_0^{(i-1)}`;
+    * ``"first_order"`` (the reading note: "into the first-order term"):
+      :math:`D = \tilde x_0^{(i)} + \tfrac{1}{2r}(\hat x_0^{(i)} - \hat x_0^{(i-1)})`.
+
+    ``tau`` as in :class:`DualFastModel`. One NFE per step, as the base solver.
+    """
+    if history not in HISTORY_READINGS:
+        raise ValueError(f"history must be one of {HISTORY_READINGS}, got {history!r}")
+    ts = check_times(ts)
+    co = grid_coefficients(model.schedule, ts)
+    alpha, sigma, lam = co["alpha"], co["sigma"], co["lambda"]
+    view = DualFastModel(model, float(ts[0]), c, tau=tau)
+    n = len(ts) - 1
+    raw_prev = mixed_prev = None
+    for i in range(n):
+        e_raw = model.eps(x, co["t"][i], y)
+        e_mix = view.mix(e_raw, co["t"][i])
+        x0_raw, x0_mix = (x - sigma[i] * e_raw) / alpha[i], (x - sigma[i] * e_mix) / alpha[i]
+        last_first_order = i == n - 1 and (sigma[i + 1] == 0.0 or (lower_order_final and n < 15))
+        if raw_prev is None or last_first_order:
+            d = x0_mix
+        else:
+            k = 1.0 / (2.0 * (lam[i] - lam[i - 1]) / (lam[i + 1] - lam[i]))
+            if history == "mixed":
+                d = (1 + k) * x0_mix - k * mixed_prev
+            elif history == "raw":
+                d = (1 + k) * x0_mix - k * raw_prev
+            else:
+                d = x0_mix + k * (x0_raw - raw_prev)
+        x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] - sigma[i + 1] * alpha[i] / sigma[i]) * d
+        raw_prev, mixed_prev = x0_raw, x0_mix
+    return x
+
+
+def reading_ratios(model, x_fit, y_fit, ref_fit, n: int, grid_c=C_GRID) -> dict[str, dict[str, dict[float, float]]]:
+    """MSE(DualFast) / MSE(base) on the fit noises at n steps for every reading of the rule the text allows:
+    DPM-Solver++(2M) with history in {mixed, raw, first_order} x tau in {first, previous}; UniPC (whose
+    corrector reuses the prediction, so only the model view can be changed) with tau in {first, previous}.
+    Returns {solver: {"<history>_<tau>": {c: ratio}}}."""
+    out: dict = {"dpmpp2m": {}, "unipc": {}}
+    ts = grid_for(n)
+    with torch.no_grad():
+        b = mse(dpm_solver_pp_2m(model, x_fit, ts, y_fit), ref_fit)
+        for history in HISTORY_READINGS:
+            for tau in TAU_READINGS:
+                out["dpmpp2m"][f"{history}_{tau}"] = {
+                    float(c): mse(dualfast_dpm_solver_pp_2m_reading(model, x_fit, ts, y_fit, c, history, tau), ref_fit) / b
+                    for c in grid_c}
+        b = mse(unipc(model, x_fit, ts, y_fit), ref_fit)
+        for tau in TAU_READINGS:
+            out["unipc"][f"mixed_{tau}"] = {float(c): mse(dualfast_unipc(model, x_fit, ts, y_fit, c=c, tau=tau), ref_fit) / b
+                                            for c in grid_c}
+    return out
 
 
 DUALFAST_SOLVERS: dict[str, Callable] = {"ddim": dualfast_ddim, "dpmpp2m": dualfast_dpm_solver_pp_2m,
@@ -225,6 +304,19 @@ def reference(model, x, y, rtol: float = 1e-5, atol: float = 1e-7) -> torch.Tens
     return reference_endpoints(model, x, 1.0, model.schedule.t_min, y=y, rtol=rtol, atol=atol)
 
 
+def twin_endpoint(twin, x, y=None, steps: int = 200) -> torch.Tensor:
+    r"""The endpoint of the PF-ODE of the *exact* score (``twin``, e.g. the DeltaTwin of the training set) from the
+    same x_T: float64 DDIM with ``steps`` log-SNR steps (the same grid ends as :func:`grid_for`). MSE to it is the
+    total error (approximation + discretization) in the sense of Sec. 3; for a DeltaTwin the endpoint is
+    (close to) a training digit, a memorised target that a generalising network need not approach."""
+    return ddim(twin, x.double(), time_grid(steps, "logsnr"), y)
+
+
+def total_variance(x: torch.Tensor) -> float:
+    """Sum over pixels of the variance over samples (the trace of the sample covariance)."""
+    return float(x.double().var(0).sum())
+
+
 def select_coefficient(model, x_fit, y_fit, ref_fit, steps, grid_c=C_GRID) -> dict[str, dict]:
     """For every solver, the c of ``grid_c`` with the smallest mean (over ``steps``) of MSE(DualFast) / MSE(base)
     on the fit noises. Returns {solver: {"c": c, "ratios": {c: mean ratio}, "per_n": {c: {n: ratio}}}}."""
@@ -244,15 +336,20 @@ def select_coefficient(model, x_fit, y_fit, ref_fit, steps, grid_c=C_GRID) -> di
 
 
 def run_seed(model, seed: int, coefficients: dict[str, float], steps=(5, 10), n_eval: int = 128,
-             with_fd: bool = True, rtol: float = 1e-5) -> dict:
+             with_fd: bool = True, rtol: float = 1e-5, twin=None, twin_steps: int = 200) -> dict:
     """Every solver and its DualFast variant on one seed's evaluation bank (same x_T, labels, grid and NFE).
 
-    Keys: ``{solver}.n{n}.{base|dualfast}.{mse,fd,nfe}`` and ``{solver}.n{n}.gain`` (1 - MSE ratio)."""
+    Keys: ``{solver}.n{n}.{base|dualfast}.{mse,fd,nfe,totvar}`` and ``{solver}.n{n}.gain`` (1 - MSE ratio); with
+    ``twin`` also ``.mse_twin`` (MSE to :func:`twin_endpoint`) and ``reference.mse_twin``."""
     bank = NoiseBank(seed, dtype=torch.float32)
     x, y = bank.evaluation(n_eval)
     out = {}
     with torch.no_grad():
         ref = reference(model, x, y, rtol=rtol)
+        tw = twin_endpoint(twin, x, y, twin_steps) if twin is not None else None
+        out["reference.totvar"] = total_variance(ref)
+        if tw is not None:
+            out["reference.mse_twin"] = mse(ref, tw)
         for name, base in BASE_SOLVERS.items():
             for n in steps:
                 ts = grid_for(n)
@@ -265,6 +362,9 @@ def run_seed(model, seed: int, coefficients: dict[str, float], steps=(5, 10), n_
                     key = f"{name}.n{n}.{variant}"
                     out[f"{key}.nfe"] = model.reset_nfe()
                     out[f"{key}.mse"] = mse(xs, ref)
+                    out[f"{key}.totvar"] = total_variance(xs)
+                    if tw is not None:
+                        out[f"{key}.mse_twin"] = mse(xs, tw)
                     if with_fd:
                         out[f"{key}.fd"] = metrics.fd_to_train(xs.float())
                 out[f"{name}.n{n}.gain"] = 1.0 - out[f"{name}.n{n}.dualfast.mse"] / out[f"{name}.n{n}.base.mse"]

@@ -65,3 +65,30 @@ def test_trajectory_and_signature(twin):
         out, traj = fn(twin, x, grid_for(5), None, c=0.2, return_trajectory=True, callback=lambda info: seen.append(info["i"]))
         assert len(traj) == 6 and torch.equal(traj[-1], out), name
     assert len(seen) == 15
+
+
+def test_reading_mixed_history_equals_the_model_view(twin):
+    from papers.dualfast.dualfast import dualfast_dpm_solver_pp_2m_reading
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ts = grid_for(6)
+    for tau in ("first", "previous"):
+        a = DUALFAST_SOLVERS["dpmpp2m"](twin, x, ts, c=0.3, tau=tau)
+        b = dualfast_dpm_solver_pp_2m_reading(twin, x, ts, c=0.3, history="mixed", tau=tau)
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    for history in ("raw", "first_order"):  # c = 0 is the base solver in every reading
+        z = dualfast_dpm_solver_pp_2m_reading(twin, x, ts, c=0.0, history=history)
+        assert torch.allclose(z, BASE_SOLVERS["dpmpp2m"](twin, x, ts), rtol=0, atol=1e-12)
+        assert not torch.allclose(dualfast_dpm_solver_pp_2m_reading(twin, x, ts, c=0.3, history=history), z)
+
+
+def test_tau_previous_by_hand(twin):
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    view = DualFastModel(twin, 1.0, 0.4, tau="previous")
+    view.eps(x, 1.0)
+    e_half = twin.eps(0.9 * x, 0.5)
+    view.eps(0.9 * x, 0.5)
+    got = view.eps(0.8 * x, 0.25)
+    c = 0.4 * 0.75
+    assert torch.allclose(got, (1 + c) * twin.eps(0.8 * x, 0.25) - c * e_half)
+    with pytest.raises(ValueError):
+        DualFastModel(twin, 1.0, 0.3, tau="last")
