@@ -1,0 +1,1 @@
+"""DualFast dual-error sampling."""
