@@ -1,0 +1,1 @@
+"""NADO controllable generation."""
