@@ -309,7 +309,7 @@ def sweep(model, x, y, nfe: int, solver: str, lams, kappas, score: Callable, fp3
 
 def run_experiment(model, seeds, nfes, lams, kappas, n_val: int, n_eval: int, n_ref: int,
                    select_per_seed: bool = False, baselines=("dpmpp3m", "unipc"), progress: bool = False,
-                   ref_rtol: float = 1e-6) -> dict:
+                   ref_rtol: float = 1e-6, fp32_lams=(1e-3,)) -> dict:
     r"""Pick (lambda*, kappa*) on a validation bank by FD to the train digits, evaluate on disjoint banks.
 
     * Validation: the *fit* stream of :class:`~common.diffusion.noise_bank.NoiseBank` (``n_val`` noises)
@@ -319,6 +319,7 @@ def run_experiment(model, seeds, nfes, lams, kappas, n_val: int, n_eval: int, n_
       (:func:`solver_grid`) and noises; FD to the train digits and, on the first ``n_ref`` noises, RMSE to
       the float64 reference ODE endpoint (:func:`common.diffusion.reference.reference_endpoints`).
 
+    ``fp32_lams``: the lambdas of the sweep's official-float32 kappa = 0 row (:func:`sweep`).
     Returns ``{"sweeps": {(seed, nfe, solver): sweep dict}, "metrics": {name: per-seed list}}``; metric
     names are ``nfe{n}.{method}.{fd|rmse|nfe}`` and ``nfe{n}.{solver}.lml_{lam|kappa}``.
     """
@@ -339,7 +340,7 @@ def run_experiment(model, seeds, nfes, lams, kappas, n_val: int, n_eval: int, n_
     work = [(s, n, sol) for s in (seeds if select_per_seed else seeds[:1]) for n in nfes for sol in SOLVERS]
     for s, n, sol in tqdm(work, desc="sweep", disable=not progress):
         xv, yv = NoiseBank(s).fit(n_val)
-        sw = sweep(model, xv, yv, n, sol, lams, kappas, score=fd_to_train)
+        sw = sweep(model, xv, yv, n, sol, lams, kappas, score=fd_to_train, fp32_lams=fp32_lams)
         sweeps[(s, n, sol)] = sw
         chosen[(s, n, sol)] = select_best(sw["grid"])
     for s in tqdm(seeds, desc="evaluate", disable=not progress):
