@@ -307,9 +307,14 @@ def sweep(model, x, y, nfe: int, solver: str, lams, kappas, score: Callable, fp3
     return out
 
 
+#: The official README's tuned lambda for CIFAR-10 DPM-Solver-3 + LML (kappa = 0, the scripts' default), per NFE.
+OFFICIAL_LAMBDA = {5: 8e-4, 6: 8e-4, 7: 1e-3, 8: 1e-3, 9: 1e-3, 10: 8e-4, 12: 1e-3, 15: 1e-3, 20: 5e-4,
+                   30: 3e-4, 50: 1e-4, 100: 5e-5}
+
+
 def run_experiment(model, seeds, nfes, lams, kappas, n_val: int, n_eval: int, n_ref: int,
                    select_per_seed: bool = False, baselines=("dpmpp3m", "unipc"), progress: bool = False,
-                   ref_rtol: float = 1e-6, fp32_lams=(1e-3,)) -> dict:
+                   ref_rtol: float = 1e-6, fp32_lams=(1e-3,), official: bool = False) -> dict:
     r"""Pick (lambda*, kappa*) on a validation bank by FD to the train digits, evaluate on disjoint banks.
 
     * Validation: the *fit* stream of :class:`~common.diffusion.noise_bank.NoiseBank` (``n_val`` noises)
@@ -320,6 +325,8 @@ def run_experiment(model, seeds, nfes, lams, kappas, n_val: int, n_eval: int, n_
       the float64 reference ODE endpoint (:func:`common.diffusion.reference.reference_endpoints`).
 
     ``fp32_lams``: the lambdas of the sweep's official-float32 kappa = 0 row (:func:`sweep`).
+    ``official``: also evaluate ``dpm3_official``, DPM-Solver-3 + LML as the official scripts run it (kappa = 0,
+    the README's lambda for the NFE, :data:`OFFICIAL_LAMBDA`, in float32), on the same evaluation noises.
     Returns ``{"sweeps": {(seed, nfe, solver): sweep dict}, "metrics": {name: per-seed list}}``; metric
     names are ``nfe{n}.{method}.{fd|rmse|nfe}`` and ``nfe{n}.{solver}.lml_{lam|kappa}``.
     """
@@ -359,6 +366,9 @@ def run_experiment(model, seeds, nfes, lams, kappas, n_val: int, n_eval: int, n_
                 put(f"nfe{n}.{sol}.lml_kappa", kappa)
                 outs[sol] = run_sampler(model, sol, xe, ts, ye)
                 outs[f"{sol}_lml"] = run_sampler(model, sol, xe, ts, ye, lam, kappa)
+            if official:
+                outs["dpm3_official"] = run_sampler(model, "dpm3", xe, ts, ye, OFFICIAL_LAMBDA[n], 0.0,
+                                                    compute_dtype=None)
             for name in baselines:
                 model.reset_nfe()
                 with torch.no_grad():

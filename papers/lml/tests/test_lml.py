@@ -9,6 +9,7 @@ from common.diffusion import ddim
 from common.diffusion.schedule import VPSchedule
 from common.diffusion.views import Denoiser, batch_times
 from papers.lml.lml import (
+    OFFICIAL_LAMBDA,
     correction_flops,
     ddim_lml,
     dpm_solver_multistep,
@@ -112,6 +113,36 @@ def test_lml_kappa0_equals_base_solvers_on_a_smooth_model():
         assert (ddim_lml(model, x, ts, lam=lam, kappa=0.0) - base_ddim).abs().max() <= 1e-10 * scale
         assert (dpm_solver_multistep_lml(model, x, ts, lam=lam, kappa=0.0) - base_dpm).abs().max() <= 1e-10 * scale
     assert (ddim_lml(model, x, ts, lam=1e-2, kappa=0.5) - base_ddim).abs().max() > 1e-3 * scale  # kappa > 0 acts
+
+
+def test_small_lambda_with_kappa_turns_the_step_orthogonal_to_v():
+    """The DPM-Solver-3 + LML divergence mechanism: for lambda << |v|^2 and kappa > 0, g' is g's component
+    orthogonal to v rescaled to |g|; with consecutive increments nearly parallel that is a ~90 degree turn."""
+    gen = torch.Generator().manual_seed(6)
+    g = torch.randn(5, 64, generator=gen, dtype=torch.float64)
+    prev = g + 0.05 * torch.randn(5, 64, generator=gen, dtype=torch.float64)  # nearly parallel increments
+    out = lm_correct(g, prev, lam=1e-9, kappa=0.05)
+    v = 0.05 * prev + 0.95 * g
+    assert (torch.nn.functional.cosine_similarity(out, v, dim=1).abs() < 1e-6).all()
+    assert (torch.nn.functional.cosine_similarity(out, g, dim=1).abs() < 0.05).all()
+    assert torch.allclose(out.norm(dim=1), g.norm(dim=1), atol=1e-12)
+
+
+def test_correction_hook_gets_the_previous_uncorrected_increment():
+    """As the official scheduler (prev_noise = the uncorrected increment; None at the first step of a call)."""
+    model = Denoiser(lambda x, t, y=None: torch.tanh(x), SCHEDULE)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    seen = []
+
+    def hook(g, prev):
+        seen.append((g.clone(), None if prev is None else prev.clone()))
+        return -g  # a correction that would change prev if prev were the corrected increment
+
+    dpm_solver_multistep(model, x, solver_grid(5), correction=hook)
+    assert seen[0][1] is None
+    for (g_prev, _), (_, prev) in zip(seen[:-1], seen[1:]):
+        assert torch.equal(prev, g_prev)
+    assert OFFICIAL_LAMBDA[5] == 8e-4 and OFFICIAL_LAMBDA[10] == 8e-4 and OFFICIAL_LAMBDA[20] == 5e-4
 
 
 def test_selection_helpers_and_flops():
