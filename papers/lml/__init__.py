@@ -1,0 +1,1 @@
+"""Levenberg-Marquardt-Langevin sampler."""
