@@ -151,7 +151,10 @@ def kid_subsets(feat_a, feat_b, n_subsets: int = 10, subset_size: int = 200, ran
 
 
 @functools.cache
-def _train_features() -> torch.Tensor:
+def train_features() -> torch.Tensor:
+    """The classifier features of the digits train split (float64 [N_train, 32], computed once per process): the
+    reference set of :func:`fd_to_train` and :func:`kid_to_train`, for an FD to the train digits of features the
+    caller already has (``frechet_distance(feat, train_features())``). Cached: do not modify it in place."""
     return DigitsFeatures.load().features(load_digits_split().x_train)
 
 
@@ -165,7 +168,7 @@ def feature_stats(feat) -> tuple[np.ndarray, np.ndarray]:
 @functools.cache
 def train_feature_stats() -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of the train split's classifier features (once per process): KID's standardisation."""
-    return feature_stats(_train_features())
+    return feature_stats(train_features())
 
 
 def standardise_by(feat, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -176,12 +179,12 @@ def standardise_by(feat, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 @functools.cache
 def _train_features_standardised() -> np.ndarray:
-    return standardise_by(_train_features(), train_feature_stats())
+    return standardise_by(train_features(), train_feature_stats())
 
 
 def fd_to_train(x: torch.Tensor) -> float:
     """FD32 between digits x [N, 64] and the train split."""
-    return frechet_distance(DigitsFeatures.load().features(x), _train_features())
+    return frechet_distance(DigitsFeatures.load().features(x), train_features())
 
 
 def kid_to_train(x: torch.Tensor) -> float:

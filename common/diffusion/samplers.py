@@ -1,4 +1,4 @@
-r"""Samplers for the probability-flow ODE of a VP diffusion model: DDIM, DPM-Solver++(2M/3M), singlestep DPM-Solver(++)-1/2/3, UniPC, EDM Euler/Heun.
+r"""Samplers for the probability-flow ODE of a VP diffusion model: DDIM, DPM-Solver++(2M/3M), singlestep DPM-Solver(++)-1/2/3, UniPC, PNDM, EDM Euler/Heun.
 
 Samplers only call ``model.eps(x, t, y)`` and read ``model.schedule`` (the protocol of
 :mod:`common.diffusion.views`), so the pretrained model, a guided :class:`~common.diffusion.views.Denoiser`
@@ -529,6 +529,120 @@ def unipc(model, x, ts, y=None, order: int = 2, variant: str = "bh2", lower_orde
             trajectory.append(x)
         if callback is not None:
             callback({"i": i, "t": c["t"][i], "t_next": c["t"][i + 1], "x": x, "x0": x0})
+    return _finish(x, trajectory, return_trajectory)
+
+
+# --- PNDM (PRK warm-up + PLMS) ------------------------------------------------------------------------
+
+
+def pndm_timesteps(
+    n_steps: int,
+    spacing: str = "leading",
+    steps_offset: int = 0,
+    final: str = "t_min",
+    schedule: VPSchedule | None = None,
+) -> torch.Tensor:
+    """The grid diffusers' ``PNDMScheduler`` steps through, as continuous times t = (k + 1) / T, plus the final time.
+
+    diffusers lists k = j (T // n) + ``steps_offset`` for j = n-1..0 ("leading"; Stable Diffusion uses
+    ``steps_offset=1``) or the "trailing" steps, and always steps from k to k - T // n; the last step
+    (k - T // n < 0) goes to ``alphas_cumprod[0]`` (``final="t_min"``, ``set_alpha_to_one=False``) or to the
+    clean data (``final="zero"``, ``set_alpha_to_one=True``; the last step then returns x0). "linspace", and
+    "trailing" when n does not divide T, list steps that k - T // n does not reach (diffusers then evaluates
+    the model off its own grid), so they are refused here.
+    """
+    schedule = _schedule_of(schedule=schedule)
+    T = schedule.num_train_timesteps
+    if spacing == "leading":
+        steps = diffusers_discrete_steps(n_steps, "leading", T, "ddim") + int(steps_offset)
+    elif spacing == "trailing":
+        if T % n_steps or steps_offset:
+            raise ValueError("'trailing' PNDM steps are consistent only when n_steps divides T (and steps_offset = 0)")
+        steps = diffusers_discrete_steps(n_steps, "trailing", T, "ddim")
+    else:
+        raise ValueError(f"spacing must be 'leading' or 'trailing', got {spacing!r}")
+    if steps.max() >= T:
+        raise ValueError(f"steps_offset {steps_offset} pushes the first step past T - 1")
+    ts = schedule.t_of_step(torch.from_numpy(steps.copy()))
+    if final == "t_min":
+        last = schedule.t_min
+    elif final == "zero":
+        last = 0.0
+    else:
+        raise ValueError(f"final must be 't_min' or 'zero', got {final!r}")
+    return torch.cat([ts, torch.tensor([last], dtype=torch.float64)])
+
+
+# Adams–Bashforth weights on (eps_i, eps_{i-1}, ...) for 1 to 4 past evaluations (PNDM, Eq. 12).
+_PLMS_WEIGHTS = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
+
+def _pndm_transfer(x, eps, alpha_t, sigma_t, alpha_s, sigma_s):
+    r"""PNDM's transfer part :math:`\phi(x_t, \varepsilon, t, s)` (Liu et al. 2022, Eq. 9): the DDIM step
+    :math:`x_s = \tfrac{\alpha_s}{\alpha_t}x_t + (\sigma_s - \alpha_s\sigma_t/\alpha_t)\varepsilon`, exact for a
+    constant :math:`\varepsilon` (diffusers writes the same coefficient as
+    :math:`-(\bar\alpha_s - \bar\alpha_t)/(\bar\alpha_t\sqrt{1 - \bar\alpha_s} + \sqrt{\bar\alpha_t(1 - \bar\alpha_t)\bar\alpha_s})`)."""
+    return (alpha_s / alpha_t) * x + (sigma_s - alpha_s * sigma_t / alpha_t) * eps
+
+
+def pndm(model, x, ts, y=None, skip_prk_steps: bool = False, return_trajectory: bool = False,
+         callback: Callable | None = None):
+    r"""PNDM (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models on Manifolds"), as diffusers'
+    ``PNDMScheduler`` (epsilon prediction): a linear multistep method on :math:`\hat\varepsilon` whose
+    "gradient" part is combined by the transfer :math:`\phi` (:func:`_pndm_transfer`, the DDIM step).
+
+    * PLMS (Eq. 12), one NFE per step: :math:`e'_i = \tfrac1{24}(55e_i - 59e_{i-1} + 37e_{i-2} - 9e_{i-3})`,
+      :math:`x_{i+1} = \phi(x_i, e'_i, t_i, t_{i+1})`, with :math:`e_j = \hat\varepsilon(x_j, t_j)` at the grid points.
+      Its weights are Adams–Bashforth's for equal steps whatever the grid: PLMS is AB4 in EDM sigma
+      (:math:`\phi` integrates :math:`dx_e/d\sigma_e = \hat\varepsilon` exactly for constant eps) on a grid
+      uniform in :math:`\sigma_e`, and second order on other smooth grids (the weights ignore the step ratios).
+    * ``skip_prk_steps=False`` (F-PNDM, Algorithm 2): the first three intervals are pseudo Runge–Kutta steps
+      (Eq. 13), four NFE each, with the midpoint :math:`t_m = (t_i + t_{i+1})/2`:
+      :math:`e_1 = \hat\varepsilon(x_i, t_i)`, :math:`e_2 = \hat\varepsilon(\phi(x_i, e_1, t_i, t_m), t_m)`,
+      :math:`e_3 = \hat\varepsilon(\phi(x_i, e_2, t_i, t_m), t_m)`, :math:`e_4 = \hat\varepsilon(\phi(x_i, e_3, t_i, t_{i+1}), t_{i+1})`,
+      :math:`x_{i+1} = \phi(x_i, \tfrac16(e_1 + 2e_2 + 2e_3 + e_4), t_i, t_{i+1})`; only :math:`e_1` enters the
+      PLMS history, so every later step is PLMS-4. NFE = n + 9 for n intervals (n >= 4).
+    * ``skip_prk_steps=True`` (Stable Diffusion's setting, diffusers' warm-up): the first interval is a pseudo
+      improved Euler step, :math:`x_{1} = \phi(x_0, \tfrac12(e_0 + \hat\varepsilon(\phi(x_0, e_0, t_0, t_1), t_1)), t_0, t_1)`
+      (the evaluation at the Euler point does not enter the history), then PLMS with 2, 3 and 4 past
+      evaluations (AB2, AB3, AB4). NFE = n + 1.
+
+    diffusers' grid is :func:`pndm_timesteps`; its midpoint is the integer step k - (T // n) // 2, which is
+    :math:`t_m` whenever T // n is even (with an odd T // n diffusers moves the state to k - (T//n)//2 but
+    evaluates the model one step lower, which this sampler does not reproduce). The callback's ``x0`` is the
+    data prediction from :math:`e_i` at :math:`(x_i, t_i)`.
+    """
+    ts = check_times(ts)
+    c = grid_coefficients(model.schedule, ts)
+    alpha, sigma, tt = c["alpha"], c["sigma"], c["t"]
+    n = len(ts) - 1
+    n_prk = 0 if skip_prk_steps else 3
+    if n_prk and n < 4:
+        raise ValueError(f"PNDM with pseudo Runge-Kutta warm-up needs at least 4 steps, got {n}")
+    trajectory, history = [x], []
+    for i in range(n):
+        a0, s0, a1, s1 = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
+        eps = model.eps(x, tt[i], y)
+        x0 = (x - s0 * eps) / a0
+        history = (history + [eps])[-4:]
+        if i < n_prk:  # pseudo Runge-Kutta (PNDM, Eq. 13)
+            tm = 0.5 * (tt[i] + tt[i + 1])
+            am, sm = alpha_sigma(model.schedule, tm)
+            e2 = model.eps(_pndm_transfer(x, eps, a0, s0, am, sm), tm, y)
+            e3 = model.eps(_pndm_transfer(x, e2, a0, s0, am, sm), tm, y)
+            e4 = model.eps(_pndm_transfer(x, e3, a0, s0, a1, s1), tt[i + 1], y)
+            e_comb = (eps + 2.0 * e2 + 2.0 * e3 + e4) / 6.0
+        elif skip_prk_steps and i == 0:  # pseudo improved Euler (diffusers' warm-up)
+            e2 = model.eps(_pndm_transfer(x, eps, a0, s0, a1, s1), tt[i + 1], y)
+            e_comb = 0.5 * (eps + e2)
+        else:  # pseudo linear multistep (PNDM, Eq. 12)
+            weights = _PLMS_WEIGHTS[len(history)]
+            e_comb = sum(w * e for w, e in zip(weights, reversed(history), strict=True))
+        x = _pndm_transfer(x, e_comb, a0, s0, a1, s1)
+        if return_trajectory:
+            trajectory.append(x)
+        if callback is not None:
+            callback({"i": i, "t": tt[i], "t_next": tt[i + 1], "x": x, "x0": x0})
     return _finish(x, trajectory, return_trajectory)
 
 

@@ -1,10 +1,12 @@
 """AdaptiveDiffusion (Ye et al., NeurIPS 2024): third-order-difference step skipping with ε re-use."""
 
-from .grids import GRIDS, frozen_test_stable, make_grid, sd_grid
+from common.diffusion.counting import CallCounter
+from common.diffusion.grids import sd_grid
+
+from .grids import GRIDS, frozen_test_stable, make_grid
 from .skipping import (
     N_WARMUP,
     SOLVERS,
-    CallCounter,
     SkipRun,
     ThirdOrderEstimator,
     adaptive_sample,

@@ -21,9 +21,9 @@ import torch
 from scipy import stats as sps
 
 from common.diffusion import ddim, dpm_solver_pp_2m, metrics
+from common.diffusion.counting import CallCounter
 from papers.adaptive_diffusion.grids import make_grid
 from papers.adaptive_diffusion.skipping import (
-    CallCounter,
     adaptive_sample,
     called_subgrid,
     ddim_rowwise,
@@ -91,7 +91,7 @@ def fd_between(feat_a: torch.Tensor, feat_b: torch.Tensor) -> float:
 
 def fd_to_train_feat(feat: torch.Tensor) -> float:
     """FD32 of given features to the train split's (``metrics.fd_to_train`` without recomputing features)."""
-    return metrics.frechet_distance(feat, metrics._train_features())
+    return metrics.frechet_distance(feat, metrics.train_features())
 
 
 def run_seed(model, seed: int, n_samples: int, n_steps: int, thresholds, max_skip_steps: int = 4,

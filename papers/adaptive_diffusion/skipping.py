@@ -62,7 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.diffusion.samplers import check_times, ddim, ddim_step, grid_coefficients
+from common.diffusion.samplers import check_times, ddim_step, grid_coefficients
 
 SOLVERS = ("ddim", "dpmpp_2m")
 N_WARMUP = 4  # steps 0..3 always call the network (official: ``len(self.prev_latents) <= 3``)
@@ -319,34 +319,6 @@ def matched_baselines(model, x: torch.Tensor, ts, nfe: torch.Tensor, y=None, sol
                 raise RuntimeError(f"{solver} with {k} steps spent {model.nfe - before} network calls")
     out["neff"] = SkipRun(x_neff, neff_calls.sum(1), neff_calls, None if take is None else take())
     return out
-
-
-class CallCounter:
-    """Counts the network calls of every sample, whatever the sampler does with the batch.
-
-    Pass ``ids = torch.arange(B)`` as the samplers' ``y``: every sampler here (and in ``common.diffusion``)
-    hands the model exactly the rows it evaluates, ``y[rows]`` with them, so :meth:`eps` sees which samples
-    it is evaluated on; it adds one to each of those samples' counts, then calls the wrapped model with the
-    true labels ``labels[ids]``. The outputs are unchanged; :meth:`take` returns and resets the per-sample
-    counts ([B] int64). ``nfe`` counts batched calls, as :class:`common.diffusion.Denoiser`.
-    """
-
-    def __init__(self, model, labels: torch.Tensor | None, batch: int):
-        self.model, self.labels, self.schedule = model, labels, model.schedule
-        self.counts = torch.zeros(batch, dtype=torch.long)
-        self.nfe = 0
-
-    def eps(self, x: torch.Tensor, t, ids: torch.Tensor) -> torch.Tensor:
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        if ids.shape != (x.shape[0],):
-            raise ValueError(f"need one id per row, got {tuple(ids.shape)} for {x.shape[0]} rows")
-        self.counts += torch.bincount(ids, minlength=len(self.counts))
-        self.nfe += 1
-        return self.model.eps(x, t, None if self.labels is None else self.labels[ids])
-
-    def take(self) -> torch.Tensor:
-        out, self.counts = self.counts, torch.zeros_like(self.counts)
-        return out
 
 
 def max_consecutive_skips(calls: torch.Tensor) -> int:

@@ -96,6 +96,19 @@ def test_committed_classifier_accuracy_and_noise_floor():
     assert metrics.fd_to_train(split.x_train) == pytest.approx(0.0, abs=1e-6)
 
 
+
+def test_train_features_is_the_fd_reference():
+    """The public train feature set: FD of features to it equals fd_to_train of the digits; cached once."""
+    from common.diffusion.data import load_digits_split
+
+    split = load_digits_split()
+    train = metrics.train_features()
+    assert train.dtype == torch.float64 and train.shape == (len(split.x_train), 32)
+    assert metrics.train_features() is train
+    feat = metrics.DigitsFeatures.load().features(split.x_heldout)
+    assert metrics.frechet_distance(feat, train) == metrics.fd_to_train(split.x_heldout)
+    assert np.allclose(metrics.train_feature_stats()[0], train.mean(0).numpy())
+
 def test_standardise_by_reference_statistics():
     rng = np.random.default_rng(7)
     ref = rng.normal(3.0, 5.0, size=(400, 4))

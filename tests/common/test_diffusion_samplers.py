@@ -17,6 +17,8 @@ from common.diffusion.samplers import (
     dpm_solver_singlestep,
     euler_edm,
     heun_edm,
+    pndm,
+    pndm_timesteps,
     reference_ode,
     singlestep_orders,
     time_grid,
@@ -164,6 +166,38 @@ def test_singlestep_dpm_solver_order(gaussian, x_start, order, algorithm, solver
     assert abs(measured - order) < 0.15, f"order {measured:.2f} (errors {errors})"
 
 
+@pytest.mark.parametrize("skip_prk_steps", [True, False], ids=["plms_skip_prk", "prk_plms"])
+def test_pndm_order(gaussian, skip_prk_steps):
+    """PNDM's PLMS is Adams-Bashforth-4 in EDM sigma (the DDIM transfer integrates dx_e/dsigma_e = eps exactly
+    for a constant eps): on a grid uniform in sigma_e its observed order climbs towards 4 after the
+    lower-order warm-up (measured 3.58 on 20-80 steps, 3.76 on 40-160, both variants); its fixed weights
+    ignore the step ratios, so on a smooth non-uniform grid (uniform in t, as diffusers') it is second order
+    (measured 1.93 with the improved-Euler warm-up, 2.00 with pseudo Runge-Kutta)."""
+    _, g = gaussian
+    noise = torch.randn(16, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = SCHEDULE.alpha(0.5).item() * g.mu + SCHEDULE.sigma(0.5).item() * noise
+    exact = g.ode_solution(x, 0.5, 0.2)
+    model = Denoiser(g.eps, SCHEDULE)
+    ns = (20, 40, 80)
+    for grid, low, high in [(dict(kind="edm", rho=1.0), 3.3, 4.2), (dict(kind="uniform_t"), 1.85, 2.15)]:
+        errors = [((pndm(model, x, time_grid(n, t_start=0.5, t_end=0.2, **grid), skip_prk_steps=skip_prk_steps) - exact) ** 2)
+                  .mean().sqrt().item() for n in ns]
+        measured = -np.polyfit(np.log(ns), np.log(errors), 1)[0]
+        assert low < measured < high, f"{grid}: order {measured:.2f} (errors {errors})"
+
+
+def test_pndm_nfe_and_trajectory(gaussian, x_start):
+    """Improved-Euler warm-up: n + 1 NFE; pseudo Runge-Kutta warm-up: three 4-NFE steps, n + 9 NFE."""
+    model, _ = gaussian
+    ts = time_grid(6, "uniform_t", 0.8, 0.05)
+    for skip_prk_steps, nfe in [(True, 7), (False, 15)]:
+        model.reset_nfe()
+        out, traj = pndm(model, x_start, ts, return_trajectory=True, skip_prk_steps=skip_prk_steps)
+        assert model.nfe == nfe and len(traj) == 7 and torch.equal(traj[-1], out) and torch.equal(traj[0], x_start)
+    with pytest.raises(ValueError):
+        pndm(model, x_start, time_grid(3, "uniform_t", 0.8, 0.05))  # pseudo Runge-Kutta needs 4 steps
+
+
 def test_singlestep_orders():
     assert singlestep_orders(6, 3) == [1, 2, 3, 1, 2, 1] and singlestep_orders(7, 3) == [1, 2, 3, 1, 2, 3, 1]
     assert singlestep_orders(8, 3) == [1, 2, 3, 1, 2, 3, 1, 2] and singlestep_orders(5, 2, final_zero=True) == [1, 2, 1, 2, 1]
@@ -245,6 +279,13 @@ def pretrained():
     from common.diffusion.model import load_digits_eps
 
     return load_digits_eps("ci")
+
+
+@pytest.fixture(scope="module")
+def pretrained64():
+    from common.diffusion.model import load_digits_eps
+
+    return load_digits_eps("ci", dtype=torch.float64)
 
 
 @pytest.mark.parametrize("spacing, set_alpha_to_one", [("leading", False), ("trailing", True)])
@@ -346,6 +387,53 @@ def test_dpm_solver_singlestep_matches_diffusers(pretrained, order, algorithm, s
         theirs = run_diffusers(sched, pretrained, x, y)
     scale = max(1.0, theirs.abs().max().item()) if algorithm == "dpmsolver" else 1.0
     assert (ours - theirs).abs().max() <= (6e-5 if algorithm == "dpmsolver" else 2e-5) * scale
+
+
+@pytest.mark.parametrize("skip_prk_steps", [True, False], ids=["plms_skip_prk", "prk_plms"])
+@pytest.mark.parametrize("n, spacing, steps_offset, final", [(10, "leading", 0, "t_min"), (10, "leading", 1, "t_min"),
+                                                             (20, "trailing", 0, "zero"), (25, "leading", 1, "zero")])
+def test_pndm_matches_diffusers(pretrained64, skip_prk_steps, n, spacing, steps_offset, final):
+    """PNDMScheduler (epsilon prediction) on the float64 digits model and the same noise: <= 1e-5 with its stock
+    float32 alphas_cumprod (measured 2.0e-6 to 5.9e-6, as DDIM's 2.3e-6 on this model), <= 1e-10 once they are
+    replaced by ours in float64 (measured 5e-15 to 1.4e-13: the same algorithm). On the float32 model the
+    transfer's cancellation near t = 1 (x times sqrt(abar_s/abar_t) minus a nearly equal eps term), amplified
+    by the Runge-Kutta/Adams sums, leaves up to 7.8e-5 of float32 rounding on either side.
+    ``(25, "leading", 1)`` with ``skip_prk_steps=True`` is Stable Diffusion's configuration."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.PNDMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                                    skip_prk_steps=skip_prk_steps, set_alpha_to_one=final == "zero",
+                                    timestep_spacing=spacing, steps_offset=steps_offset)
+    sched.set_timesteps(n)
+    assert len(sched.timesteps) == (n + 1 if skip_prk_steps else n + 9)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    y = torch.arange(32) % 10
+    ts = pndm_timesteps(n, spacing, steps_offset, final)
+    with torch.no_grad():
+        ours = pndm(pretrained64, x, ts, y, skip_prk_steps=skip_prk_steps)
+        theirs = run_diffusers(sched, pretrained64, x, y)
+        sched.set_timesteps(n)
+        sched.alphas_cumprod = SCHEDULE.alphas_cumprod.clone()
+        sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64) if final == "zero" else SCHEDULE.alphas_cumprod[0]
+        theirs64 = run_diffusers(sched, pretrained64, x, y)
+    assert (ours - theirs).abs().max() <= 1e-5
+    assert (ours - theirs64).abs().max() <= 1e-10
+
+
+def test_pndm_timesteps():
+    diffusers = pytest.importorskip("diffusers")
+    for n in (4, 10, 25, 50):
+        for spacing, offset in [("leading", 0), ("leading", 1), ("trailing", 0)]:
+            sched = diffusers.PNDMScheduler(num_train_timesteps=1000, beta_schedule="linear", skip_prk_steps=True,
+                                            timestep_spacing=spacing, steps_offset=offset)
+            sched.set_timesteps(n)
+            steps = sched.timesteps.numpy()
+            listed = np.concatenate([steps[:1], steps[2:]])  # the improved-Euler step lists t_1 twice
+            ts = pndm_timesteps(n, spacing, offset)
+            assert torch.allclose(ts[:-1], SCHEDULE.t_of_step(torch.from_numpy(listed.copy()))) and ts[-1] == SCHEDULE.t_min
+    with pytest.raises(ValueError):
+        pndm_timesteps(10, "linspace")
+    with pytest.raises(ValueError):
+        pndm_timesteps(7, "trailing")
 
 
 def test_samplers_agree_on_pretrained_model(pretrained):

@@ -166,7 +166,12 @@ def _diffusers_loop(scheduler, model, x, y, ts):
 def test_sd_ddim_grid_matches_diffusers(config, n):
     diffusers = pytest.importorskip("diffusers")
     from common.diffusion.schedule import VPSchedule
-    from papers.adaptive_diffusion.grids import SD15_SCHEDULER_CONFIG, SDXL_SCHEDULER_CONFIG, sd_grid, sd_lambdas
+    from papers.adaptive_diffusion.grids import (
+        SD15_SCHEDULER_CONFIG,
+        SDXL_SCHEDULER_CONFIG,
+        sd_grid,
+        sd_lambdas,
+    )
 
     cfg = SDXL_SCHEDULER_CONFIG if config == "sdxl" else SD15_SCHEDULER_CONFIG
     sched = diffusers.DDIMScheduler.from_config(cfg)

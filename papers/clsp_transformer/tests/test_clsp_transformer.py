@@ -6,8 +6,17 @@ import torch
 
 from common.mip import InfeasibleError
 from papers.clsp_transformer.experiment import run_pipeline
-from papers.clsp_transformer.lot_sizing import (N_FEATURES, Instances, features, generate_instances, is_feasible,
-                                                 plan_cost, repair_setups, solve_clsp_mip, solve_fixed_setup_lp)
+from papers.clsp_transformer.lot_sizing import (
+    N_FEATURES,
+    Instances,
+    features,
+    generate_instances,
+    is_feasible,
+    plan_cost,
+    repair_setups,
+    solve_clsp_mip,
+    solve_fixed_setup_lp,
+)
 from papers.clsp_transformer.models import BiLSTMTagger, SetupTransformer, train
 
 

@@ -1,10 +1,19 @@
 import numpy as np
 import pytest
 
-from papers.convex_relu.convex_relu import (admm, convex_objective, convex_predict_train, load_binary,
-                                            network_predict, nonconvex_objective, recover_network,
-                                            reference_optimum, sample_patterns, semilog_slope,
-                                            train_nonconvex)
+from papers.convex_relu.convex_relu import (
+    admm,
+    convex_objective,
+    convex_predict_train,
+    load_binary,
+    network_predict,
+    nonconvex_objective,
+    recover_network,
+    reference_optimum,
+    sample_patterns,
+    semilog_slope,
+    train_nonconvex,
+)
 
 
 @pytest.fixture(scope="module")

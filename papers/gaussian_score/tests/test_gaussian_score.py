@@ -7,21 +7,20 @@ import torch
 
 from common.diffusion.samplers import heun_edm
 from common.diffusion.schedule import VPSchedule
-from common.diffusion.twins import GaussianTwin
-from common.diffusion.twins import ClassGaussianTwins
+from common.diffusion.twins import ClassGaussianTwins, GaussianTwin
 from papers.gaussian_score import (
     edm_grid,
-    jump,
-    jump_gap,
-    method_nfe,
-    n_intervals,
-    skip_to_sigma,
     ev_profile,
     explained_variance,
+    jump,
+    jump_gap,
     log_sigma_grid,
+    method_nfe,
+    n_intervals,
     nfe_of,
     sigma_hi,
     skip_steps,
+    skip_to_sigma,
     teleport_sample,
     trajectory_rel_rmse,
 )

@@ -4,9 +4,21 @@ import numpy as np
 import pytest
 
 from papers.model_based_minimization.model_based_minimization import (
-    make_phase_retrieval, method_rho_bar, model_constants, moreau_prox, objective, prox_linear_step,
-    prox_point_step, run_method, step_size_sweep, stratified_times, subgradient_step, theorem_beta,
-    theorem_bound_415, weak_convexity)
+    make_phase_retrieval,
+    method_rho_bar,
+    model_constants,
+    moreau_prox,
+    objective,
+    prox_linear_step,
+    prox_point_step,
+    run_method,
+    step_size_sweep,
+    stratified_times,
+    subgradient_step,
+    theorem_beta,
+    theorem_bound_415,
+    weak_convexity,
+)
 
 
 @pytest.fixture(scope="module")
