@@ -1,0 +1,180 @@
+r"""A small DCGAN family (Radford et al. 2016) with configurable up-sampling, for CPU-sized experiments.
+
+**Generator** :class:`DCGenerator`: latent :math:`z \in \mathbb{R}^{d}` → optional mapping MLP
+:math:`w = f(z)` (StyleGAN-style, ``mapping_layers`` > 0) → a 4×4 transposed convolution from 1×1
+(the official DCGAN of Durall et al.'s ``module_spectrum.ConvGenerator``) → ``log2(size/4)``
+up-sampling stages ×2 (BatchNorm + ReLU after each but the last) → ``tanh``. Channels halve per stage
+from ``width * 2**(n_stages-1)``. Each stage's up-sampler is one of (:func:`up_block`):
+
+- ``transposed``: ``ConvTranspose2d(k=4, s=2, p=1)`` (the "up-convolution" of DCGAN);
+- ``nearest`` / ``bilinear``: ``Upsample(×2)`` followed by ``Conv2d(k, padding=k//2)``.
+
+``upsample`` sets the mode of the last ``n_replaced`` stages (the others stay ``transposed``);
+``n_final_convs`` > 1 adds linear 5×5 convolutions after an interpolating last stage, as in the
+official last-layer replacement (``Upsample(nearest)`` + three 5×5 convolutions, no activation between).
+
+**Discriminator** :class:`DCDiscriminator`: ``Conv2d(k=4, s=2, p=1)`` + LeakyReLU(0.2) stages down to
+4×4 (BatchNorm from the second), then a 4×4 convolution to one logit.
+
+**Training** :func:`train_gan`: the non-saturating GAN loss (Goodfellow et al. 2014, Sec. 3),
+
+.. math:: L_D = \mathbb{E}_x[\mathrm{softplus}(-D(x))] + \mathbb{E}_z[\mathrm{softplus}(D(G(z)))],
+          \qquad L_G = \mathbb{E}_z[\mathrm{softplus}(-D(G(z)))],
+
+alternating one D and one G Adam step per iteration, seeded (``torch.Generator`` for latents and
+minibatch indices). ``g_extra_loss(x_fake, x_real, g_loss)`` adds a term to :math:`L_G` (a spectral
+regulariser, for example). :func:`latent_bank` gives a fixed, seeded set of latents for evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UPSAMPLE_MODES = ("transposed", "nearest", "bilinear")
+
+
+def up_block(in_ch: int, out_ch: int, mode: str, kernel_size: int = 3, n_convs: int = 1) -> nn.Sequential:
+    """A ×2 spatial up-sampler: transposed conv (k=4, s=2, p=1), or interpolation + ``n_convs`` convs."""
+    if mode == "transposed":
+        return nn.Sequential(nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1))
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+    if kernel_size % 2 != 1 or n_convs < 1:
+        raise ValueError(f"need an odd kernel_size and n_convs >= 1, got {kernel_size}, {n_convs}")
+    up = nn.Upsample(scale_factor=2, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+    chans = [in_ch] * n_convs + [out_ch]
+    convs = [nn.Conv2d(chans[i], chans[i + 1], kernel_size, padding=kernel_size // 2) for i in range(n_convs)]
+    return nn.Sequential(up, *convs)
+
+
+def _n_stages(image_size: int) -> int:
+    n = math.log2(image_size / 4)
+    if image_size < 8 or n != int(n):
+        raise ValueError(f"image_size must be 4 * 2**k with k >= 1, got {image_size}")
+    return int(n)
+
+
+class DCGenerator(nn.Module):
+    """DCGAN generator with configurable up-sampling in its last stage(s) and an optional mapping MLP."""
+
+    def __init__(self, z_dim: int = 64, image_size: int = 32, channels: int = 1, width: int = 16,
+                 upsample: str = "transposed", n_replaced: int = 1, n_final_convs: int = 1,
+                 kernel_size: int = 5, mapping_layers: int = 0):
+        super().__init__()
+        n = _n_stages(image_size)
+        if not 0 <= n_replaced <= n:
+            raise ValueError(f"n_replaced must be in [0, {n}], got {n_replaced}")
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        self.z_dim, self.image_size = z_dim, image_size
+        layers = []
+        for _ in range(mapping_layers):
+            layers += [nn.Linear(z_dim, z_dim), nn.LeakyReLU(0.2)]
+        self.mapping = nn.Sequential(*layers)
+        d = width * 2 ** (n - 1)
+        stages = [nn.Sequential(nn.ConvTranspose2d(z_dim, d, 4, bias=False), nn.BatchNorm2d(d), nn.ReLU())]
+        for i in range(n):
+            last = i == n - 1
+            mode = upsample if i >= n - n_replaced else "transposed"
+            out = channels if last else max(d // 2, 1)
+            block = up_block(d, out, mode, kernel_size, n_final_convs if (last and mode != "transposed") else 1)
+            stages.append(block if last else nn.Sequential(block, nn.BatchNorm2d(out), nn.ReLU()))
+            d = out
+        self.net = nn.Sequential(*stages)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        w = self.mapping(z)
+        return torch.tanh(self.net(w[:, :, None, None]))
+
+
+class DCDiscriminator(nn.Module):
+    """DCGAN discriminator: stride-2 4×4 convolutions down to 4×4, then one logit per image."""
+
+    def __init__(self, image_size: int = 32, channels: int = 1, width: int = 16, batch_norm: bool = True):
+        super().__init__()
+        n = _n_stages(image_size)
+        layers, d = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)], width
+        for _ in range(n - 1):
+            layers += [nn.Conv2d(d, 2 * d, 4, 2, 1, bias=not batch_norm)]
+            layers += [nn.BatchNorm2d(2 * d)] if batch_norm else []
+            layers += [nn.LeakyReLU(0.2)]
+            d *= 2
+        layers.append(nn.Conv2d(d, 1, 4))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+def latent_bank(n: int, z_dim: int, seed: int) -> torch.Tensor:
+    """A fixed ``(n, z_dim)`` bank of standard normal latents from ``torch.Generator().manual_seed(seed)``."""
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def generate(generator: nn.Module, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Images for the latents ``z`` in eval mode (BatchNorm running statistics), batched."""
+    was_training = generator.training
+    generator.eval()
+    out = torch.cat([generator(z[i:i + batch_size]) for i in range(0, len(z), batch_size)])
+    generator.train(was_training)
+    return out
+
+
+def train_gan(generator: nn.Module, discriminator: nn.Module, data: torch.Tensor, steps: int,
+              batch_size: int = 64, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
+              seed: int = 0, g_extra_loss: Callable | None = None, progress: bool = False) -> dict:
+    """Non-saturating GAN training, one D step then one G step per iteration (Adam, DCGAN settings).
+
+    ``data`` is an ``(N, C, H, W)`` tensor in [-1, 1]. ``g_extra_loss(x_fake, x_real, g_loss)`` returns a
+    scalar added to the generator loss. Returns per-step ``d_loss``, ``g_loss`` and ``extra`` lists.
+    """
+    if steps < 1 or batch_size < 2 or len(data) < batch_size:
+        raise ValueError(f"need steps >= 1 and 2 <= batch_size <= len(data), got {steps}, {batch_size}, {len(data)}")
+    gen = torch.Generator().manual_seed(seed)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
+    z_dim = generator.z_dim
+    hist = {"d_loss": [], "g_loss": [], "extra": []}
+    it = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="GAN", leave=False)
+    generator.train()
+    discriminator.train()
+    for _ in it:
+        x_real = data[torch.randint(len(data), (batch_size,), generator=gen)]
+        z = torch.randn(batch_size, z_dim, generator=gen)
+        with torch.no_grad():
+            x_fake = generator(z)
+        d_loss = F.softplus(-discriminator(x_real)).mean() + F.softplus(discriminator(x_fake)).mean()
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+
+        z = torch.randn(batch_size, z_dim, generator=gen)
+        x_fake = generator(z)
+        g_loss = F.softplus(-discriminator(x_fake)).mean()
+        extra = g_extra_loss(x_fake, x_real, g_loss) if g_extra_loss is not None else torch.zeros(())
+        opt_g.zero_grad()
+        (g_loss + extra).backward()
+        opt_g.step()
+        hist["d_loss"].append(float(d_loss.detach()))
+        hist["g_loss"].append(float(g_loss.detach()))
+        hist["extra"].append(float(extra.detach()))
+    return hist
+
+
+def n_parameters(module: nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def as_numpy_images(x: torch.Tensor) -> np.ndarray:
+    """``(N, C, H, W)`` tensor → ``(N, C, H, W)`` float64 array."""
+    return x.detach().cpu().numpy().astype(np.float64)
