@@ -106,11 +106,11 @@ def test_counts_and_metrics():
 
 
 def test_models_train_and_sample_shapes():
-    data = generate_dataset(2048, 0, sigma_max=4.0)
+    data = generate_dataset(1024, 0, sigma_max=4.0)
     cond = Conditioning(4.0)
     c = cond.length(data["sigma"], data["g"])
     for model in (CVAE(2, 1, 2, 8, 3), GaussianMLP(2, 1, 8, 3)):
-        hist = train(model, c, data["log_n"][:, None] / cond.log_n_scale, steps=60, batch_size=256, seed=0)
+        hist = train(model, c, data["log_n"][:, None] / cond.log_n_scale, steps=51, batch_size=128, seed=0)
         assert np.isfinite(hist).all() and hist[-1] < hist[0]
         out = sample_model(model, c[:10], 1)
         assert out.shape == (10, 1)
