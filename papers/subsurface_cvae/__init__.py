@@ -1,0 +1,1 @@
+"""CVAE multiple scattering for sphere tracing."""
