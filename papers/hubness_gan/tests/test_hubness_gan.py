@@ -56,7 +56,7 @@ def test_training_is_seeded(tmp_path):
     g1, h1 = H.train_digits_gan(3, steps=3, z_dim=8, hidden=16)
     g2, h2 = H.train_digits_gan(3, steps=3, z_dim=8, hidden=16)
     assert h1["d_loss"] == h2["d_loss"]
-    for a, b in zip(g1.state_dict().values(), g2.state_dict().values()):
+    for a, b in zip(g1.state_dict().values(), g2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     H.save_generator(g1, "tiny", {"note": "test"}, directory=tmp_path)
     g3 = H.load_generator("tiny", directory=tmp_path)
