@@ -17,8 +17,9 @@ def central_clustering(x, n_k) -> dict:
     r"""How strongly high-:math:`N_k` points sit near the sample mean.
 
     Returns ``spearman``: Spearman's :math:`\rho(N_k, -\lVert x - \bar x\rVert)` (> 0 when hubs are
-    central), and ``dist_ratio``: mean distance to the mean of the top-10 % :math:`N_k` points over that
-    of all points (< 1 when hubs are central).
+    central), and ``dist_ratio``: mean distance to the mean of the top-10 % :math:`N_k` points
+    (:math:`N_k \ge` its 0.9 quantile, so ties can take more than 10 %) over that of all points (< 1 when hubs
+    are central).
     """
     x = np.asarray(x, dtype=np.float64)
     n_k = np.asarray(n_k)

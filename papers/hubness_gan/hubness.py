@@ -18,7 +18,10 @@ uses s = 10 000, t = 50) and synthesise images from them only. The selection hap
 of the hubs' central clustering, and that hub sampling trades less diversity for the same quality.
 
 **Our GAN.** A small MLP GAN on sklearn's 8×8 digits with a StyleGAN-like mapping MLP
-(:class:`MappingGenerator`), trained by ``common.gan.train_gan`` (non-saturating loss, Adam).
+(:class:`MappingGenerator`), trained by :func:`train_digits_gan` (non-saturating loss with StyleGAN2's R1
+penalty, γ = 10, Adam; ``common.gan.train_gan`` has no R1 and collapses here) in
+``training/train_digits_gan.ipynb``; the three committed checkpoints are only loaded (sha256-verified) by the
+ci and full notebooks.
 Quality and diversity are precision / recall / density / coverage (``common.gen_metrics.prdc``) of the
 zoo digits classifier's 32-D features against the 1500 real training digits, and the classifier's
 mean confidence (max softmax) on the generated digits.
