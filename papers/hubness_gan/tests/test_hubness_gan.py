@@ -1,0 +1,73 @@
+"""Unit tests of papers/hubness_gan/hubness.py: thresholds, truncation, matching, the GAN's shapes."""
+
+import numpy as np
+import pytest
+import torch
+
+from papers.hubness_gan import hubness as H
+
+
+def test_hub_threshold_is_the_smallest_t_with_at_most_the_fraction():
+    n_k = np.array([0, 0, 1, 2, 3, 5, 5, 9, 12, 20])
+    assert H.hub_threshold(n_k, 0.2) == 10          # N_k >= 10 keeps 2 of 10
+    assert H.hub_threshold(n_k, 0.3) == 6           # N_k >= 6 keeps 3; N_k >= 5 would keep 5
+    assert H.select_hubs(n_k, 10).tolist() == [8, 9]
+    with pytest.raises(ValueError):
+        H.hub_threshold(n_k, 1.5)
+
+
+def test_truncation_moves_towards_the_mean():
+    w = torch.tensor([[2.0, 0.0], [0.0, 4.0]])
+    mean = torch.tensor([1.0, 1.0])
+    assert torch.allclose(H.truncate(w, mean, 0.5), torch.tensor([[1.5, 0.5], [0.5, 2.5]]))
+    assert torch.equal(H.truncate(w, mean, 1.0), w)
+    assert torch.allclose(H.truncate(w, mean, 0.0), mean.expand(2, 2))
+    with pytest.raises(ValueError):
+        H.truncate(w, mean, 1.5)
+
+
+def test_recall_at_matched_precision_interpolates_and_clips():
+    p, r = [0.4, 0.8, 0.6], [0.5, 0.1, 0.3]         # unsorted curve: recall falls as precision rises
+    assert H.recall_at_matched_precision(0.7, p, r) == pytest.approx(0.2)
+    assert H.recall_at_matched_precision(0.9, p, r) == pytest.approx(0.1)
+    assert H.recall_at_matched_precision(0.1, p, r) == pytest.approx(0.5)
+
+
+def test_central_clustering_on_gaussians_and_an_exact_case():
+    out = H.gaussian_hubness(64, 500, 5, random_state=0)
+    assert out["spearman"] > 0.5 and out["dist_ratio"] < 1 and out["skewness"] > 0.5
+    # N_k exactly decreasing in the distance to the mean: rho = 1
+    x = np.array([[0.0], [1.0], [-2.0], [3.0], [-4.0]])
+    res = H.central_clustering(x, np.array([5, 4, 3, 2, 1]))
+    assert res["spearman"] == pytest.approx(1.0)
+
+
+def test_generator_shapes_and_range():
+    torch.manual_seed(0)
+    g = H.MappingGenerator(z_dim=8, hidden=16)
+    z = torch.randn(5, 8)
+    x = g(z)
+    assert x.shape == (5, 64) and x.abs().max() <= 1
+    assert torch.equal(g.synthesis(g.mapping(z)), x)
+    assert H.MLPDiscriminator(hidden=16)(x).shape == (5,)
+
+
+def test_training_is_seeded(tmp_path):
+    g1, h1 = H.train_digits_gan(3, steps=3, z_dim=8, hidden=16)
+    g2, h2 = H.train_digits_gan(3, steps=3, z_dim=8, hidden=16)
+    assert h1["d_loss"] == h2["d_loss"]
+    for a, b in zip(g1.state_dict().values(), g2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    H.save_generator(g1, "tiny", {"note": "test"}, directory=tmp_path)
+    g3 = H.load_generator("tiny", directory=tmp_path)
+    assert torch.equal(g3(torch.ones(1, 8)), g1(torch.ones(1, 8)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_committed_checkpoints_load_with_their_sha256(seed):
+    # load_generator verifies the sha256 of the safetensors against the manifest (common.zoo.load_checkpoint)
+    g = H.load_generator(f"digits_gan_seed{seed}")
+    assert g.manifest["training"]["seed"] == seed and g.manifest["training"]["r1_gamma"] == 10.0
+    assert g.config == {"z_dim": 32, "mapping_layers": 2, "hidden": 128, "out_dim": 64}
+    x = g(torch.zeros(2, 32))
+    assert x.shape == (2, 64) and torch.isfinite(x).all() and not g.training
