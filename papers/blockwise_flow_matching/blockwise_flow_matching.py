@@ -406,3 +406,26 @@ def flops_to_match(curve_flops, curve_fd, target_fd: float) -> float:
     """The smallest FLOPs of a (FLOPs, FD) sweep whose FD is at most ``target_fd`` (inf if none)."""
     ok = [f for f, d in zip(curve_flops, curve_fd, strict=True) if d <= target_fd]
     return float(min(ok)) if ok else float("inf")
+
+
+def flops_to_match_bounds(curves, target_fd: float) -> tuple[float, float]:
+    """Bounds on the least FLOPs at which any of several (FLOPs, FD) sweeps reaches ``target_fd``.
+
+    A sweep is a grid, so the first matching point is only an upper bound on the crossover: per curve (points in
+    increasing FLOPs), the crossover lies in (FLOPs of the point just before the first match, FLOPs of the first
+    match] (0 if the cheapest point matches), or above the curve's largest FLOPs (upper bound inf) if none matches.
+    Returns (min of the per-curve lower bounds, min of the upper bounds): the crossover of the best curve lies in
+    this range, assuming FD falls as FLOPs rise along each curve."""
+    lows, highs = [], []
+    for flops, fd in curves:
+        order = np.argsort(flops)
+        f = [float(flops[i]) for i in order]
+        d = [float(fd[i]) for i in order]
+        first = next((i for i, v in enumerate(d) if v <= target_fd), None)
+        if first is None:
+            lows.append(f[-1])
+            highs.append(float("inf"))
+        else:
+            lows.append(f[first - 1] if first > 0 else 0.0)
+            highs.append(f[first])
+    return float(min(lows)), float(min(highs))

@@ -7,6 +7,7 @@ from papers.blockwise_flow_matching.blockwise_flow_matching import (
     BFM,
     BFMConfig,
     flops_to_match,
+    flops_to_match_bounds,
     frn_loss,
     inference_parameters,
     sample_bfm,
@@ -115,3 +116,15 @@ def test_parameters_and_flops_to_match():
     assert inference_parameters(m3) - inference_parameters(m1) == 2 * block
     assert flops_to_match([1, 2, 4], [5.0, 3.0, 1.0], 3.0) == 2.0
     assert flops_to_match([1, 2], [5.0, 4.0], 3.0) == float("inf")
+
+
+def test_flops_to_match_bounds():
+    # curve A matches first at 4 (3 failed before it), curve B never matches (largest point 5)
+    lo, hi = flops_to_match_bounds([([1, 3, 4], [5.0, 3.5, 2.0]), ([2, 5], [4.0, 3.1])], 3.0)
+    assert (lo, hi) == (3.0, 4.0)
+    # the upper bound agrees with flops_to_match on a single curve
+    assert flops_to_match_bounds([([4, 1, 2], [1.0, 5.0, 3.0])], 3.0) == (1.0, flops_to_match([1, 2, 4], [5.0, 3.0, 1.0], 3.0))
+    # the cheapest point matches: lower bound 0; no curve matches: (largest swept FLOPs, inf)
+    assert flops_to_match_bounds([([1, 2], [2.0, 1.0])], 3.0) == (0.0, 1.0)
+    assert flops_to_match_bounds([([1, 2], [5.0, 4.0])], 3.0) == (2.0, float("inf"))
+
