@@ -29,12 +29,20 @@ batch of one and sums over the whole latent).
 
 from __future__ import annotations
 
-import torch
-
 import time
 
-from common.cfg_inversion import (Inversion, cfg, ddim_move, guided_pair, invert_fixed, invert_fixed_point,
-                                  invert_null_embedding, reconstruct)
+import torch
+
+from common.cfg_inversion import (
+    Inversion,
+    cfg,
+    ddim_move,
+    guided_pair,
+    invert_fixed,
+    invert_fixed_point,
+    invert_null_embedding,
+    reconstruct,
+)
 from common.diffusion.samplers import check_times, ddim, grid_coefficients
 
 OMEGA_MAX = 15.0

@@ -3,8 +3,16 @@
 import pytest
 import torch
 
-from common.cfg_inversion import (cfg, ddim_move, guided_pair, invert_fixed, invert_fixed_point, invert_null_embedding,
-                                  omega_schedule, reconstruct)
+from common.cfg_inversion import (
+    cfg,
+    ddim_move,
+    guided_pair,
+    invert_fixed,
+    invert_fixed_point,
+    invert_null_embedding,
+    omega_schedule,
+    reconstruct,
+)
 from common.diffusion import ddim, load_digits_eps, load_digits_split
 from common.diffusion.samplers import ddim_timesteps
 from common.diffusion.schedule import VPSchedule

@@ -6,8 +6,17 @@ import torch
 from common.cfg_inversion import invert_fixed, reconstruct
 from common.diffusion.samplers import ddim_timesteps
 from common.diffusion.schedule import VPSchedule
-from papers.polaris import (class_edit, dynamic_exact_omega, invert_polaris, per_row_psnr, per_row_rmse, polaris_omega,
-                            ssim_8x8, tag, target_labels)
+from papers.polaris import (
+    class_edit,
+    dynamic_exact_omega,
+    invert_polaris,
+    per_row_psnr,
+    per_row_rmse,
+    polaris_omega,
+    ssim_8x8,
+    tag,
+    target_labels,
+)
 
 
 class LinearModel:
