@@ -154,69 +154,7 @@ def test_ddim_rowwise_equals_ddim_per_row(model, batch):
 # --- SD's grid mapped by log-SNR, against diffusers' schedulers built offline from the pipelines' configs ------
 
 
-def _diffusers_loop(scheduler, model, x, y, ts):
-    """diffusers' scheduler on SD's schedule; the model is queried at the mapped time of each timestep."""
-    for i, k in enumerate(scheduler.timesteps):
-        x = scheduler.step(model.eps(x, float(ts[i]), y), k, x).prev_sample
-    return x
-
-
-@pytest.mark.parametrize("config", ["sdxl", "sd15"])
-@pytest.mark.parametrize("n", [50, 27, 13])
-def test_sd_ddim_grid_matches_diffusers(config, n):
-    diffusers = pytest.importorskip("diffusers")
-    from common.diffusion.schedule import VPSchedule
-    from papers.adaptive_diffusion.grids import (
-        SD15_SCHEDULER_CONFIG,
-        SDXL_SCHEDULER_CONFIG,
-        sd_grid,
-        sd_lambdas,
-    )
-
-    cfg = SDXL_SCHEDULER_CONFIG if config == "sdxl" else SD15_SCHEDULER_CONFIG
-    sched = diffusers.DDIMScheduler.from_config(cfg)
-    sched.set_timesteps(n)
-    acp = sched.alphas_cumprod.double()
-    theirs = torch.cat([acp[sched.timesteps], sched.final_alpha_cumprod.double().reshape(1)])
-    if n == 50:
-        assert sched.timesteps[0] == 981 and sched.timesteps[-1] == 1
-    lam = 0.5 * torch.log(theirs / (1 - theirs))
-    assert torch.allclose(sd_lambdas(n, "ddim"), lam, atol=1e-6)
-    # mapped onto our model's schedule, the log-SNR (hence alpha, sigma) is the same
-    assert torch.allclose(VPSchedule().lambda_(sd_grid(VPSchedule(), n)), lam, atol=1e-6)
-
-
-@pytest.mark.parametrize("n", [50, 20])
-def test_sd_dpm_grid_matches_diffusers(n):
-    diffusers = pytest.importorskip("diffusers")
-    from common.diffusion.schedule import VPSchedule
-    from papers.adaptive_diffusion.grids import SDXL_SCHEDULER_CONFIG, sd_grid
-
-    sched = diffusers.DPMSolverMultistepScheduler.from_config(SDXL_SCHEDULER_CONFIG)
-    sched.set_timesteps(n)
-    ts = sd_grid(VPSchedule(), n, "dpmpp_2m")
-    assert sched.config.final_sigmas_type == "zero" and ts[-1] == 0.0
-    # diffusers' sigmas are sigma/alpha = exp(-lambda)
-    assert torch.allclose(VPSchedule().lambda_(ts[:-1]), -torch.log(sched.sigmas[:-1].double()), atol=1e-5)
-
-
-def test_sd_grid_sampling_equals_diffusers(model):
-    diffusers = pytest.importorskip("diffusers")
-    from papers.adaptive_diffusion.grids import SDXL_SCHEDULER_CONFIG, sd_grid
-
-    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(7))
-    y = torch.arange(16) % 10
-    for n in (50, 17):
-        ts = sd_grid(model.schedule, n)
-        sched = diffusers.DDIMScheduler.from_config(SDXL_SCHEDULER_CONFIG)
-        sched.set_timesteps(n)
-        with torch.no_grad():
-            assert (ddim(model, x, ts, y) - _diffusers_loop(sched, model, x, y, ts)).abs().max() <= 1e-5
-        ts = sd_grid(model.schedule, n, "dpmpp_2m")
-        sched = diffusers.DPMSolverMultistepScheduler.from_config(SDXL_SCHEDULER_CONFIG)
-        sched.set_timesteps(n)
-        with torch.no_grad():
-            assert (dpm_solver_pp_2m(model, x, ts, y) - _diffusers_loop(sched, model, x, y, ts)).abs().max() <= 1e-4
+# The SD grids' agreement with diffusers is tested once, in tests/common/test_diffusion_grids.py.
 
 
 def test_frozen_test_on_a_linear_grid_is_always_stable():
