@@ -22,10 +22,13 @@ equal mixture,
 
     P(y ≻ y' | x) = (1/3) Σ_j ( 1[s_j(y) > s_j(y')] + ½ 1[s_j(y) = s_j(y')] ),                  (P)
 
-which is not transitive in general (three judges with conflicting orders: the Condorcet paradox), so no
-reward model represents it: the setting NLHF, INPO and MNPO are built for.
+which *can* be non-transitive (three judges with conflicting orders: the Condorcet paradox). On the SFT
+model's own responses it is measured to be practically transitive (:func:`nontransitive_fraction`; notebook 02
+records ``lm.setting.cycle_fraction``), like the scalar reward model (ArmoRM) that ranks the official pipeline's
+responses, so this pipeline tests the paper's win-rate ranking, not the non-transitivity mechanism (part 1 does).
 
-**One iteration** ``t`` (the official pipeline): for every training prompt draw ``n_samples`` responses
+**One iteration** ``t`` (the official pipeline, ``run_iter{1,2,3}.sh``): on the iteration's own prompt split
+(official: the prompts are split into ``T`` disjoint parts, one per iteration), for every prompt draw ``n_samples`` responses
 from the current iterate ``π_t``; for every pair of them ask **one randomly drawn judge** (a noisy label
 of (P)); the response with the most wins is ``y_w``, the one with the fewest ``y_l`` (ties broken at
 random; prompts whose best and worst tie are dropped). Then train ``π_{t+1}`` from ``π_t`` on these pairs
@@ -33,7 +36,8 @@ with the method's loss over sequence log-probabilities (:mod:`common.preference`
 
 - iterative DPO, eq. (1): reference = ``π_t``, strength ``β``;
 - INPO, eq. (4): regression towards the mirror step against ``π_t``, regularised to the SFT ``π_ref``;
-- MNPO, eq. (6): the same against the ``n_history`` most recent iterates with uniform ``λ``.
+- MNPO, eq. (6): the same against the ``n_history`` most recent iterates with uniform ``λ`` (official
+  ``max_history_t: 2``: the trainer averages ``π_t`` and ``π_{t−1}`` uniformly).
 
 **Evaluation**: the oracle win rate (P) of the final policy against the SFT reference on held-out prompts,
 ``E_x E_{y ~ π, y' ~ π_ref} P(y ≻ y' | x)``, estimated with ``n_eval_samples`` independent responses of
@@ -260,14 +264,23 @@ def load_reference(name: str = "tinylm_ci") -> TinyGPT:
     return _frozen(model)
 
 
-def run_pipeline(method: str, ref: TinyGPT, train_prompts: Prompts, *, T: int, strength: float,
-                 n_samples: int, max_new_tokens: int, seed: int, n_history: int = 3,
+def split_prompts(prompts: Prompts, T: int) -> list[Prompts]:
+    """``T`` disjoint consecutive splits of equal size (the official ``split_dataset --num_splits T``)."""
+    n = len(prompts) // T
+    if T < 1 or n < 1:
+        raise ValueError(f"cannot split {len(prompts)} prompts into T={T} non-empty parts")
+    return [prompts.subset(range(t * n, (t + 1) * n)) for t in range(T)]
+
+
+def run_pipeline(method: str, ref: TinyGPT, train_prompts: Sequence[Prompts], *, T: int, strength: float,
+                 n_samples: int, max_new_tokens: int, seed: int, n_history: int = 2,
                  config: TrainConfig | None = None, eval_prompts: Prompts | None = None,
                  n_eval_samples: int = 4, eval_all: bool = True, progress=None) -> dict:
     """``T`` iterations of sample → rank → train from ``π_0 = π_ref``; returns the iterates and, with
     ``eval_prompts``, the win rates against ``π_ref`` after every iteration (``eval_all``) or the last only.
 
-    Iteration ``t`` uses the prompts ``train_prompts`` (the same for every method) and the sampling seed
+    Iteration ``t`` uses the prompt split ``train_prompts[t]`` (the same for every method; see
+    :func:`split_prompts`) and the sampling seed
     ``seed + t`` (so at ``t = 0``, where every method's iterate is ``π_ref``, all methods train on the same
     pairs: common random numbers).
     """
@@ -275,11 +288,13 @@ def run_pipeline(method: str, ref: TinyGPT, train_prompts: Prompts, *, T: int, s
         raise ValueError(f"unknown method {method!r}; expected one of {LM_METHODS}")
     if T < 1 or n_history < 1:
         raise ValueError(f"T and n_history must be >= 1, got T={T}, n_history={n_history}")
+    if isinstance(train_prompts, Prompts) or len(train_prompts) != T:
+        raise ValueError("train_prompts must be a list of T prompt splits (one per iteration; see split_prompts)")
     config = config or TrainConfig()
     iterates = [ref]
     out = {"losses": [], "kept": [], "win_rate": []}
     for t in range(T):
-        pairs = build_pairs(iterates[-1], train_prompts, n_samples=n_samples, max_new_tokens=max_new_tokens,
+        pairs = build_pairs(iterates[-1], train_prompts[t], n_samples=n_samples, max_new_tokens=max_new_tokens,
                             seed=seed + 1000 * t)
         policy = copy.deepcopy(iterates[-1])
         for p in policy.parameters():
@@ -298,8 +313,8 @@ def run_pipeline(method: str, ref: TinyGPT, train_prompts: Prompts, *, T: int, s
     return out
 
 
-def compare_methods(ref: TinyGPT, train_prompts: Prompts, eval_prompts: Prompts, *, strengths: dict, seeds,
-                    T: int, n_samples: int, max_new_tokens: int, n_history: int = 3,
+def compare_methods(ref: TinyGPT, train_prompts: Sequence[Prompts], eval_prompts: Prompts, *, strengths: dict,
+                    seeds, T: int, n_samples: int, max_new_tokens: int, n_history: int = 2,
                     config: TrainConfig | None = None, n_eval_samples: int = 4, eval_all: bool = True,
                     progress=None) -> dict:
     """Every method of ``strengths`` (``{method: β or η}``) on the same prompts and seeds (common random
@@ -321,7 +336,7 @@ def compare_methods(ref: TinyGPT, train_prompts: Prompts, eval_prompts: Prompts,
 
 def max_parameter_difference(a: TinyGPT, b: TinyGPT) -> float:
     """``max |θ_a − θ_b|`` over all parameters (0 exactly when two training runs coincide bit for bit)."""
-    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    return max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def has_cycle(P: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from papers.mnpo.lm_pipeline import (
     response_mask,
     run_pipeline,
     sequence_logprob,
+    split_prompts,
 )
 
 
@@ -84,16 +85,29 @@ def test_build_pairs_prefers_the_winner(ref):
 
 
 def test_mnpo_first_iterate_is_inpo_and_dpo_differs(ref):
-    p = make_prompts(6, random_state=4)
-    kw = dict(T=1, n_samples=4, max_new_tokens=10, seed=5, config=TrainConfig(epochs=1, batch_size=4))
+    p = split_prompts(make_prompts(12, random_state=4), 2)
+    kw = dict(T=2, n_samples=4, max_new_tokens=10, seed=5, config=TrainConfig(epochs=1, batch_size=4))
     inpo = run_pipeline("inpo", ref, p, strength=3.0, **kw)
     mnpo = run_pipeline("mnpo", ref, p, strength=3.0, **kw)
-    dpo = run_pipeline("dpo", ref, p, strength=0.3, **kw)
+    dpo = run_pipeline("dpo", ref, p[:1], strength=0.3, **{**kw, "T": 1})
     assert max_parameter_difference(inpo["iterates"][1], mnpo["iterates"][1]) == 0.0
+    # at t = 2 MNPO's population is (pi_1, pi_0): the iterates part
+    assert max_parameter_difference(inpo["iterates"][2], mnpo["iterates"][2]) > 0.0
     assert max_parameter_difference(inpo["iterates"][1], dpo["iterates"][1]) > 0.0
     assert max_parameter_difference(ref, inpo["iterates"][0]) == 0.0
     with pytest.raises(ValueError):
         run_pipeline("ppo", ref, p, strength=1.0, **kw)
+    with pytest.raises(ValueError):      # one prompt split per iteration (the official per-iteration data)
+        run_pipeline("inpo", ref, p[0], strength=1.0, **kw)
+
+
+def test_split_prompts_disjoint_consecutive():
+    p = make_prompts(10, random_state=6)
+    parts = split_prompts(p, 3)
+    assert [len(q) for q in parts] == [3, 3, 3]
+    assert [k for q in parts for k in q.keywords] == p.keywords[:9]
+    with pytest.raises(ValueError):
+        split_prompts(make_prompts(2), 3)
 
 
 def test_empty_prompts_subset():
