@@ -81,12 +81,15 @@ help:
 	@echo "make clean                    remove caches, failed runs and custom runs (keeps results/ and .venv)"
 
 # The environment: created on first use, re-installed when the dependencies change.
-# One source of truth: pyproject.toml names the dependencies, requirements.lock pins them.
-$(STAMP): pyproject.toml requirements.lock
+# One source of truth: pyproject.toml names the dependencies; requirements.lock pins them, and
+# requirements-extras.lock pins what single papers add (the `papers` extra, and wonderlic-nlp, whose data
+# pickles tubelex reads: its own dependencies do not install, so it goes in with --no-deps).
+$(STAMP): pyproject.toml requirements.lock requirements-extras.lock
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=/path/to/python3.11)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements.lock -c requirements-extras.lock -e '.[dev,papers]'
+	$(PY) -m pip install --quiet --no-deps -c requirements-extras.lock wonderlic-nlp
 	@touch $(STAMP)
 
 env: $(STAMP)
@@ -147,9 +150,14 @@ zoo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check common papers tests
 
-# Re-pin every dependency after editing pyproject.toml (review the diff of requirements.lock).
+# Re-pin every dependency after editing pyproject.toml (review the diffs of both lock files). A distribution
+# named in requirements-extras.lock stays there (to add one, add its name there first); the rest go to
+# requirements.lock, which every result's code hash covers.
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > .lock.tmp
+	sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/\1/p' requirements-extras.lock | tr 'A-Z_.' 'a-z--' > .lock.extras
+	awk -F'==' 'NR==FNR {x[$$1]=1; next} {n=tolower($$1); gsub(/[_.]/, "-", n); print > ((n in x) ? "requirements-extras.lock" : "requirements.lock")}' .lock.extras .lock.tmp
+	rm -f .lock.tmp .lock.extras
 
 clean:
 	rm -rf .cache runs .pytest_cache .ruff_cache
