@@ -12,8 +12,9 @@ with the frequency ``f_L(w)`` of a (possibly multi-token) item defined by
 - normalisation: NFKC, lower case;
 - tokenisation: ``f_L(w) = max( f_L(w as one token), min_t f_L(t) )`` over its tokens ``t``      (2)
   (an item is as frequent as its rarest token, unless the list has the whole string);
-- missing words: a list without counts (wordfreq) gives ``f = 1e-9``; a list with counts is
-  Laplace-smoothed, ``f(w) = (c(w) + 1) / (N + V)`` (``N`` tokens, ``V`` types)                  (3)
+- missing words: a list without counts (wordfreq) gives the list's smallest frequency,
+  ``f = min_w f_L(w)`` (the paper's ``get_wf_min_freq``; about 1.02e-8 for English); a list with counts
+  is Laplace-smoothed, ``f(w) = (c(w) + 1) / (N + V)`` (``N`` tokens, ``V`` types)               (3)
 
 The English familiarity norm is the MRC Psycholinguistic Database's FAM (100..700, divided by 100), one
 value per distinct lower-cased word. Two of the paper's baseline rows are computable offline: wordfreq
@@ -43,11 +44,10 @@ import numpy as np
 __all__ = [
     "PlainUnpickler", "load_plain_pickle", "wonderlic_pickle_path", "mrc_familiarity", "subtlex_us_counts",
     "nfkc_lower", "regex_tokenize", "item_frequency", "wordfreq_lookup", "laplace_lookup",
-    "frequency_correlation", "steiger_z", "zipf_exposure", "familiarity_from_exposure", "shifted_register",
-    "sample_corpus", "corpus_correlation", "WORDFREQ_MISSING",
+    "frequency_correlation", "steiger_z", "williams_t", "zipf_exposure", "familiarity_from_exposure",
+    "shifted_register", "sample_corpus", "corpus_correlation",
 ]
 
-WORDFREQ_MISSING = 1e-9   # the paper's FREQ_EPS: a word wordfreq lacks gets this frequency
 _MRC_VARIABLES = ("FAM", "CNC", "IMG", "CMEAN", "PMEAN", "AOA")
 
 
@@ -149,8 +149,16 @@ def item_frequency(item: str, lookup: Callable[[str], tuple[float, bool]],
     return (f_whole, m_whole) if f_whole > f_tok else (f_tok, m_tok)
 
 
-def wordfreq_lookup(frequencies: Mapping[str, float], missing: float = WORDFREQ_MISSING):
-    """Lookup in a wordfreq frequency dict: a missing word gets ``missing`` (1e-9 in the paper)."""
+def wordfreq_lookup(frequencies: Mapping[str, float], missing: float | None = None):
+    """Lookup in a wordfreq frequency dict: a missing word gets ``missing``.
+
+    ``missing=None`` (the paper's rule, ``get_wf_min_freq`` in ``experiments/run.py``) uses the list's
+    smallest frequency, ``min(frequencies.values())``.
+    """
+    if missing is None:
+        if not frequencies:
+            raise ValueError("frequencies must not be empty")
+        missing = min(frequencies.values())
     if not missing > 0:
         raise ValueError(f"missing frequency must be positive, got {missing!r}")
 
@@ -206,6 +214,30 @@ def steiger_z(r_12: float, r_13: float, r_23: float, n: int) -> tuple[float, flo
     c = psi / (1 - rm2) ** 2
     z = (math.atanh(r_12) - math.atanh(r_13)) * math.sqrt(n - 3) / math.sqrt(2 - 2 * c)
     return float(z), float(2 * stats.norm.sf(abs(z)))
+
+
+def williams_t(r_12: float, r_13: float, r_23: float, n: int) -> tuple[float, float]:
+    """Williams' t (Steiger 1980, Eq. 7) for two dependent correlations sharing variable 1; ``(t, two-sided p)``.
+
+    With ``|R| = 1 − r_12² − r_13² − r_23² + 2 r_12 r_13 r_23`` and ``r̄ = (r_12 + r_13) / 2``,
+    ``t = (r_12 − r_13) √[(n − 1)(1 + r_23) / (2 |R| (n − 1)/(n − 3) + r̄² (1 − r_23)³)]`` on ``n − 3``
+    degrees of freedom. This is the test behind the paper's p-values (its ``corrstats.dependent_corr``
+    with ``method='steiger'`` computes this statistic).
+    """
+    for name, r in (("r_12", r_12), ("r_13", r_13), ("r_23", r_23)):
+        if not -1 < r < 1:
+            raise ValueError(f"{name} must lie in (-1, 1), got {r!r}")
+    if n <= 3:
+        raise ValueError(f"n must exceed 3, got {n}")
+    from scipy import stats
+
+    det = 1 - r_12 ** 2 - r_13 ** 2 - r_23 ** 2 + 2 * r_12 * r_13 * r_23
+    r_bar = (r_12 + r_13) / 2
+    u = (n - 1) * (1 + r_23) / (2 * det * (n - 1) / (n - 3) + r_bar ** 2 * (1 - r_23) ** 3)
+    if not u > 0:
+        raise ValueError(f"inconsistent correlations (|R| = {det!r}): not a valid correlation matrix")
+    t = (r_12 - r_13) * math.sqrt(u)
+    return float(t), float(2 * stats.t.sf(abs(t), n - 3))
 
 
 # ----------------------------------------------------------------------------- the toy proxy

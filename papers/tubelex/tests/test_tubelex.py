@@ -40,7 +40,19 @@ def test_item_frequency_rarest_token_unless_whole_string_is_listed():
     assert tx.item_frequency("Ice Cream", lookup, str.split) == (2e-5, False)
     lookup = tx.wordfreq_lookup({"ice": 1e-4, "cream": 1e-5})
     assert tx.item_frequency("ice cream", lookup, str.split) == (1e-5, False)
-    assert tx.item_frequency("ice zzz", lookup, str.split) == (tx.WORDFREQ_MISSING, True)
+    assert tx.item_frequency("ice zzz", lookup, str.split) == (1e-5, True)   # missing: the list's minimum
+
+
+def test_wordfreq_lookup_missing_word_gets_the_lists_minimum():
+    # the paper's get_wf_min_freq: a word wordfreq lacks gets min(get_frequency_dict(lang).values())
+    lookup = tx.wordfreq_lookup({"a": 0.1, "b": 3e-8})
+    assert lookup("a") == (0.1, False)
+    assert lookup("zzz") == (3e-8, True)
+    assert tx.wordfreq_lookup({"a": 0.1}, missing=1e-9)("zzz") == (1e-9, True)
+    with pytest.raises(ValueError):
+        tx.wordfreq_lookup({})
+    with pytest.raises(ValueError):
+        tx.wordfreq_lookup({"a": 0.1}, missing=0.0)
     assert tx.item_frequency("ｃａｔ", tx.wordfreq_lookup({"cat": 0.5}), str.split) == (0.5, False)  # NFKC
 
 
@@ -56,7 +68,7 @@ def test_frequency_correlation_matches_scipy_on_log10():
     freqs = {"a": 0.1, "b": 0.01, "c": 0.001, "d": 1e-5}
     norm = {"a": 6.0, "b": 5.5, "c": 3.0, "d": 2.5, "e": 1.0}
     out = tx.frequency_correlation(norm, tx.wordfreq_lookup(freqs), tx.regex_tokenize)
-    log_f = np.log10([0.1, 0.01, 0.001, 1e-5, 1e-9])
+    log_f = np.log10([0.1, 0.01, 0.001, 1e-5, 1e-5])     # "e" is missing: the list's minimum
     assert out["n"] == 5 and out["n_missing"] == 1
     assert out["r"] == pytest.approx(stats.pearsonr(log_f, list(norm.values()))[0], abs=1e-12)
 
@@ -70,6 +82,21 @@ def test_steiger_z_zero_for_equal_correlations_and_sign():
     assert z0 == pytest.approx(2 * math.atanh(0.2) * 10 / math.sqrt(2), rel=1e-12)
     with pytest.raises(ValueError):
         tx.steiger_z(1.0, 0.2, 0.1, 10)
+
+
+def test_williams_t_reproduces_the_papers_p_values():
+    # experiments/fam-corr-*.tsv and fam-corr-aggregate-pvalues.tsv of the official repository (English, MRC,
+    # n = 4923): r(FAM, list), r(FAM, TUBELEX) = 0.7767406648667257, r(list, TUBELEX) -> the paper's p
+    r_tubelex = 0.7767406648667257
+    t, p = tx.williams_t(0.7730302670481576, r_tubelex, 0.914017365285818, 4923)       # SUBTLEX
+    assert p == pytest.approx(0.304610, abs=1e-6) and t < 0
+    t, p = tx.williams_t(0.7707333756257287, r_tubelex, 0.9762683900739273, 4923)      # wordfreq
+    assert p == pytest.approx(0.002058, abs=1e-6) and t < 0
+    assert tx.williams_t(0.5, 0.5, 0.3, 100) == (0.0, 1.0)
+    t_ab, p_ab = tx.williams_t(0.6, 0.4, 0.5, 200)
+    assert (t_ab, p_ab) == pytest.approx((-tx.williams_t(0.4, 0.6, 0.5, 200)[0], tx.williams_t(0.4, 0.6, 0.5, 200)[1]))
+    with pytest.raises(ValueError):
+        tx.williams_t(0.9, -0.9, 0.9, 100)     # not a valid correlation matrix
 
 
 def test_simulator_shapes_determinism_and_limits():
