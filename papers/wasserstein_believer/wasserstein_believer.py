@@ -23,10 +23,14 @@ discrete latent states and then learns the belief update *in that latent space*:
    where ``Ī`` is the encoded initial-state distribution. A network ``φ_I(b̄, a, o')`` learns it by
    minimising the *belief loss* along the agent's histories,
 
-       L_belief = E_h [ D_KL( τ̄(b̄_t, a_t, o_{t+1}) ‖ φ_I(b̄_t, a_t, o_{t+1}) ) ],  b̄_{t+1} = φ_I(...),   (Eq. 5)
+       L_belief = E_h [ D_KL( φ_I(b̄_t, a_t, o_{t+1}) ‖ τ̄(b̄_t, a_t, o_{t+1}) ) ],  b̄_{t+1} = φ_I(...),   (Eq. 5)
 
-   an upper bound (Pinsker) on the TV, hence on the Wasserstein distance on a discrete latent space,
-   between the learned and the latent-model belief (Theorem 2: beliefs close in W have close values).
+   the KL *from* the learned belief (the official code samples ``z' ~ φ_I`` and scores
+   ``log φ_I(z') - log Σ_z P̄(z'|z,a) b̄(z) - log Ō(o'|z')``, which is this KL up to the constant
+   ``log`` of the normaliser), an upper bound (Pinsker) on the TV, hence on the Wasserstein distance on a
+   discrete latent space, between the learned and the latent-model belief (Theorem 2: beliefs close in W
+   have close values). With a handful of latents both KLs are exact sums; ``belief_kl="forward"`` selects
+   ``D_KL(τ̄ ‖ φ_I)`` instead (not the paper's).
 
 The learned latent belief is read back as a distribution over true states through the decoder,
 ``b̂(s) = Σ_z b̄(z) ψ(s | z)``, and compared in total variation with the exact Bayes filter of the
@@ -47,8 +51,8 @@ from tqdm.auto import tqdm
 
 from common.pomdp import TabularPOMDP, bayes_filter, predictive_prior, total_variation
 
-__all__ = ["WBUConfig", "WAEMDP", "BeliefUpdater", "latent_belief_update", "train_wbu", "evaluate_beliefs",
-           "WBUResult"]
+__all__ = ["WBUConfig", "WAEMDP", "BeliefUpdater", "latent_belief_update", "belief_loss", "train_wbu",
+           "evaluate_beliefs", "state_recovery", "WBUResult"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,12 @@ class WBUConfig:
     over ``φ(·|s)``, and the transition term is the cross-entropy of the encoded next state (a stopped
     gradient: a fixed target, so that collapsing every state onto one latent cannot zero it) under the
     predicted one, ``-Σ_z' sg[φ(z'|s')] log Σ_z φ(z|s) P̄(z'|z,a)``, an upper bound (with the entropy of
-    ``φ(·|s')``, a KL; Pinsker) on the TV, which is the Wasserstein distance of the discrete metric.
+    ``φ(·|s')``, a KL; Pinsker) on the TV, which is the Wasserstein distance of the discrete metric;
+    ``belief_kl``: direction of the belief loss (Eq. 5), ``"reverse"`` = ``KL(φ_I ‖ τ̄)`` (the paper's and the
+    official code's) or ``"forward"`` = ``KL(τ̄ ‖ φ_I)``; ``marginal_entropy``: weight ``λ`` of an
+    anti-collapse bonus ``-λ H(mean_batch φ(·|s))`` on the encoder's marginal (off by default; *not* the
+    paper's term: the paper's WAE-MDP keeps its latent space in use with a steady-state regulariser, which is
+    not implemented here; the README's Review reports a probe with ``λ = 1``).
     """
 
     n_latent: int = 8
@@ -83,8 +92,12 @@ class WBUConfig:
     batch_size: int = 128
     history_batch: int = 32
     regularizer: str = "critic"
+    belief_kl: str = "reverse"
+    marginal_entropy: float = 0.0
 
     def __post_init__(self):
+        if self.belief_kl not in ("reverse", "forward"):
+            raise ValueError(f"belief_kl must be 'reverse' or 'forward', got {self.belief_kl!r}")
         if self.regularizer not in ("critic", "exact"):
             raise ValueError(f"regularizer must be 'critic' or 'exact', got {self.regularizer!r}")
         for name in ("n_latent", "hidden", "n_critic", "steps", "batch_size", "history_batch"):
@@ -96,6 +109,8 @@ class WBUConfig:
             raise ValueError("warmup_steps must be >= 0")
         if not self.temperature > 0:
             raise ValueError("temperature must be positive")
+        if self.marginal_entropy < 0:
+            raise ValueError(f"marginal_entropy must be >= 0, got {self.marginal_entropy}")
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -165,6 +180,17 @@ def latent_belief_update(belief: torch.Tensor, actions: torch.Tensor, obs: torch
     return unnorm / unnorm.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
+def belief_loss(log_pred: torch.Tensor, target: torch.Tensor, direction: str = "reverse") -> torch.Tensor:
+    """Eq. 5 for a batch of rows, averaged: ``KL(φ_I ‖ τ̄)`` (``"reverse"``, the paper's) or ``KL(τ̄ ‖ φ_I)``
+    (``"forward"``), with ``log_pred = log φ_I`` and ``target = τ̄`` (probabilities, no gradient needed)."""
+    log_target = torch.log(target.clamp_min(1e-30))
+    if direction == "reverse":
+        return (log_pred.exp() * (log_pred - log_target)).sum(-1).mean()
+    if direction == "forward":
+        return (target * (log_target - log_pred)).sum(-1).mean()
+    raise ValueError(f"direction must be 'reverse' or 'forward', got {direction!r}")
+
+
 def _gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                       generator: torch.Generator) -> torch.Tensor:
     eps = torch.rand((real.shape[0], 1), generator=generator)
@@ -205,7 +231,7 @@ def _belief_step(model: WAEMDP, updater: BeliefUpdater, opt: torch.optim.Optimiz
     for t in range(H):
         target = latent_belief_update(b, Act[ep, t], Obs[ep, t + 1], tables["P"], tables["O"])
         log_pred = updater(b, Act[ep, t], Obs[ep, t + 1])
-        loss = loss + (target * (torch.log(target.clamp_min(1e-30)) - log_pred)).sum(-1).mean()
+        loss = loss + belief_loss(log_pred, target, config.belief_kl)
         b = log_pred.exp().detach()
     loss = loss / H
     opt.zero_grad()
@@ -255,18 +281,27 @@ def train_wbu(env: TabularPOMDP, data: dict, config: WBUConfig, *, random_state:
     a_onehot = F.one_hot(a, env.n_actions).float()
     result = WBUResult(model, updater, torch.empty(0))
 
+    def _model_step(distortion: torch.Tensor, w_est: torch.Tensor, step: int, idx: torch.Tensor) -> None:
+        """One latent-model update on distortion + beta * regulariser (Eq. 2) (minus the optional marginal
+        entropy bonus), then, after the warm-up, one belief-updater update (Eq. 5); shared by both
+        regularisers."""
+        loss = distortion + config.beta * w_est
+        if config.marginal_entropy > 0:
+            marginal = F.softmax(model.encode_logits(s[idx]), -1).mean(0)
+            loss = loss + config.marginal_entropy * (marginal * torch.log(marginal.clamp_min(1e-30))).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        result.model_loss.append(float(distortion.detach()))
+        if step >= config.warmup_steps:
+            result.belief_loss.append(_belief_step(model, updater, opt_belief, S, Obs, Act, config, gen))
+
     total = config.warmup_steps + config.steps
     for step in tqdm(range(total), desc="WBU", disable=not progress, mininterval=2.0):
         idx = torch.randint(n_tr, (config.batch_size,), generator=gen)
         if config.regularizer == "exact":
             distortion, w_est = _exact_losses(model, s[idx], a[idx], r[idx], s2[idx], o[idx], o2[idx])
-            loss = distortion + config.beta * w_est
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            result.model_loss.append(float(distortion.detach()))
-            if step >= config.warmup_steps:
-                result.belief_loss.append(_belief_step(model, updater, opt_belief, S, Obs, Act, config, gen))
+            _model_step(distortion, w_est, step, idx)
             continue
         # --- critic: Kantorovich-Rubinstein dual of Eq. 2 with a gradient penalty
         for _ in range(config.n_critic):
@@ -291,16 +326,19 @@ def train_wbu(env: TabularPOMDP, data: dict, config: WBUConfig, *, random_state:
                       + F.mse_loss(model.reward_decoder(torch.cat([z, a_onehot[idx]], -1)).squeeze(-1), r[idx]))
         w_est = (model.critic(torch.cat([z, a_onehot[idx], z_next], -1)).mean()
                  - model.critic(torch.cat([z, a_onehot[idx], z_bar], -1)).mean())
-        loss = distortion + config.beta * w_est
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        result.model_loss.append(float(distortion.detach()))
-        if step >= config.warmup_steps:
-            result.belief_loss.append(_belief_step(model, updater, opt_belief, S, Obs, Act, config, gen))
+        _model_step(distortion, w_est, step, idx)
     tables = model.tables()
     result.initial_latent = tables["phi"][S[:, 0]].mean(0)
     return result
+
+
+@torch.no_grad()
+def state_recovery(model: WAEMDP) -> float:
+    """How well the latent model tells the true states apart: ``(1/S) Σ_s Σ_z φ(z|s) ψ(s|z)``, the
+    probability that encoding a uniformly drawn state and decoding it gives it back. 1 when every state has
+    its own latent; a model that merges two states into one latent is at most ``1 - 1/S``."""
+    tables = model.tables()
+    return float((tables["phi"] * tables["psi"].T).sum(-1).mean())
 
 
 @torch.no_grad()
@@ -310,7 +348,9 @@ def evaluate_beliefs(env: TabularPOMDP, result: WBUResult, data: dict) -> dict:
     - ``wbu``: the learned belief ``φ_I`` unrolled from ``b̄_0`` and decoded by ``ψ``;
     - ``latent_exact``: the latent model's own update (Eq. 4) unrolled and decoded (the target ``φ_I``
       learns; it bounds what the updater can reach with this latent model);
-    - ``prior``: the observation-free prior ``p(s_t | a_{0:t-1})``.
+    - ``prior``: the observation-free prior ``p(s_t | a_{0:t-1})``;
+
+    and ``state_recovery``, the latent model's encode-decode round trip (:func:`state_recovery`).
     """
     tables = result.model.tables()
     Obs = torch.as_tensor(data["observations"], dtype=torch.long)
@@ -330,5 +370,6 @@ def evaluate_beliefs(env: TabularPOMDP, result: WBUResult, data: dict) -> dict:
     return {"wbu": float(total_variation(dec_learned, true).mean()),
             "latent_exact": float(total_variation(dec_exact, true).mean()),
             "prior": float(total_variation(prior, true).mean()),
+            "state_recovery": state_recovery(result.model),
             "per_step_wbu": total_variation(dec_learned, true).mean(0),
             "per_step_prior": total_variation(prior, true).mean(0)}

@@ -6,8 +6,10 @@ from common.pomdp import belief_update, noisy_corridor, rollout
 from papers.wasserstein_believer.wasserstein_believer import (
     BeliefUpdater,
     WBUConfig,
+    belief_loss,
     evaluate_beliefs,
     latent_belief_update,
+    state_recovery,
     train_wbu,
 )
 
@@ -38,31 +40,65 @@ def test_config_validation():
         WBUConfig(regularizer="kl")
     with pytest.raises(ValueError):
         WBUConfig(temperature=0.0)
+    with pytest.raises(ValueError):
+        WBUConfig(belief_kl="both")
+    with pytest.raises(ValueError):
+        WBUConfig(marginal_entropy=-1.0)
 
 
-@pytest.mark.parametrize("regularizer", ["exact", "critic"])
-def test_short_training_is_deterministic_and_evaluates(regularizer):
+@pytest.mark.parametrize("regularizer, belief_kl, marginal_entropy",
+                         [("exact", "reverse", 0.0), ("critic", "reverse", 0.0), ("exact", "forward", 1.0)])
+def test_short_training_is_deterministic_and_evaluates(regularizer, belief_kl, marginal_entropy):
     env = noisy_corridor(4, horizon=4)
     data, test = rollout(env, 32, random_state=0), rollout(env, 16, random_state=1)
     cfg = WBUConfig(n_latent=4, hidden=8, warmup_steps=3, steps=4, batch_size=16, history_batch=4,
-                    regularizer=regularizer)
+                    regularizer=regularizer, belief_kl=belief_kl, marginal_entropy=marginal_entropy)
     r1 = train_wbu(env, data, cfg, random_state=5, progress=False)
     r2 = train_wbu(env, data, cfg, random_state=5, progress=False)
     assert len(r1.belief_loss) == 4 and len(r1.model_loss) == 7
     assert r1.belief_loss == r2.belief_loss
     ev = evaluate_beliefs(env, r1, test)
-    for key in ("wbu", "latent_exact", "prior"):
+    for key in ("wbu", "latent_exact", "prior", "state_recovery"):
         assert 0.0 <= ev[key] <= 1.0
     assert ev["per_step_wbu"].shape == (5,)
 
 
 def test_belief_loss_is_zero_when_the_updater_is_the_latent_update():
-    """KL(τ̄ ‖ τ̄) = 0: the loss's minimum is reached by the exact latent update."""
+    """Both directions of Eq. 5 vanish when φ_I returns the exact latent update τ̄."""
     env = noisy_corridor(5)
     P, Om = torch.tensor(env.T), torch.tensor(env.O)
     b = torch.full((2, 5), 0.2, dtype=torch.float64)
     t = latent_belief_update(b, torch.tensor([0, 1]), torch.tensor([1, 1]), P, Om)
-    assert float((t * (t.log() - t.log())).sum()) == 0.0
+    for direction in ("reverse", "forward"):
+        assert abs(float(belief_loss(t.log(), t, direction))) < 1e-12
+
+
+def test_belief_loss_directions_on_a_hand_computed_case():
+    """p = (1/2, 1/2), q = (1/4, 3/4): both KLs written out by hand."""
+    p = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    q = torch.tensor([[0.25, 0.75]], dtype=torch.float64)
+    kl_pq = 0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75)
+    kl_qp = 0.25 * np.log(0.25 / 0.5) + 0.75 * np.log(0.75 / 0.5)
+    # reverse = KL(φ_I ‖ τ̄) with φ_I = p, τ̄ = q (the paper's direction)
+    assert float(belief_loss(p.log(), q, "reverse")) == pytest.approx(kl_pq, abs=1e-12)
+    assert float(belief_loss(p.log(), q, "forward")) == pytest.approx(kl_qp, abs=1e-12)
+    with pytest.raises(ValueError):
+        belief_loss(p.log(), q, "sideways")
+
+
+def test_state_recovery_is_one_for_a_bijective_latent_and_drops_when_two_states_merge():
+    class Tables:
+        def __init__(self, phi, psi):
+            self.t = {"phi": torch.tensor(phi), "psi": torch.tensor(psi)}
+
+        def tables(self):
+            return self.t
+
+    eye = np.eye(3)
+    assert state_recovery(Tables(eye, eye)) == pytest.approx(1.0)
+    merged_phi = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0]])     # states 1 and 2 share latent 1
+    merged_psi = np.array([[1.0, 0, 0], [0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+    assert state_recovery(Tables(merged_phi, merged_psi)) == pytest.approx((1 + 0.5 + 0.5) / 3)
 
 
 def test_train_rejects_incomplete_data():
