@@ -64,3 +64,27 @@ def test_helpers():
     assert balanced_labels(12).tolist() == list(range(10)) + [0, 1]
     assert first_crossing([0, 10, 20], [5.0, 3.0, 1.0], 3.0) == 10.0
     assert np.isinf(first_crossing([0, 10], [5.0, 4.0], 3.0))
+
+
+def test_slam_at_gamma_one_trains_exactly_like_lcm():
+    """With γ forced to 1 the SLAM hook is LCM: identical losses on the same stream (the baseline is clean)."""
+    from common.consistency import DistillConfig, consistency_distill
+    from common.diffusion import EpsMLP
+    from common.diffusion.model import build_denoiser
+
+    torch.manual_seed(0)
+    teacher = build_denoiser(EpsMLP(width=32, n_blocks=1, cond_dim=16, t_embed_dim=16))
+    x, y = torch.randn(40, 64), torch.arange(40) % 10
+
+    def slam_gamma_one(z, z_prev, step_from, step_to, schedule, generator):
+        a_f, s_f = alpha_sigma_discrete(schedule, step_from)
+        a_t, s_t = alpha_sigma_discrete(schedule, step_to)
+        g = torch.ones(z.shape[0], dtype=torch.float64)
+        return sub_path_point(z, z_prev, g, a_f, a_t), sub_path_sigma(g, a_f, a_t, s_t), g
+
+    cfg = DistillConfig(steps=4, batch_size=8, seed=2)
+    lcm = consistency_distill(teacher, x, y, cfg, student_input=student_input_for("lcm"), progress=False)
+    one = consistency_distill(teacher, x, y, cfg, student_input=slam_gamma_one, progress=False)
+    np.testing.assert_allclose(one.losses, lcm.losses, rtol=1e-6)
+    slam = consistency_distill(teacher, x, y, cfg, student_input=student_input_for("slam"), progress=False)
+    assert slam.losses[0] != lcm.losses[0]
