@@ -1,0 +1,1 @@
+"""AlteredAvatar fast style adaptation."""

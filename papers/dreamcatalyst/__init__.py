@@ -1,0 +1,1 @@
+"""DreamCatalyst score-distillation editing."""

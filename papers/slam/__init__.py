@@ -1,0 +1,1 @@
+"""SLAM sub-path consistency distillation."""

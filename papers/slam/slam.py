@@ -1,0 +1,120 @@
+r"""SLAM: Sub-path Linear Approximation Model (Xu et al., ECCV 2024; arXiv 2404.13903, "SPLAM" in v3).
+
+A consistency model learns :math:`f_\theta(z_t, t) \approx x_0`, constant along the teacher's PF-ODE. LCM
+(consistency distillation) enforces it only at the *end points* of each sampled sub-path
+:math:`[t_n, t_{n+k}]`: :math:`f_\theta(z_{t_{n+k}}, t_{n+k}) \approx f_{\theta^-}(\hat z_{t_n}, t_n)`, where
+:math:`\hat z_{t_n}` is one teacher solver step from :math:`z_{t_{n+k}}`. SLAM instead treats each sub-path
+as a **sub-path linear (SL) ODE**: a straight line between the two (re-scaled) end points, parameterised
+by :math:`\gamma \in [0, 1]`,
+
+.. math::  z_\gamma = \gamma\,z_{t_{n+k}} + (1 - \gamma)\,\frac{\alpha_{t_{n+k}}}{\alpha_{t_n}}\,\hat z_{t_n}
+   \qquad\text{(the paper's SL-ODE point, Eq. 8–9)}
+
+whose signal is :math:`\alpha_{t_{n+k}} x_0` at every γ and whose noise level is
+
+.. math::  \sigma_\gamma^2 = \Big(\sigma_{t_n}\frac{\alpha_{t_{n+k}}}{\alpha_{t_n}}\Big)^2
+   + \gamma^2\Big(1 - \frac{\alpha_{t_{n+k}}^2}{\alpha_{t_n}^2}\Big)
+
+(exact when :math:`z_{t_{n+k}}` is the forward-process transition of :math:`\hat z_{t_n}`). The student,
+told γ through LCM's conditioning-embedding slot, predicts
+:math:`\hat x_0 = (z_\gamma - \sigma_\gamma\hat\varepsilon_\theta(z_\gamma, t_{n+k}, \gamma))/\alpha_{t_{n+k}}`
+and is trained with the pseudo-Huber loss between
+:math:`c_{skip}(t_{n+k})z_\gamma + c_{out}(t_{n+k})\hat x_0` and the EMA target
+:math:`f_{\theta^-}(\hat z_{t_n}, t_n; \gamma = 1)` (SLAM's training objective, Eq. 12, as in the official
+``predicted_origin_splam``). γ ~ U(0, 1) per sample: the loss is spread progressively along the whole
+sub-path instead of only at its far end, which the paper argues lowers the cumulative approximation
+error and gives better 2–4-step samples. γ ≡ 1 gives back LCM exactly, which is our baseline; at
+sampling time both students are used with γ = 1 (plain noisy inputs) by the LCM multistep sampler.
+
+Everything else (teacher solver, boundary scalings, EMA target, sampler) is shared with LCM and lives in
+:mod:`common.consistency`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.consistency import (
+    DistillConfig,
+    alpha_sigma_discrete,
+    consistency_distill,
+    lcm_sample,
+    lcm_student_input,
+)
+
+METHODS = ("lcm", "slam")
+
+
+def sub_path_sigma(gamma: torch.Tensor, alpha_from: torch.Tensor, alpha_to: torch.Tensor,
+                   sigma_to: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sigma_\gamma` of the SL-ODE point (see the module docstring); :math:`\sigma_1 = \sigma_{t_{n+k}}`,
+    :math:`\sigma_0 = \sigma_{t_n}\alpha_{t_{n+k}}/\alpha_{t_n}`."""
+    gamma = torch.as_tensor(gamma, dtype=torch.float64)
+    if ((gamma < 0) | (gamma > 1)).any():
+        raise ValueError("gamma must lie in [0, 1]")
+    ratio = torch.as_tensor(alpha_from, dtype=torch.float64) / torch.as_tensor(alpha_to, dtype=torch.float64)
+    if (ratio > 1 + 1e-12).any():
+        raise ValueError("alpha must not increase along the sub-path (alpha_from <= alpha_to)")
+    return torch.sqrt((torch.as_tensor(sigma_to, dtype=torch.float64) * ratio) ** 2 + gamma**2 * (1.0 - ratio**2))
+
+
+def sub_path_point(z_from: torch.Tensor, z_to: torch.Tensor, gamma: torch.Tensor, alpha_from: torch.Tensor,
+                   alpha_to: torch.Tensor) -> torch.Tensor:
+    r""":math:`z_\gamma = \gamma z_{t_{n+k}} + (1 - \gamma)(\alpha_{t_{n+k}}/\alpha_{t_n})\hat z_{t_n}` ([B] coefficients)."""
+    gamma = torch.as_tensor(gamma, dtype=torch.float64)
+    ratio = torch.as_tensor(alpha_from, dtype=torch.float64) / torch.as_tensor(alpha_to, dtype=torch.float64)
+    g = gamma.to(z_from.dtype)[:, None]
+    r = ratio.to(z_from.dtype)[:, None]
+    return g * z_from + (1.0 - g) * r * z_to
+
+
+def slam_student_input(z: torch.Tensor, z_prev: torch.Tensor, step_from, step_to, schedule, generator):
+    r"""SLAM's student input: γ ~ U(0, 1) per sample, the SL-ODE point :math:`z_\gamma` and :math:`\sigma_\gamma`."""
+    gamma = torch.rand(z.shape[0], generator=generator, dtype=torch.float64)
+    a_f, _ = alpha_sigma_discrete(schedule, step_from)
+    a_t, s_t = alpha_sigma_discrete(schedule, step_to)
+    return sub_path_point(z, z_prev, gamma, a_f, a_t), sub_path_sigma(gamma, a_f, a_t, s_t), gamma
+
+
+def student_input_for(method: str):
+    """The only difference between the two students: LCM (γ ≡ 1) or SLAM (γ ~ U(0, 1))."""
+    if method == "lcm":
+        return lcm_student_input
+    if method == "slam":
+        return slam_student_input
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def distill(teacher, x_data, y_data, method: str, cfg: DistillConfig, eval_fn=None, eval_every: int = 0,
+            progress: bool = True):
+    """Distil ``teacher`` into a student with ``method`` ("lcm" or "slam"), everything else fixed by ``cfg``."""
+    return consistency_distill(teacher, x_data, y_data, cfg, student_input=student_input_for(method),
+                               eval_fn=eval_fn, eval_every=eval_every, progress=progress, desc=f"{method} seed {cfg.seed}")
+
+
+def balanced_labels(n: int) -> torch.Tensor:
+    """Labels 0..9 repeated to length n (class-balanced conditional samples)."""
+    if n < 1:
+        raise ValueError("n must be positive")
+    return torch.arange(n, dtype=torch.long) % 10
+
+
+def sample_student(student, n_steps: int, n_samples: int, schedule, random_state: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_samples`` class-balanced samples of the LCM multistep sampler (γ = 1); returns (x, labels).
+
+    The initial noise and the re-noising draws come from ``random_state`` only, so two students sampled
+    with the same ``random_state`` share their noise."""
+    gen = torch.Generator().manual_seed(int(random_state))
+    noise = torch.randn(n_samples, 64, generator=gen)
+    y = balanced_labels(n_samples)
+    return lcm_sample(student, noise, y, n_steps, schedule, generator=gen), y
+
+
+def first_crossing(steps, values, level: float) -> float:
+    """The first iteration at which ``values`` (a curve over ``steps``) is <= ``level``; ``inf`` if never."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if steps.shape != values.shape or steps.ndim != 1:
+        raise ValueError("steps and values must be 1-D of the same length")
+    hit = np.nonzero(values <= level)[0]
+    return float(steps[hit[0]]) if hit.size else float("inf")

@@ -1,0 +1,1 @@
+"""TUBELEX YouTube word frequencies."""

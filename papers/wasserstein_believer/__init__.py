@@ -1,0 +1,1 @@
+"""Wasserstein Belief Updater."""

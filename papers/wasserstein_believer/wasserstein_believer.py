@@ -1,0 +1,334 @@
+"""The Wasserstein Belief Updater (Avalos, Delgrange, Nowé, Pérez, Roijers, ICLR 2024): the belief part.
+
+A POMDP's belief ``b_t(s) = P(s_t = s | h_t)`` is a sufficient statistic of the history, but its update
+``b' ∝ O(o'|·) Σ_s P(·|s,a) b(s)`` needs the model. WBU learns a *latent* model of the POMDP with
+discrete latent states and then learns the belief update *in that latent space*:
+
+1. **WAE-MDP** (Sec. 3, after Delgrange et al. 2023). A state encoder ``φ(z | s)`` (states are visible
+   at training time), a latent transition ``P̄(z' | z, a)``, an observation decoder ``Ō(o | z)``, a reward
+   decoder ``R̄(z, a)`` and a state decoder ``ψ(s | z)``. The latent model is fitted by a Wasserstein
+   auto-encoder objective: a distortion term (reconstruct state, observation and reward from ``z``) plus
+   the *transition regulariser*
+
+       W( (z, a, z'),  z' ~ φ(· | s')   ,   (z, a, z̄'),  z̄' ~ P̄(· | z, a) ),   z ~ φ(· | s),        (Eq. 2)
+
+   estimated in its Kantorovich–Rubinstein dual with a 1-Lipschitz critic ``f`` (WGAN-GP penalty;
+   the paper's "Lipschitz critics"), so that ``P̄`` is a reliable latent transition: the latent is a
+   bisimulation-style abstraction whose local losses bound the value error (Theorem 1).
+
+2. **Belief updater** (Sec. 4). With discrete latents the latent belief update is exact and cheap:
+
+       τ̄(b̄, a, o')(z') ∝ Ō(o' | z') Σ_z P̄(z' | z, a) b̄(z),   b̄_0(z) ∝ Ō(o_0 | z) Ī(z),            (Eq. 4)
+
+   where ``Ī`` is the encoded initial-state distribution. A network ``φ_I(b̄, a, o')`` learns it by
+   minimising the *belief loss* along the agent's histories,
+
+       L_belief = E_h [ D_KL( τ̄(b̄_t, a_t, o_{t+1}) ‖ φ_I(b̄_t, a_t, o_{t+1}) ) ],  b̄_{t+1} = φ_I(...),   (Eq. 5)
+
+   an upper bound (Pinsker) on the TV, hence on the Wasserstein distance on a discrete latent space,
+   between the learned and the latent-model belief (Theorem 2: beliefs close in W have close values).
+
+The learned latent belief is read back as a distribution over true states through the decoder,
+``b̂(s) = Σ_z b̄(z) ψ(s | z)``, and compared in total variation with the exact Bayes filter of the
+known POMDP (``common.pomdp.bayes_filter``) and with the observation-free prior
+``p(s_t | a_{0:t-1})``. The RL part of WBU (A2C on the latent belief, R-A2C with a GRU baseline) is not
+implemented here; see the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from common.pomdp import TabularPOMDP, bayes_filter, predictive_prior, total_variation
+
+__all__ = ["WBUConfig", "WAEMDP", "BeliefUpdater", "latent_belief_update", "train_wbu", "evaluate_beliefs",
+           "WBUResult"]
+
+
+@dataclass(frozen=True)
+class WBUConfig:
+    """Hyper-parameters of the latent model and the belief updater.
+
+    ``n_latent``: number of discrete latent states (the paper's ``2^latent_state_size`` joint values of
+    its Bernoulli bits); ``hidden``: width of every MLP; ``beta``: weight of the transition regulariser
+    (Eq. 2); ``gp``: gradient-penalty weight of the critic; ``n_critic``: critic updates per model update;
+    ``temperature``: Gumbel-softmax temperature of the relaxed latent samples; ``warmup_steps``: latent
+    model updates before the belief updater starts; ``steps``: joint updates after the warm-up;
+    ``batch_size``: transitions per model update; ``history_batch``: episodes per belief update;
+    ``regularizer``: ``"critic"`` estimates Eq. 2 with the Lipschitz critic on Gumbel-softmax samples (the
+    paper's estimator); ``"exact"`` uses that the latents are discrete: every term is an exact expectation
+    over ``φ(·|s)``, and the transition term is the cross-entropy of the encoded next state (a stopped
+    gradient: a fixed target, so that collapsing every state onto one latent cannot zero it) under the
+    predicted one, ``-Σ_z' sg[φ(z'|s')] log Σ_z φ(z|s) P̄(z'|z,a)``, an upper bound (with the entropy of
+    ``φ(·|s')``, a KL; Pinsker) on the TV, which is the Wasserstein distance of the discrete metric.
+    """
+
+    n_latent: int = 8
+    hidden: int = 32
+    beta: float = 1.0
+    gp: float = 10.0
+    n_critic: int = 2
+    temperature: float = 0.5
+    lr: float = 1e-2
+    critic_lr: float = 1e-3
+    belief_lr: float = 3e-3
+    warmup_steps: int = 400
+    steps: int = 400
+    batch_size: int = 128
+    history_batch: int = 32
+    regularizer: str = "critic"
+
+    def __post_init__(self):
+        if self.regularizer not in ("critic", "exact"):
+            raise ValueError(f"regularizer must be 'critic' or 'exact', got {self.regularizer!r}")
+        for name in ("n_latent", "hidden", "n_critic", "steps", "batch_size", "history_batch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_latent < 2:
+            raise ValueError("n_latent must be >= 2")
+        if self.warmup_steps < 0:
+            raise ValueError("warmup_steps must be >= 0")
+        if not self.temperature > 0:
+            raise ValueError("temperature must be positive")
+
+
+def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, n_out))
+
+
+class WAEMDP(nn.Module):
+    """The latent model: encoder ``φ(z|s)``, transition ``P̄(z'|z,a)``, decoders ``ψ(s|z)``, ``Ō(o|z)``,
+    ``R̄(z,a)``, and the Lipschitz critic of the transition regulariser (Eq. 2)."""
+
+    def __init__(self, n_states: int, n_actions: int, n_observations: int, config: WBUConfig):
+        super().__init__()
+        self.n_states, self.n_actions, self.n_observations = n_states, n_actions, n_observations
+        self.config = config
+        K, h = config.n_latent, config.hidden
+        self.encoder = _mlp(n_states, K, h)
+        self.transition = _mlp(K + n_actions, K, h)
+        self.state_decoder = _mlp(K, n_states, h)
+        self.obs_decoder = _mlp(K, n_observations, h)
+        self.reward_decoder = _mlp(K + n_actions, 1, h)
+        self.critic = _mlp(2 * K + n_actions, 1, h)
+
+    def encode_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return self.encoder(F.one_hot(states, self.n_states).float())
+
+    def relaxed(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A Gumbel-softmax sample at the configured temperature (a relaxed one-hot latent state)."""
+        u = torch.rand(logits.shape, generator=generator).clamp_(1e-10, 1 - 1e-10)
+        return F.softmax((logits - torch.log(-torch.log(u))) / self.config.temperature, dim=-1)
+
+    def transition_logits(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.transition(torch.cat([z, F.one_hot(actions, self.n_actions).float()], -1))
+
+    @torch.no_grad()
+    def tables(self) -> dict:
+        """The discrete latent model as tables: ``P[a, z, z']``, ``O[z, o]``, ``psi[z, s]``, ``phi[s, z]``."""
+        K, A = self.config.n_latent, self.n_actions
+        eye = torch.eye(K)
+        P = torch.stack([F.softmax(self.transition_logits(eye, torch.full((K,), a, dtype=torch.long)), -1)
+                         for a in range(A)])
+        return {"P": P, "O": F.softmax(self.obs_decoder(eye), -1), "psi": F.softmax(self.state_decoder(eye), -1),
+                "phi": F.softmax(self.encode_logits(torch.arange(self.n_states)), -1)}
+
+
+class BeliefUpdater(nn.Module):
+    """``φ_I(b̄, a, o')``: a network from (latent belief, action, next observation) to a latent belief."""
+
+    def __init__(self, n_latent: int, n_actions: int, n_observations: int, hidden: int):
+        super().__init__()
+        self.n_actions, self.n_observations = n_actions, n_observations
+        self.net = _mlp(n_latent + n_actions + n_observations, n_latent, hidden)
+
+    def forward(self, belief: torch.Tensor, actions: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the next latent belief."""
+        x = torch.cat([belief, F.one_hot(actions, self.n_actions).float(),
+                       F.one_hot(obs, self.n_observations).float()], -1)
+        return F.log_softmax(self.net(x), -1)
+
+
+def latent_belief_update(belief: torch.Tensor, actions: torch.Tensor, obs: torch.Tensor, transition: torch.Tensor,
+                         emission: torch.Tensor) -> torch.Tensor:
+    """Eq. 4, batched: ``τ̄(b̄, a, o')(z') ∝ Ō[z', o'] Σ_z P̄[a, z, z'] b̄(z)`` for rows of ``belief``, with
+    ``transition = P̄`` of shape ``(A, K, K)`` and ``emission = Ō`` of shape ``(K, Ω)``."""
+    predicted = torch.einsum("bz,bzy->by", belief, transition[actions])
+    unnorm = predicted * emission[:, obs].T
+    return unnorm / unnorm.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def _gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+    eps = torch.rand((real.shape[0], 1), generator=generator)
+    x = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return ((grad.norm(dim=-1) - 1) ** 2).mean()
+
+
+def _exact_losses(model: WAEMDP, s, a, r, s2, o, o2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distortion and transition terms as exact expectations over the discrete encoder ``φ(·|s)``."""
+    K, A = model.config.n_latent, model.n_actions
+    eye = torch.eye(K)
+    phi, phi2 = F.softmax(model.encode_logits(s), -1), F.softmax(model.encode_logits(s2), -1)
+    log_psi = F.log_softmax(model.state_decoder(eye), -1)                     # (K, S)
+    log_obs = F.log_softmax(model.obs_decoder(eye), -1)                       # (K, Ω)
+    rew = torch.stack([model.reward_decoder(torch.cat([eye, F.one_hot(torch.full((K,), b), A).float()], -1))
+                       .squeeze(-1) for b in range(A)], 1)                     # (K, A)
+    P = torch.stack([F.softmax(model.transition_logits(eye, torch.full((K,), b, dtype=torch.long)), -1)
+                     for b in range(A)])                                       # (A, K, K)
+    distortion = -(phi * log_psi[:, s].T).sum(-1).mean() - (phi * log_obs[:, o].T).sum(-1).mean() \
+        - (phi2 * log_obs[:, o2].T).sum(-1).mean() + (phi * (rew[:, a].T - r[:, None]) ** 2).sum(-1).mean()
+    predicted = torch.einsum("bz,bzy->by", phi, P[a])
+    transition = -(phi2.detach() * torch.log(predicted.clamp_min(1e-30))).sum(-1).mean()
+    return distortion, transition
+
+
+def _belief_step(model: WAEMDP, updater: BeliefUpdater, opt: torch.optim.Optimizer, S, Obs, Act,
+                 config: WBUConfig, gen: torch.Generator) -> float:
+    """One update of ``φ_I`` on Eq. 5 along ``history_batch`` episodes; targets from the current latent
+    model (detached), the updater fed its own (detached) beliefs."""
+    tables = model.tables()
+    n_ep, H = Act.shape
+    init = tables["phi"][S[:, 0]].mean(0)
+    ep = torch.randint(n_ep, (config.history_batch,), generator=gen)
+    b = init * tables["O"][:, Obs[ep, 0]].T
+    b = b / b.sum(-1, keepdim=True)
+    loss = 0.0
+    for t in range(H):
+        target = latent_belief_update(b, Act[ep, t], Obs[ep, t + 1], tables["P"], tables["O"])
+        log_pred = updater(b, Act[ep, t], Obs[ep, t + 1])
+        loss = loss + (target * (torch.log(target.clamp_min(1e-30)) - log_pred)).sum(-1).mean()
+        b = log_pred.exp().detach()
+    loss = loss / H
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+@dataclass
+class WBUResult:
+    model: WAEMDP
+    updater: BeliefUpdater
+    initial_latent: torch.Tensor
+    belief_loss: list = field(default_factory=list)
+    model_loss: list = field(default_factory=list)
+
+
+def train_wbu(env: TabularPOMDP, data: dict, config: WBUConfig, *, random_state: int = 0,
+              progress: bool = True) -> WBUResult:
+    """Fit the WAE-MDP (Eq. 2) on logged transitions, then jointly the belief updater (Eq. 5).
+
+    ``data`` is :func:`common.pomdp.rollout`'s output (states visible). The first ``warmup_steps``
+    updates fit the latent model only; the next ``steps`` updates fit both, the belief updater on
+    histories unrolled with its own beliefs against the latent update of the current latent model
+    (detached). Returns the modules, the encoded initial distribution ``Ī`` and the loss curves.
+    """
+    for key in ("states", "observations", "actions", "rewards"):
+        if key not in data:
+            raise ValueError(f"data lacks {key!r}")
+    gen = torch.Generator().manual_seed(int(random_state))
+    torch.manual_seed(int(random_state))
+    model = WAEMDP(env.n_states, env.n_actions, env.n_observations, config)
+    updater = BeliefUpdater(config.n_latent, env.n_actions, env.n_observations, config.hidden)
+    gen_params = [p for n, p in model.named_parameters() if not n.startswith("critic")]
+    opt = torch.optim.Adam(gen_params, lr=config.lr)
+    opt_critic = torch.optim.Adam(model.critic.parameters(), lr=config.critic_lr, betas=(0.5, 0.9))
+    opt_belief = torch.optim.Adam(updater.parameters(), lr=config.belief_lr)
+
+    S = torch.as_tensor(data["states"], dtype=torch.long)
+    Obs = torch.as_tensor(data["observations"], dtype=torch.long)
+    Act = torch.as_tensor(data["actions"], dtype=torch.long)
+    Rew = torch.as_tensor(data["rewards"], dtype=torch.float32)
+    n_ep, H = Act.shape
+    s, a, r = S[:, :-1].reshape(-1), Act.reshape(-1), Rew.reshape(-1)
+    s2, o, o2 = S[:, 1:].reshape(-1), Obs[:, :-1].reshape(-1), Obs[:, 1:].reshape(-1)
+    n_tr = s.shape[0]
+    a_onehot = F.one_hot(a, env.n_actions).float()
+    result = WBUResult(model, updater, torch.empty(0))
+
+    total = config.warmup_steps + config.steps
+    for step in tqdm(range(total), desc="WBU", disable=not progress, mininterval=2.0):
+        idx = torch.randint(n_tr, (config.batch_size,), generator=gen)
+        if config.regularizer == "exact":
+            distortion, w_est = _exact_losses(model, s[idx], a[idx], r[idx], s2[idx], o[idx], o2[idx])
+            loss = distortion + config.beta * w_est
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            result.model_loss.append(float(distortion.detach()))
+            if step >= config.warmup_steps:
+                result.belief_loss.append(_belief_step(model, updater, opt_belief, S, Obs, Act, config, gen))
+            continue
+        # --- critic: Kantorovich-Rubinstein dual of Eq. 2 with a gradient penalty
+        for _ in range(config.n_critic):
+            with torch.no_grad():
+                z = model.relaxed(model.encode_logits(s[idx]), gen)
+                z_next = model.relaxed(model.encode_logits(s2[idx]), gen)
+                z_bar = model.relaxed(model.transition_logits(z, a[idx]), gen)
+                real = torch.cat([z, a_onehot[idx], z_next], -1)
+                fake = torch.cat([z, a_onehot[idx], z_bar], -1)
+            loss_c = (model.critic(fake).mean() - model.critic(real).mean()
+                      + config.gp * _gradient_penalty(model.critic, real, fake, gen))
+            opt_critic.zero_grad()
+            loss_c.backward()
+            opt_critic.step()
+        # --- latent model: distortion + beta * transition regulariser
+        z = model.relaxed(model.encode_logits(s[idx]), gen)
+        z_next = model.relaxed(model.encode_logits(s2[idx]), gen)
+        z_bar = model.relaxed(model.transition_logits(z, a[idx]), gen)
+        distortion = (F.cross_entropy(model.state_decoder(z), s[idx])
+                      + F.cross_entropy(model.obs_decoder(z), o[idx])
+                      + F.cross_entropy(model.obs_decoder(z_next), o2[idx])
+                      + F.mse_loss(model.reward_decoder(torch.cat([z, a_onehot[idx]], -1)).squeeze(-1), r[idx]))
+        w_est = (model.critic(torch.cat([z, a_onehot[idx], z_next], -1)).mean()
+                 - model.critic(torch.cat([z, a_onehot[idx], z_bar], -1)).mean())
+        loss = distortion + config.beta * w_est
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        result.model_loss.append(float(distortion.detach()))
+        if step >= config.warmup_steps:
+            result.belief_loss.append(_belief_step(model, updater, opt_belief, S, Obs, Act, config, gen))
+    tables = model.tables()
+    result.initial_latent = tables["phi"][S[:, 0]].mean(0)
+    return result
+
+
+@torch.no_grad()
+def evaluate_beliefs(env: TabularPOMDP, result: WBUResult, data: dict) -> dict:
+    """Mean TV to the exact Bayes filter, over every step of every test episode, of
+
+    - ``wbu``: the learned belief ``φ_I`` unrolled from ``b̄_0`` and decoded by ``ψ``;
+    - ``latent_exact``: the latent model's own update (Eq. 4) unrolled and decoded (the target ``φ_I``
+      learns; it bounds what the updater can reach with this latent model);
+    - ``prior``: the observation-free prior ``p(s_t | a_{0:t-1})``.
+    """
+    tables = result.model.tables()
+    Obs = torch.as_tensor(data["observations"], dtype=torch.long)
+    Act = torch.as_tensor(data["actions"], dtype=torch.long)
+    n_ep, H = Act.shape
+    b0 = result.initial_latent * tables["O"][:, Obs[:, 0]].T
+    b0 = b0 / b0.sum(-1, keepdim=True)
+    learned, exact = [b0], [b0]
+    for t in range(H):
+        learned.append(result.updater(learned[-1], Act[:, t], Obs[:, t + 1]).exp())
+        exact.append(latent_belief_update(exact[-1], Act[:, t], Obs[:, t + 1], tables["P"], tables["O"]))
+    psi = tables["psi"].double().numpy()
+    dec_learned = np.stack([x.double().numpy() for x in learned], 1) @ psi     # (N, H+1, S)
+    dec_exact = np.stack([x.double().numpy() for x in exact], 1) @ psi
+    true = np.stack([bayes_filter(env, data["actions"][i], data["observations"][i]) for i in range(n_ep)])
+    prior = np.stack([predictive_prior(env, data["actions"][i]) for i in range(n_ep)])
+    return {"wbu": float(total_variation(dec_learned, true).mean()),
+            "latent_exact": float(total_variation(dec_exact, true).mean()),
+            "prior": float(total_variation(prior, true).mean()),
+            "per_step_wbu": total_variation(dec_learned, true).mean(0),
+            "per_step_prior": total_variation(prior, true).mean(0)}
