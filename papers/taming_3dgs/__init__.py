@@ -1,0 +1,1 @@
+"""Taming 3DGS budgeted densification."""
