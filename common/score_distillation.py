@@ -18,16 +18,20 @@ All gradients use the VP forward process :math:`x_t = \alpha_t x + \sigma_t \var
   :math:`G_{\rm DDS} = w(t)\,(\hat\varepsilon(x^{\rm tgt}_t, y^{\rm tgt}) - \hat\varepsilon(x^{\rm src}_t, y^{\rm src}))`;
   the injected noise cancels, and G = 0 when the two renders and prompts coincide.
 * **PDS** (Koo et al. 2024, Posterior Distillation Sampling, Eqs. 8-10): match the *stochastic latents*
-  :math:`z_t = (x_{t-1} - \mu_\phi(x_t, y))/\tilde\sigma_t` of source and target, where
-  :math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon_t`, :math:`x_{t-1} = \alpha_{t-1} x_0 + \sigma_{t-1}\varepsilon_{t-1}`
-  (ε_t, ε_{t-1} shared by source and target), :math:`\mu_\phi` the DDPM posterior mean
-  :math:`c_0\,\hat x_0 + c_1 x_t` evaluated at the predicted :math:`\hat x_0`, and
-  :math:`\tilde\sigma_t^2 = (1-\bar\alpha_{t-1})\beta_t/(1-\bar\alpha_t)`:
-  :math:`G_{\rm PDS} = z_t^{\rm tgt} - z_t^{\rm src}`. Written out (:func:`pds_coefficients`),
+  :math:`z_t = (x_{t'} - \mu_\phi(x_t, y))/\tilde\sigma_t` of source and target, where
+  :math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon_t`, :math:`x_{t'} = \alpha_{t'} x_0 + \sigma_{t'}\varepsilon_{t'}`
+  (ε_t, ε_{t'} shared by source and target), :math:`\mu_\phi = c_0\,\hat x_0 + c_1 x_t` the DDPM posterior mean
+  evaluated at the predicted :math:`\hat x_0`, and :math:`G_{\rm PDS} = z_t^{\rm tgt} - z_t^{\rm src}`. The official
+  PDS code (``pds.py``, also DreamCatalyst's) samples t on a 500-step DDIM grid, so its previous step is
+  :math:`t' = t - 2/T` (``stride = 2``), while :math:`\beta_t`, :math:`\alpha_t` in :math:`c_0, c_1, \tilde\sigma_t`
+  stay the one-step values of the 1000-step schedule. Written out (:func:`pds_coefficients`),
   :math:`G_{\rm PDS} = \psi_t\,(x^{\rm tgt} - x^{\rm src}) + \chi_t\,(\hat\varepsilon^{\rm tgt} - \hat\varepsilon^{\rm src})`
-  with :math:`\psi_t = (\alpha_{t-1} - c_0 - c_1\alpha_t)/\tilde\sigma_t` and
+  with :math:`\psi_t = (\alpha_{t'} - c_0 - c_1\alpha_t)/\tilde\sigma_t` and
   :math:`\chi_t = c_0\sigma_t/(\alpha_t\tilde\sigma_t)`: DDS plus an identity-preservation term (the
-  decomposition DreamCatalyst starts from).
+  decomposition DreamCatalyst starts from), whose weight ψ_t dominates χ_t at small t. Note that with
+  ``stride = 1`` the coefficients are the exact one-step posterior, :math:`c_0 + c_1\alpha_t = \alpha_{t-1}`, so
+  ψ_t ≡ 0 and PDS collapses to a χ_t-weighted DDS: the identity term exists only through the official
+  code's stride (checked in ``tests/common/test_score_distillation.py``).
 
 Views: :func:`affine_views` draws K random rotations and shifts per image and warps images with
 ``affine_grid``/``grid_sample`` (differentiable in the image), a 2-D stand-in for multi-view renders.
@@ -117,20 +121,25 @@ def _paired_eps(model, x_tgt, x_src, y_tgt, y_src, t, eps):
     return both.chunk(2)
 
 
-def pds_coefficients(schedule, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""(c0, c1, σ̃_t, α_{t−1}) of the DDPM posterior at continuous t, with t−1 = t − 1/T.
+def pds_coefficients(schedule, t, stride: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""(c0, c1, σ̃_t, α_{t'}) of PDS's posterior mean at continuous t, with t' = t − stride/T.
 
-    :math:`\bar\alpha_t = \alpha_t^2`, :math:`\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1}`,
-    :math:`c_0 = \sqrt{\bar\alpha_{t-1}}\beta_t/(1-\bar\alpha_t)`,
-    :math:`c_1 = \sqrt{1-\beta_t}\,(1-\bar\alpha_{t-1})/(1-\bar\alpha_t)`,
-    :math:`\tilde\sigma_t^2 = (1-\bar\alpha_{t-1})\beta_t/(1-\bar\alpha_t)` (Ho et al. 2020, Eqs. 6-7).
+    As in the official PDS code: :math:`\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1/T}` and
+    :math:`\alpha^{\rm step}_t = 1 - \beta_t` are one-step values, :math:`\bar\alpha_{t'}` is taken ``stride`` steps
+    back (``stride = 2``: 500 inference steps on 1000 training steps),
+    :math:`c_0 = \sqrt{\bar\alpha_{t'}}\beta_t/(1-\bar\alpha_t)`,
+    :math:`c_1 = \sqrt{\alpha^{\rm step}_t}\,(1-\bar\alpha_{t'})/(1-\bar\alpha_t)`,
+    :math:`\tilde\sigma_t^2 = (1-\bar\alpha_{t'})\beta_t/(1-\bar\alpha_t)` (Ho et al. 2020, Eqs. 6-7, for stride 1).
     """
+    if int(stride) != stride or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride}")
     t = torch.as_tensor(t, dtype=torch.float64)
-    t_prev = t - 1.0 / schedule.num_train_timesteps
+    t_prev = t - float(stride) / schedule.num_train_timesteps
     if torch.any(t_prev < schedule.t_min - 1e-12):
-        raise ValueError(f"PDS needs t - 1/T >= t_min = {schedule.t_min}")
-    abar_t, abar_p = schedule.alpha(t) ** 2, schedule.alpha(t_prev) ** 2
-    beta = 1.0 - abar_t / abar_p
+        raise ValueError(f"PDS needs t - stride/T >= t_min = {schedule.t_min}")
+    abar_t = schedule.alpha(t) ** 2
+    beta = 1.0 - abar_t / schedule.alpha(t - 1.0 / schedule.num_train_timesteps) ** 2
+    abar_p = schedule.alpha(t_prev) ** 2
     c0 = torch.sqrt(abar_p) * beta / (1.0 - abar_t)
     c1 = torch.sqrt(1.0 - beta) * (1.0 - abar_p) / (1.0 - abar_t)
     sigma_tilde = torch.sqrt((1.0 - abar_p) * beta / (1.0 - abar_t))
@@ -139,11 +148,12 @@ def pds_coefficients(schedule, t) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 @torch.no_grad()
 def pds_grad(model, x_tgt: torch.Tensor, x_src: torch.Tensor, y_tgt: torch.Tensor, y_src: torch.Tensor, t, *,
-             eps: torch.Tensor | None = None, eps_prev: torch.Tensor | None = None,
+             eps: torch.Tensor | None = None, eps_prev: torch.Tensor | None = None, stride: int = 2,
              generator: torch.Generator | None = None) -> torch.Tensor:
     r"""PDS gradient z_t^tgt − z_t^src (Koo et al., Eqs. 8-10), from the stochastic latents themselves.
 
-    z_t = (x_{t−1} − μ_φ(x_t, y)) / σ̃_t with x_t = α_t x + σ_t ε, x_{t−1} = α_{t−1} x + σ_{t−1} ε_prev and
+    z_t = (x_{t'} − μ_φ(x_t, y)) / σ̃_t with t' = t − stride/T (official: stride 2, see
+    :func:`pds_coefficients`), x_t = α_t x + σ_t ε, x_{t'} = α_{t'} x + σ_{t'} ε_prev and
     μ_φ = c0 x̂0 + c1 x_t, x̂0 = (x_t − σ_t ε̂)/α_t; ε and ε_prev are shared by source and target (so ε_prev
     cancels exactly; it is drawn to follow the paper's definition).
     """
@@ -154,8 +164,8 @@ def pds_grad(model, x_tgt: torch.Tensor, x_src: torch.Tensor, y_tgt: torch.Tenso
     if eps_prev is None:
         eps_prev = torch.randn(x_tgt.shape, generator=generator, dtype=x_tgt.dtype)
     sch = model.schedule
-    c0, c1, s_tilde, a_prev = pds_coefficients(sch, t)
-    t_prev = t - 1.0 / sch.num_train_timesteps
+    c0, c1, s_tilde, a_prev = pds_coefficients(sch, t, stride)
+    t_prev = t - float(stride) / sch.num_train_timesteps
     alpha, sigma = _col(sch.alpha(t), x_tgt), _col(sch.sigma(t), x_tgt)
     e_tgt, e_src = _paired_eps(model, x_tgt, x_src, y_tgt, y_src, t, eps)
 

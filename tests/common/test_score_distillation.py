@@ -72,10 +72,33 @@ def test_pds_latent_difference_matches_closed_form():
 def test_pds_coefficients_are_a_posterior():
     sch = VPSchedule()
     t = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
-    c0, c1, st, ap = pds_coefficients(sch, t)
-    # the posterior of x_{t-1} given (x_t, x0) has mean c0 x0 + c1 x_t; its marginal mean is alpha_{t-1} x0
+    c0, c1, st, ap = pds_coefficients(sch, t, stride=1)
+    # the one-step posterior of x_{t-1} given (x_t, x0) has mean c0 x0 + c1 x_t; its marginal mean is alpha_{t-1} x0,
+    # so with stride 1 PDS's identity weight psi_t = (alpha_{t-1} - c0 - c1 alpha_t) / sigma_tilde vanishes
     torch.testing.assert_close(c0 + c1 * sch.alpha(t), ap)
     assert torch.all(st > 0)
+
+
+def test_pds_coefficients_match_the_official_discrete_arithmetic():
+    """Official pds.py: 500 DDIM steps on 1000, t_prev = t - 2, betas[t], alphas[t] one-step, alphas_cumprod[t_prev]."""
+    sch = VPSchedule()
+    for n in (20, 100, 500, 950):
+        t = sch.t_of_step(n)
+        beta, abar_t, abar_p = sch.betas[n], sch.alphas_cumprod[n], sch.alphas_cumprod[n - 2]
+        c0 = abar_p.sqrt() * beta / (1 - abar_t)
+        c1 = (1 - beta).sqrt() * (1 - abar_p) / (1 - abar_t)
+        st = ((1 - abar_p) / (1 - abar_t) * beta).sqrt()
+        got = pds_coefficients(sch, t)
+        for a, b in zip(got, (c0, c1, st, abar_p.sqrt()), strict=True):
+            torch.testing.assert_close(a.reshape(()), b, rtol=1e-9, atol=1e-12)
+    # with the official stride the identity weight psi_t is positive and dominates chi_t at small t
+    t = torch.tensor([0.03, 0.1, 0.5, 0.9], dtype=torch.float64)
+    c0, c1, st, ap = pds_coefficients(sch, t)
+    psi = (ap - c0 - c1 * sch.alpha(t)) / st
+    chi = c0 * sch.sigma(t) / (sch.alpha(t) * st)
+    assert torch.all(psi > 0) and psi[0] > 5 * chi[0] and psi[-1] < 0.1 * chi[-1]
+    with pytest.raises(ValueError):
+        pds_coefficients(sch, 0.5, stride=0)
 
 
 def test_render_gradient_surrogate():
