@@ -39,8 +39,11 @@ from common.consistency import (
     DistillConfig,
     alpha_sigma_discrete,
     consistency_distill,
+    consistency_output,
+    ddim_skip_step,
     lcm_sample,
     lcm_student_input,
+    skipping_timesteps,
 )
 
 METHODS = ("lcm", "slam")
@@ -118,3 +121,49 @@ def first_crossing(steps, values, level: float) -> float:
         raise ValueError("steps and values must be 1-D of the same length")
     hit = np.nonzero(values <= level)[0]
     return float(steps[hit[0]]) if hit.size else float("inf")
+
+
+@torch.no_grad()
+def self_consistency_error(net, teacher, x_data: torch.Tensor, y_data: torch.Tensor, method: str,
+                           n: int = 512, n_original: int = 50, random_state: int = 0) -> dict:
+    r"""How far ``net`` is from being a consistency function across one teacher step, on a fixed probe batch.
+
+    For probe data :math:`x_0`, noise and grid steps :math:`t_{n+k}` (drawn from ``random_state`` only, so every
+    network is probed on the same batch), the teacher's DDIM step gives :math:`\hat z_{t_n}` and the error is
+    :math:`\lVert f(u, t_{n+k}; \gamma) - f(\hat z_{t_n}, t_n; 1)\rVert^2` per sample (summed over pixels), with
+    ``net`` on both sides and ``(u, σ_u, γ)`` the student input of ``method``: "lcm" probes the γ = 1 input
+    that the multistep sampler uses, "slam" the SL-ODE points SLAM trains on. Returns the mean over the batch
+    (``all``) and over the noisiest steps :math:`t_{n+k} \ge 800` (``high``), where :math:`1/\alpha_t` amplifies
+    any error in the noise prediction.
+    """
+    if n < 1:
+        raise ValueError("n must be positive")
+    schedule = teacher.schedule
+    gen = torch.Generator().manual_seed(int(random_state))
+    idx = torch.randint(0, len(x_data), (n,), generator=gen)
+    x0, y = x_data[idx], y_data[idx]
+    grid = torch.from_numpy(skipping_timesteps(n_original, schedule.num_train_timesteps))
+    k = schedule.num_train_timesteps // n_original
+    step_from = grid[torch.randint(0, len(grid), (n,), generator=gen)]
+    step_to = torch.clamp(step_from - k, min=0)
+    noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+    a_f, s_f = alpha_sigma_discrete(schedule, step_from)
+    z = a_f.to(x0.dtype)[:, None] * x0 + s_f.to(x0.dtype)[:, None] * noise
+    z_prev = ddim_skip_step(teacher, z, step_from, step_to, y)
+    _, s_to = alpha_sigma_discrete(schedule, step_to)
+    anchor = consistency_output(net, z_prev, step_to, y, 1.0, s_to, schedule)
+    u, sigma_u, cond = student_input_for(method)(z, z_prev, step_from, step_to, schedule,
+                                                 torch.Generator().manual_seed(int(random_state) + 1))
+    err = ((consistency_output(net, u, step_from, y, cond, sigma_u, schedule) - anchor) ** 2).sum(dim=1)
+    high = step_from >= 800
+    return {"all": float(err.mean()), "high": float(err[high].mean()) if high.any() else float("nan")}
+
+
+@torch.no_grad()
+def first_step_spread(student, n_steps: int, n_samples: int, schedule, random_state: int) -> float:
+    """Standard deviation of the first sampling step's :math:`\hat x_0` (the data's is about 0.75)."""
+    gen = torch.Generator().manual_seed(int(random_state))
+    noise = torch.randn(n_samples, 64, generator=gen)
+    _, trajectory = lcm_sample(student, noise, balanced_labels(n_samples), n_steps, schedule, generator=gen,
+                               return_trajectory=True)
+    return float(trajectory[0].std())

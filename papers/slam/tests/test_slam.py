@@ -88,3 +88,22 @@ def test_slam_at_gamma_one_trains_exactly_like_lcm():
     np.testing.assert_allclose(one.losses, lcm.losses, rtol=1e-6)
     slam = consistency_distill(teacher, x, y, cfg, student_input=student_input_for("slam"), progress=False)
     assert slam.losses[0] != lcm.losses[0]
+
+
+def test_self_consistency_error_probe():
+    from common.consistency import CondEpsMLP
+    from common.diffusion import load_digits_eps, load_digits_split
+    from papers.slam.slam import first_step_spread, self_consistency_error
+
+    teacher = load_digits_eps("ci")
+    split = load_digits_split()
+    net = CondEpsMLP.from_teacher(teacher.net).eval()
+    a = self_consistency_error(net, teacher, split.x_train, split.y_train, "lcm", n=64, random_state=3)
+    b = self_consistency_error(net, teacher, split.x_train, split.y_train, "lcm", n=64, random_state=3)
+    c = self_consistency_error(net, teacher, split.x_train, split.y_train, "slam", n=64, random_state=3)
+    assert a == b and a["all"] > 0 and a["high"] >= 0
+    # the teacher is not a consistency function of SLAM's off-path inputs: their error is larger
+    assert c["all"] > a["all"]
+    with pytest.raises(ValueError):
+        self_consistency_error(net, teacher, split.x_train, split.y_train, "lcm", n=0)
+    assert first_step_spread(net, 4, 32, teacher.schedule, 0) > 0
