@@ -1,0 +1,1 @@
+"""STSL second-order Tweedie inverse problems."""

@@ -1,0 +1,149 @@
+"""The experiments behind the notebooks (one function per experiment; the notebooks only call and plot)."""
+
+from __future__ import annotations
+
+import torch
+
+from papers.stsl import gmm as gmm_lib
+from papers.stsl.operators import LinearOperator
+from papers.stsl.stsl import SAMPLERS, Problem
+
+
+def gmm_problem(y: torch.Tensor, sigma_y: float, n: int, prior=None) -> tuple[Problem, torch.Tensor]:
+    """The analytic problem (y repeated n times) and M = A W."""
+    prior = prior if prior is not None else gmm_lib.default_gmm()
+    w, a = gmm_lib.default_linear_setting()
+    codec = gmm_lib.LinearCodec(w)
+    op = LinearOperator("gmm", a)
+    problem = Problem(prior, codec.decode, codec.encode, op, y[None].expand(n, -1).clone(), sigma_y)
+    return problem, a @ w
+
+
+def run_gmm_seed(seed: int, methods: dict, n_samples: int, sigma_y: float, eta: float = 1.0) -> dict:
+    """One seed of the analytic check: a true z0 from the prior, its y, every method's n_samples posterior
+    samples (shared starting noise) and the exact posterior's; returns W2 per method and the floor
+    (W2 between two independent exact-posterior samples). ``methods``: name -> (sampler, nfe, kwargs)."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    prior = gmm_lib.default_gmm()
+    w, a = gmm_lib.default_linear_setting()
+    z_true = prior.sample(1, g)
+    y = (z_true @ (a @ w).T)[0] + sigma_y * torch.randn(a.shape[0], generator=g, dtype=torch.float64)
+    problem, m = gmm_problem(y, sigma_y, n_samples, prior)
+    post = gmm_lib.exact_posterior(prior, m, y, sigma_y)
+    exact = gmm_lib.sample_mixture(*post, n_samples, g)
+    exact2 = gmm_lib.sample_mixture(*post, n_samples, g)
+    noise = torch.randn(n_samples, prior.dim, generator=g, dtype=torch.float64)
+    out = {"floor": gmm_lib.wasserstein2(exact, exact2)}
+    for name, (sampler, nfe, kwargs) in methods.items():
+        res = SAMPLERS[sampler](
+            problem,
+            noise,
+            nfe,
+            eta=eta,
+            guidance="likelihood",
+            generator=torch.Generator().manual_seed(20_000 + seed),
+            **kwargs,
+        )
+        out[name] = gmm_lib.wasserstein2(res.z, exact)
+        out[f"{name}.nfe"] = res.nfe
+    return out
+
+
+def digits_problem(model, vae, operator, x_true: torch.Tensor, sigma_y: float, seed: int) -> Problem:
+    """Measure x_true (float32 rows) with ``operator`` and noise from ``seed``; wrap it as a Problem."""
+    g = torch.Generator().manual_seed(30_000 + seed)
+    y = operator.measure(x_true.double(), sigma_y, g).float()
+    return Problem(model, vae.decode, vae.encode, operator, y, sigma_y)
+
+
+def run_digits(
+    model, vae, operator, x_true: torch.Tensor, sigma_y: float, seed: int, methods: dict, eta: float = 0.0
+) -> dict:
+    """Every method on the same images, measurement and starting noise (seed); per-image PSNR arrays.
+
+    ``methods``: name -> (sampler, nfe, kwargs). Also returns the A⁺y baseline and the VAE ceiling."""
+    from papers.stsl.stsl import per_image_psnr
+
+    problem = digits_problem(model, vae, operator, x_true, sigma_y, seed)
+    noise = torch.randn(x_true.shape[0], 8, generator=torch.Generator().manual_seed(40_000 + seed))
+    with torch.no_grad():
+        out = {
+            "measurement": per_image_psnr(operator.pinv(problem.y.double()), x_true),
+            "ceiling": per_image_psnr(vae.decode(vae.encode(x_true)), x_true),
+        }
+    for name, (sampler, nfe, kwargs) in methods.items():
+        res = SAMPLERS[sampler](
+            problem, noise, nfe, eta=eta, generator=torch.Generator().manual_seed(50_000 + seed), **kwargs
+        )
+        out[name] = per_image_psnr(res.x, x_true)
+        out[f"{name}.nfe"] = res.nfe
+    return out
+
+
+def tune_step_size(
+    model,
+    vae,
+    operator,
+    x_tune: torch.Tensor,
+    sigma_y: float,
+    sampler: str,
+    nfe: int,
+    grid,
+    seed: int = 999,
+    **kwargs,
+) -> tuple[float, list[float]]:
+    """The step size of ``grid`` with the best mean PSNR on the tuning images (same grid, images and seed for
+    every method); returns (best, mean PSNR per grid value)."""
+    scores = []
+    for zeta in grid:
+        out = run_digits(
+            model, vae, operator, x_tune, sigma_y, seed, {"m": (sampler, nfe, dict(step_size=zeta, **kwargs))}
+        )
+        scores.append(float(out["m"].mean()))
+    best = max(range(len(grid)), key=lambda i: scores[i])
+    return float(grid[best]), scores
+
+
+def sigma_tag(sigma_y: float) -> str:
+    """0.05 -> 'sy005', 0.01 -> 'sy001' (hundredths; a metric-name component)."""
+    return "sy" + str(int(round(sigma_y * 100))).zfill(3)
+
+
+def digits_task(
+    model,
+    vae,
+    task: str,
+    x_test,
+    x_tune,
+    sigma_y: float,
+    nfe: int,
+    seeds,
+    grid,
+    gamma: float,
+    stsl_t_start: float,
+) -> dict:
+    """Claim 1 / claim 2 on one task: tune ζ on x_tune (same grid for every method), then PSLD at nfe,
+    STSL and STSL-without-trace at nfe // 4, all from the same noise, over ``seeds``; per-image PSNRs
+    concatenated over seeds (pairs are image × seed)."""
+    from papers.stsl.operators import make_operator
+
+    op = make_operator(task)
+    quarter = nfe // 4
+    stsl_kw = dict(gamma=gamma, t_start=stsl_t_start, init="measurement")
+    configs = {
+        "psld": ("psld", nfe, dict(gamma=gamma)),
+        "stsl": ("stsl", quarter, stsl_kw),
+        "stsl_no_trace": ("stsl_no_trace", quarter, stsl_kw),
+    }
+    steps, tuning = {}, {}
+    for name, (sampler, budget, kw) in configs.items():
+        steps[name], tuning[name] = tune_step_size(
+            model, vae, op, x_tune, sigma_y, sampler, budget, grid, **kw
+        )
+    methods = {name: (s, b, dict(kw, step_size=steps[name])) for name, (s, b, kw) in configs.items()}
+    per_seed = [run_digits(model, vae, op, x_test, sigma_y, s, methods) for s in seeds]
+    out = {k: torch.cat([r[k] for r in per_seed]).numpy() for k in ("measurement", "ceiling", *methods)}
+    out["nfe"] = {name: per_seed[0][f"{name}.nfe"] for name in methods}
+    out["step_size"] = steps
+    out["tuning"] = tuning
+    return out

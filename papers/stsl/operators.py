@@ -1,0 +1,108 @@
+r"""Linear measurement operators on 8×8 images, as explicit matrices (so the adjoint is exact).
+
+An image is a flat vector :math:`x \in \mathbb R^{64}` (row-major 8×8). Each operator is a matrix
+:math:`A \in \mathbb R^{m\times 64}`: ``forward(x) = x A^T`` (batched rows), ``adjoint(y) = y A``, and
+``pinv(y) = y (A^+)^T`` (Moore-Penrose; the "plain measurement" baseline :math:`A^+ y`: zero-filling for
+inpainting, nearest-neighbour upsampling for average-pool super-resolution). Measurements are
+:math:`y = A x + \sigma_y n`, :math:`n \sim \mathcal N(0, I)`.
+
+* ``inpaint``: centre-box inpainting, the centre ``box × box`` pixels are removed (m = 64 − box²);
+* ``sr``: ×2 average pooling, 8×8 → 4×4 (m = 16);
+* ``blur``: Gaussian blur σ = 1 (5×5 kernel, normalised, zero padding; m = 64).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SIDE = 8
+DIM = SIDE * SIDE
+TASKS = ("inpaint", "sr", "blur")
+
+
+@dataclass(frozen=True)
+class LinearOperator:
+    """A measurement matrix with its adjoint and pseudo-inverse (float64 master copies)."""
+
+    name: str
+    matrix: torch.Tensor  # [m, n]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.matrix.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A x for rows x [B, n] -> [B, m]."""
+        return x @ self.matrix.to(x.dtype).T
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """A^T y for rows y [B, m] -> [B, n]."""
+        return y @ self.matrix.to(y.dtype)
+
+    def pinv(self, y: torch.Tensor) -> torch.Tensor:
+        """A^+ y (Moore-Penrose pseudo-inverse) for rows y [B, m] -> [B, n]."""
+        return y @ torch.linalg.pinv(self.matrix).to(y.dtype).T
+
+    def measure(self, x: torch.Tensor, sigma_y: float, generator: torch.Generator) -> torch.Tensor:
+        """y = A x + sigma_y n, n ~ N(0, I) drawn from ``generator``."""
+        if sigma_y < 0:
+            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        y = self.forward(x)
+        return y + sigma_y * torch.randn(y.shape, generator=generator, dtype=torch.float64).to(y.dtype)
+
+
+def inpaint_matrix(box: int = 4, side: int = SIDE) -> torch.Tensor:
+    """Rows of the identity for the pixels outside the centre box (the box is removed)."""
+    if not 0 < box < side or (side - box) % 2:
+        raise ValueError(f"box must be in (0, {side}) with side - box even, got {box}")
+    lo = (side - box) // 2
+    keep = [
+        r * side + c
+        for r in range(side)
+        for c in range(side)
+        if not (lo <= r < lo + box and lo <= c < lo + box)
+    ]
+    return torch.eye(side * side, dtype=torch.float64)[keep]
+
+
+def avgpool_matrix(factor: int = 2, side: int = SIDE) -> torch.Tensor:
+    """Average pooling by ``factor`` (each output pixel the mean of a factor×factor block)."""
+    if side % factor:
+        raise ValueError(f"factor {factor} does not divide side {side}")
+    out = side // factor
+    a = torch.zeros(out * out, side * side, dtype=torch.float64)
+    for r in range(side):
+        for c in range(side):
+            a[(r // factor) * out + c // factor, r * side + c] = 1.0 / factor**2
+    return a
+
+
+def blur_matrix(sigma: float = 1.0, radius: int = 2, side: int = SIDE) -> torch.Tensor:
+    """Gaussian blur: a (2 radius + 1)² kernel exp(-d²/2σ²), normalised to sum 1, zero padding."""
+    if sigma <= 0 or radius < 0:
+        raise ValueError(f"need sigma > 0 and radius >= 0, got {sigma}, {radius}")
+    offs = range(-radius, radius + 1)
+    k = {(i, j): math.exp(-(i * i + j * j) / (2 * sigma**2)) for i in offs for j in offs}
+    total = sum(k.values())
+    a = torch.zeros(side * side, side * side, dtype=torch.float64)
+    for r in range(side):
+        for c in range(side):
+            for (i, j), w in k.items():
+                rr, cc = r + i, c + j
+                if 0 <= rr < side and 0 <= cc < side:
+                    a[r * side + c, rr * side + cc] = w / total
+    return a
+
+
+def make_operator(task: str) -> LinearOperator:
+    """The operator of a task: ``"inpaint"`` (4×4 centre box), ``"sr"`` (×2 avg-pool) or ``"blur"`` (σ = 1)."""
+    if task == "inpaint":
+        return LinearOperator(task, inpaint_matrix())
+    if task == "sr":
+        return LinearOperator(task, avgpool_matrix())
+    if task == "blur":
+        return LinearOperator(task, blur_matrix())
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
