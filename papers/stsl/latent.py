@@ -65,7 +65,9 @@ class MLPVAE(nn.Module):
         return self.decoder(z.to(dtype) * self.scale).to(z.dtype)
 
 
-def _train_loop(params, loss_fn, steps: int, lr: float, desc: str | None = None, after_step=None) -> list[float]:
+def _train_loop(
+    params, loss_fn, steps: int, lr: float, desc: str | None = None, after_step=None
+) -> list[float]:
     """Adam with a cosine learning rate over ``steps`` steps of ``loss_fn(step)``; ``after_step(step)`` runs
     (without gradients) after each optimiser step (the LDM's EMA). ``desc`` shows a progress bar. Returns the
     losses. Shared by the VAE and the latent diffusion model (same order of random draws as before)."""
@@ -150,7 +152,9 @@ def train_ldm(
         for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
             pe.lerp_(p, 1.0 - d)
 
-    losses = _train_loop(net.parameters(), loss_fn, steps, lr, "ldm" if progress else None, after_step=ema_update)
+    losses = _train_loop(
+        net.parameters(), loss_fn, steps, lr, "ldm" if progress else None, after_step=ema_update
+    )
     return ema, losses
 
 
