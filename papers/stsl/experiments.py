@@ -80,6 +80,51 @@ def run_digits(
     return out
 
 
+def empirical_noised_score(z: torch.Tensor, t: float, latents: torch.Tensor, schedule) -> torch.Tensor:
+    """The exact score ∇ log p_t(z) of the VP-noised empirical distribution of ``latents`` [N, d]
+    (p_t = (1/N) Σ_i N(α_t z_i, σ_t² I)); float64, differentiable in z. The latent model was trained to fit
+    this p_t; at large t (α_t small against the spread of the latents) it is a smooth stand-in for the
+    population's noised density."""
+    alpha, sigma = float(schedule.alpha(t)), float(schedule.sigma(t))
+    d = z.to(torch.float64)[:, None, :] - alpha * latents.to(torch.float64)[None]
+    resp = torch.softmax(-(d**2).sum(-1) / (2 * sigma**2), -1)
+    return -(resp[..., None] * d).sum(1) / sigma**2
+
+
+def trace_drift_check(model, vae, operator, x_true, sigma_y: float, seed: int, t: float, latents) -> dict:
+    """Can the latent model supply STSL's drift? At STSL's starting point z_t = α_t E(A⁺y) + σ_t ε (the same
+    y and ε as ``run_digits`` with this seed) and one Rademacher probe v (u = J_Dᵀ Aᵀ v at ẑ0), the trace
+    drift ∇_{z_t}[σ_t⁴/α_t² · uᵀ∇²log p_t(z_t) u] from the network (exact Hessian-vector products, no finite
+    difference) and from the exact noised score of the training latents (``empirical_noised_score``).
+    Returns per-image arrays: ``net`` and ``exact`` drift norms and ``rel_err`` = ‖g_net − g_exact‖/‖g_exact‖
+    (1 means the network's drift is no closer to the exact one than a zero drift)."""
+    from papers.stsl.stsl import _coeffs, rademacher
+
+    problem = digits_problem(model, vae, operator, x_true, sigma_y, seed)
+    noise = torch.randn(x_true.shape[0], 8, generator=torch.Generator().manual_seed(40_000 + seed))
+    alpha, sigma = _coeffs(model.schedule, t)
+    weight = sigma**4 / alpha**2
+    z = (alpha * vae.encode(operator.pinv(problem.y)).detach() + sigma * noise).detach()
+    with torch.enable_grad():
+        z0 = ((z - sigma * model.eps(z, t)) / alpha).detach().requires_grad_(True)
+        ax = operator.forward(vae.decode(z0))
+        v = rademacher(ax.shape, torch.Generator().manual_seed(60_000 + seed), ax.dtype)
+        (u,) = torch.autograd.grad((ax * v).sum(), z0)
+        drifts = {}
+        for name in ("net", "exact"):
+            zz = (z.double() if name == "exact" else z).clone().requires_grad_(True)
+            if name == "net":
+                score = -model.eps(zz, t) / sigma
+            else:
+                score = empirical_noised_score(zz, t, latents, model.schedule)
+            uu = u.to(score.dtype)
+            (hu,) = torch.autograd.grad((score * uu).sum(), zz, create_graph=True)
+            (drift,) = torch.autograd.grad(weight * (uu * hu).sum(), zz)
+            drifts[name] = drift.double()
+    rel = (drifts["net"] - drifts["exact"]).norm(dim=-1) / drifts["exact"].norm(dim=-1).clamp_min(1e-12)
+    return {"net": drifts["net"].norm(dim=-1), "exact": drifts["exact"].norm(dim=-1), "rel_err": rel}
+
+
 def tune_step_size(
     model,
     vae,
@@ -121,10 +166,12 @@ def digits_task(
     grid,
     gamma: float,
     stsl_t_start: float,
+    latents: torch.Tensor | None = None,
 ) -> dict:
     """Claim 1 / claim 2 on one task: tune ζ on x_tune (same grid for every method), then PSLD at nfe,
     STSL and STSL-without-trace at nfe // 4, all from the same noise, over ``seeds``; per-image PSNRs
-    concatenated over seeds (pairs are image × seed)."""
+    concatenated over seeds (pairs are image × seed). With ``latents`` (the training latents), also the
+    trace-drift check at STSL's start t₀ (``trace_drift_check``, per image × seed)."""
     from papers.stsl.operators import make_operator
 
     op = make_operator(task)
@@ -146,4 +193,9 @@ def digits_task(
     out["nfe"] = {name: per_seed[0][f"{name}.nfe"] for name in methods}
     out["step_size"] = steps
     out["tuning"] = tuning
+    if latents is not None:
+        checks = [trace_drift_check(model, vae, op, x_test, sigma_y, s, stsl_t_start, latents) for s in seeds]
+        out["trace_drift"] = {
+            k: torch.cat([c[k] for c in checks]).numpy() for k in ("net", "exact", "rel_err")
+        }
     return out

@@ -65,6 +65,34 @@ class MLPVAE(nn.Module):
         return self.decoder(z.to(dtype) * self.scale).to(z.dtype)
 
 
+def _train_loop(
+    params, loss_fn, steps: int, lr: float, desc: str | None = None, after_step=None
+) -> list[float]:
+    """Adam with a cosine learning rate over ``steps`` steps of ``loss_fn(step)``; ``after_step(step)`` runs
+    (without gradients) after each optimiser step (the LDM's EMA). ``desc`` shows a progress bar. Returns the
+    losses. Shared by the VAE and the latent diffusion model (same order of random draws as before)."""
+    params = list(params)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    losses = []
+    it = range(steps)
+    if desc is not None:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=desc)
+    for step in it:
+        loss = loss_fn(step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if after_step is not None:
+            with torch.no_grad():
+                after_step(step)
+        losses.append(float(loss))
+    return losses
+
+
 def train_vae(
     x_train: torch.Tensor,
     seed: int = 0,
@@ -76,27 +104,17 @@ def train_vae(
     """Train the VAE (Adam, cosine learning rate); sets ``scale`` to the std of the train means."""
     g = seeded_training(seed, threads=1)
     vae = MLPVAE(dim=x_train.shape[1])
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    losses = []
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="vae")
-    for _ in it:
+    def loss_fn(_step: int) -> torch.Tensor:
         idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=g)
         x = x_train[idx]
         mu, logvar = vae.posterior(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g)
         rec = ((vae.decoder(z) - x) ** 2).sum(-1) / (2 * X_SIGMA**2)
         kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(-1)
-        loss = (rec + kl).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
+        return (rec + kl).mean()
+
+    losses = _train_loop(vae.parameters(), loss_fn, steps, lr, "vae" if progress else None)
     vae.eval()
     with torch.no_grad():
         vae.scale.fill_(float(vae.posterior(x_train)[0].std()))
@@ -120,30 +138,23 @@ def train_ldm(
     schedule = VPSchedule()
     net = EpsMLP(dim=z_train.shape[1], width=width, n_blocks=n_blocks, t_embed_dim=64, cond_dim=64)
     ema = copy.deepcopy(net)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    losses = []
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="ldm")
-    for step in it:
+    def loss_fn(_step: int) -> torch.Tensor:
         idx = torch.randint(0, z_train.shape[0], (batch_size,), generator=g)
         z0 = z_train[idx]
         t = schedule.t_min + (1.0 - schedule.t_min) * torch.rand(batch_size, generator=g, dtype=torch.float64)
         noise = torch.randn(z0.shape, generator=g)
         zt = schedule.add_noise(z0, t, noise).to(torch.float32)
-        loss = torch.mean((net(zt, t, None) - noise) ** 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            d = min(ema_decay, (1.0 + step) / (10.0 + step))
-            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(p, 1.0 - d)
-        losses.append(float(loss))
+        return torch.mean((net(zt, t, None) - noise) ** 2)
+
+    def ema_update(step: int) -> None:
+        d = min(ema_decay, (1.0 + step) / (10.0 + step))
+        for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+            pe.lerp_(p, 1.0 - d)
+
+    losses = _train_loop(
+        net.parameters(), loss_fn, steps, lr, "ldm" if progress else None, after_step=ema_update
+    )
     return ema, losses
 
 

@@ -11,9 +11,11 @@ the posterior mean and (second order) the posterior covariance of :math:`z_0` gi
 * **Latent DPS** (Chung et al. 2023, first-order Tweedie): :math:`p(y\mid z_t) \approx
   \mathcal N(y; A D(\hat z_0), \sigma_y^2 I)`; each step is a DDIM step followed by
   :math:`z \leftarrow z - \zeta\,\nabla_{z_t}\|y - A D(\hat z_0)\|`.
-* **PSLD** (Rout et al. 2023): DPS plus the gluing term :math:`\gamma\|\hat z_0 - E(D(\hat z_0))\|^2`, which
-  keeps :math:`\hat z_0` a fixed point of the autoencoder (the brief's simplified form; PSLD's own gluing
-  target also re-inserts the measured part :math:`A^\top y`).
+* **PSLD** (Rout et al. 2023, Algorithm 2 and the official code ``ldm/models/diffusion/psld.py``): DPS plus
+  the gluing term :math:`\gamma\,\|\hat z_0 - E(A^+y + (I - A^+A)\,D(\hat z_0))\|` (a norm, not squared, as
+  the data term; the official code uses :math:`A^\top`, which equals :math:`A^+` for inpainting masks; we use
+  :math:`A^+` so that the target is a projection for average pooling and blur too). :math:`\gamma` is the ratio
+  of PSLD's gluing weight to its data weight (``gamma/omega``; 0.1 in the official box-inpainting script).
 * **STSL** (second-order Tweedie from a surrogate loss). *Our reconstruction; the paper's equations were not
   retrieved.* Jensen's inequality lower-bounds the second-order log-likelihood:
 
@@ -28,9 +30,9 @@ the posterior mean and (second order) the posterior covariance of :math:`z_0` gi
             \frac{\sigma_t^4}{\alpha_t^2}\,\frac{u^\top\big(s(z_t + \delta u) - s(z_t)\big)}{\delta},
             \quad s = -\hat\varepsilon/\sigma_t,\ \mathbb E_v[vv^\top] = I.
 
-  The surrogate loss is :math:`\ell = \|y - A D(\hat z_0)\|^2 + \gamma\|\hat z_0 - E(D(\hat z_0))\|^2 +
-  \text{(trace term)}` (u held fixed, so the :math:`\|u\|^2` part has no gradient); its gradient is the
-  new drift. STSL starts from the measurement (:math:`z_{t_0} = \alpha_{t_0}E(A^+y) + \sigma_{t_0}\varepsilon`,
+  The surrogate loss is :math:`\ell = \|y - A D(\hat z_0)\|^2 + \text{(trace term)}` (u held fixed, so the
+  :math:`\|u\|^2` part has no gradient), normalised like DPS's data term, plus PSLD's gluing term; its
+  gradient is the new drift. STSL starts from the measurement (:math:`z_{t_0} = \alpha_{t_0}E(A^+y) + \sigma_{t_0}\varepsilon`,
   ``init="measurement"``) and may take ``n_inner`` gradient steps per timestep. Every network evaluation,
   probes included, is one NFE (backward passes are not counted, as for DPS).
 * **STSL without the trace term**: the same loop and initialisation with :math:`\ell` minus the trace term,
@@ -39,7 +41,8 @@ the posterior mean and (second order) the posterior covariance of :math:`z_0` gi
 Two guidance scalings share the loop: ``guidance="dps"`` normalises the gradient like DPS
 (:math:`\zeta\,\nabla\ell/(2\|r\|)`, which is exactly :math:`\zeta\nabla\|r\|` for DPS) and is used on the
 digits; ``guidance="likelihood"`` adds :math:`\zeta\,\nabla\ell/(2\sigma_y^2)` to the score (a posterior
-score; :math:`\zeta=1` is the approximation's own weight) and is used in the analytic GMM check.
+score; :math:`\zeta=1` is the approximation's own weight) and is used in the analytic GMM check. In both,
+the gluing term adds :math:`\zeta\gamma\nabla\|\hat z_0 - E(\cdot)\|` (PSLD's z ← z − ∇(ω‖r‖ + γ‖·‖)).
 
 All samplers share one signature, ``sampler(problem, noise, nfe, *, step_size, eta, t_start, init,
 generator, **options) -> SampleResult`` with the samples (latent and decoded) and the NFE actually spent.
@@ -111,6 +114,18 @@ def hutchinson_trace(
     return total / n_probes
 
 
+def gluing_target(problem: Problem, x0: torch.Tensor) -> torch.Tensor:
+    """PSLD's glued image A⁺y + (I − A⁺A) x0: the measured part from y, the rest from the decoded x0."""
+    op = problem.operator
+    return op.pinv(problem.y.to(x0.dtype)) + x0 - op.pinv(op.forward(x0))
+
+
+def gluing_norm(problem: Problem, z0: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """PSLD's gluing error per row, ‖ẑ0 − E(A⁺y + (I − A⁺A) D(ẑ0))‖ (differentiable; safe at 0)."""
+    d = z0 - problem.encode(gluing_target(problem, x0))
+    return (d**2).sum(-1).clamp_min(1e-24).sqrt()
+
+
 def _coeffs(schedule, t: float) -> tuple[float, float]:
     return float(schedule.alpha(t)), float(schedule.sigma(t))
 
@@ -125,7 +140,8 @@ def _surrogate(
     fd_scale: float,
     generator: torch.Generator,
 ):
-    """Loss per row and what the DDIM step needs. Returns (loss [B], residual norm [B], eps, z0, nfe)."""
+    """Loss per row and what the DDIM step needs. Returns (loss [B], gluing norm [B] or None, residual norm
+    [B], eps, z0, nfe); loss = ‖r‖² (+ the trace term for STSL)."""
     model, schedule = problem.model, problem.model.schedule
     alpha, sigma = _coeffs(schedule, t)
     eps = model.eps(z, t)
@@ -134,8 +150,9 @@ def _surrogate(
     x0 = problem.decode(z0)
     r = problem.y.to(x0.dtype) - problem.operator.forward(x0)
     loss = (r**2).sum(-1)
+    glue = None
     if method in ("psld", "stsl", "stsl_no_trace") and gamma:
-        loss = loss + gamma * ((z0 - problem.encode(problem.decode(z0))) ** 2).sum(-1)
+        glue = gluing_norm(problem, z0, x0)
     if method == "stsl":
         z0d = z0.detach().requires_grad_(True)
         ax = problem.operator.forward(problem.decode(z0d))
@@ -149,7 +166,7 @@ def _surrogate(
             nfe += 1
             trace = trace + (u * (score_shift - score)).sum(-1) / delta[:, 0]
         loss = loss + (sigma**4 / alpha**2) * trace / n_probes
-    return loss, r.norm(dim=-1).detach(), eps, z0, nfe
+    return loss, glue, r.norm(dim=-1).detach(), eps, z0, nfe
 
 
 def sample(
@@ -200,15 +217,18 @@ def sample(
         alpha_s, sigma_s = _coeffs(schedule, s)
         for k in range(n_inner):
             z = z.detach().requires_grad_(True)
-            loss, rnorm, eps, z0, used = _surrogate(
+            loss, glue, rnorm, eps, z0, used = _surrogate(
                 problem, method, z, t, gamma, n_probes, fd_scale, generator
             )
             spent += used
-            (grad,) = torch.autograd.grad(loss.sum(), z)
             if guidance == "dps":
-                g = step_size * grad / (2.0 * rnorm.clamp_min(1e-12))[:, None]
+                objective = (loss / (2.0 * rnorm.clamp_min(1e-12))).sum()
             else:
-                g = step_size * grad / (2.0 * problem.sigma_y**2)
+                objective = loss.sum() / (2.0 * problem.sigma_y**2)
+            if glue is not None:
+                objective = objective + gamma * glue.sum()
+            (grad,) = torch.autograd.grad(objective, z)
+            g = step_size * grad
             if k < n_inner - 1:  # an inner gradient step at the same t
                 z = (z - g).detach()
                 continue
@@ -232,7 +252,7 @@ def dps(problem, noise, nfe, **kwargs) -> SampleResult:
 
 
 def psld(problem, noise, nfe, **kwargs) -> SampleResult:
-    """PSLD: DPS plus the gluing term γ‖ẑ0 − E(D(ẑ0))‖²."""
+    """PSLD: DPS plus the gluing term γ‖ẑ0 − E(A⁺y + (I − A⁺A) D(ẑ0))‖."""
     return sample(problem, "psld", noise, nfe, **kwargs)
 
 
