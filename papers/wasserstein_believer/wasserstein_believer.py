@@ -14,7 +14,19 @@ discrete latent states and then learns the belief update *in that latent space*:
 
    estimated in its Kantorovich–Rubinstein dual with a 1-Lipschitz critic ``f`` (WGAN-GP penalty;
    the paper's "Lipschitz critics"), so that ``P̄`` is a reliable latent transition: the latent is a
-   bisimulation-style abstraction whose local losses bound the value error (Theorem 1).
+   bisimulation-style abstraction whose local losses bound the value error (Theorem 1). The WAE-MDP adds a
+   *steady-state regulariser* (Delgrange et al. 2023), a Wasserstein distance between the encoder's
+   aggregate distribution over latent states and a latent "stationary" distribution ``ξ̄``,
+
+       W( Q_φ, ξ̄ ),   Q_φ(z) = E_{s ~ data} φ(z | s),                                             (Eq. 3)
+
+   weighted ``steady_state_scaling = 100`` in the official RepeatPrevious config. It is the WAE's prior-matching term:
+   it keeps the encoder's aggregate distribution spread like ``ξ̄`` instead of collapsing onto a few latents.
+   The official code samples both sides of the joint ``(z, a, z̄' ~ P̄(·|z,a))`` and estimates W with a
+   Lipschitz critic; in WBU's configs ``ξ̄`` is a fixed uniform distribution over the latent bits
+   (``trainable_prior=False``: only the reset-state label bit is learned), while the WAE-MDP paper's
+   ``ξ̄`` is the latent model's own stationary distribution. Here both targets are available
+   (:func:`steady_state_regularizer`) and computed *exactly* (see :class:`WBUConfig`).
 
 2. **Belief updater** (Sec. 4). With discrete latents the latent belief update is exact and cheap:
 
@@ -52,7 +64,8 @@ from tqdm.auto import tqdm
 from common.pomdp import TabularPOMDP, bayes_filter, predictive_prior, total_variation
 
 __all__ = ["WBUConfig", "WAEMDP", "BeliefUpdater", "latent_belief_update", "belief_loss", "train_wbu",
-           "evaluate_beliefs", "state_recovery", "WBUResult"]
+           "evaluate_beliefs", "state_recovery", "stationary_distribution", "steady_state_regularizer",
+           "WBUResult"]
 
 
 @dataclass(frozen=True)
@@ -74,8 +87,17 @@ class WBUConfig:
     ``belief_kl``: direction of the belief loss (Eq. 5), ``"reverse"`` = ``KL(φ_I ‖ τ̄)`` (the paper's and the
     official code's) or ``"forward"`` = ``KL(τ̄ ‖ φ_I)``; ``marginal_entropy``: weight ``λ`` of an
     anti-collapse bonus ``-λ H(mean_batch φ(·|s))`` on the encoder's marginal (off by default; *not* the
-    paper's term: the paper's WAE-MDP keeps its latent space in use with a steady-state regulariser, which is
-    not implemented here; the README's Review reports a probe with ``λ = 1``).
+    paper's term; the README's Review reports a probe with ``λ = 1``);
+    ``steady_state``: the WAE-MDP's steady-state regulariser (Eq. 3), ``"off"``, ``"uniform"`` (the target
+    of the official WBU configs: ``ξ̄`` uniform over the latent states) or ``"stationary"`` (the WAE-MDP
+    paper's: ``ξ̄`` the stationary distribution of the latent chain ``Σ_a π(a) P̄(·|·, a)`` under the logging
+    policy ``π``, solved exactly, gradients through ``P̄``); computed exactly as the total variation, the
+    Wasserstein distance of the discrete metric, between ``ξ̄`` and the encoder's aggregate distribution over
+    the training data's states (:func:`steady_state_regularizer`); ``steady_state_scaling``: its weight
+    (100, the official RepeatPrevious config's ``steady_state_scaling``). Caveat: the official state encoder is
+    deterministic (a Heaviside of a network's output, smoothed during training), so its aggregate can match
+    ``ξ̄`` only by spreading *different* states over the latent space; the categorical ``φ(·|s)`` here can
+    also match it by encoding every state as ``ξ̄`` itself (the WAE's posterior collapse; see the README).
     """
 
     n_latent: int = 8
@@ -94,6 +116,8 @@ class WBUConfig:
     regularizer: str = "critic"
     belief_kl: str = "reverse"
     marginal_entropy: float = 0.0
+    steady_state: str = "off"
+    steady_state_scaling: float = 100.0
 
     def __post_init__(self):
         if self.belief_kl not in ("reverse", "forward"):
@@ -111,6 +135,10 @@ class WBUConfig:
             raise ValueError("temperature must be positive")
         if self.marginal_entropy < 0:
             raise ValueError(f"marginal_entropy must be >= 0, got {self.marginal_entropy}")
+        if self.steady_state not in ("off", "uniform", "stationary"):
+            raise ValueError(f"steady_state must be 'off', 'uniform' or 'stationary', got {self.steady_state!r}")
+        if not self.steady_state_scaling >= 0:
+            raise ValueError(f"steady_state_scaling must be >= 0, got {self.steady_state_scaling}")
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -191,6 +219,52 @@ def belief_loss(log_pred: torch.Tensor, target: torch.Tensor, direction: str = "
     raise ValueError(f"direction must be 'reverse' or 'forward', got {direction!r}")
 
 
+def stationary_distribution(transition: torch.Tensor) -> torch.Tensor:
+    """The stationary distribution ``ξ`` (``ξ P = ξ``, ``Σ ξ = 1``) of a row-stochastic ``(K, K)`` matrix ``P``
+    with a unique one (e.g. all entries positive, as for a softmax), by one linear solve,
+    ``(I - P + 1 1ᵀ)ᵀ ξ = 1`` (differentiable in ``P``)."""
+    if transition.ndim != 2 or transition.shape[0] != transition.shape[1]:
+        raise ValueError(f"transition must be a square matrix, got shape {tuple(transition.shape)}")
+    K = transition.shape[0]
+    ones = torch.ones(K, dtype=transition.dtype)
+    A = torch.eye(K, dtype=transition.dtype) - transition + ones[:, None] * ones[None, :]
+    return torch.linalg.solve(A.T, ones)
+
+
+def steady_state_regularizer(encoder: torch.Tensor, state_weights: torch.Tensor, target: str,
+                             transition: torch.Tensor | None = None,
+                             policy: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 3, exact: ``TV(Q_φ, ξ̄) = ½ Σ_z |Q_φ(z) - ξ̄(z)|``, the Wasserstein distance of the discrete metric.
+
+    ``encoder``: ``φ(z|s)`` as an ``(S, K)`` table; ``state_weights``: the data's state frequencies ``p(s)``
+    (``Q_φ = p φ``); ``target``: ``"uniform"`` (``ξ̄ = 1/K``, the official WBU configs' fixed prior) or
+    ``"stationary"`` (``ξ̄`` = :func:`stationary_distribution` of ``Σ_a policy(a) transition[a]``, with
+    ``transition = P̄`` of shape ``(A, K, K)`` and ``policy`` the logging policy's action probabilities).
+    The official term compares joints ``(z, a, z̄')`` with ``z̄' ~ P̄(·|z, a)`` on both sides; with the
+    logging policy's actions independent of the state (a random policy) and the latent policy equal to
+    it, the two joints share ``π(a) P̄(z'|z, a)`` and their TV is exactly this one on ``z``.
+    """
+    marginal = state_weights @ encoder
+    K = encoder.shape[-1]
+    if target == "uniform":
+        xi = torch.full((K,), 1.0 / K, dtype=encoder.dtype)
+    elif target == "stationary":
+        if transition is None or policy is None:
+            raise ValueError("target 'stationary' needs the transition tables and the policy")
+        xi = stationary_distribution(torch.einsum("a,azy->zy", policy, transition))
+    else:
+        raise ValueError(f"target must be 'uniform' or 'stationary', got {target!r}")
+    return 0.5 * (marginal - xi).abs().sum()
+
+
+def _transition_tables(model: WAEMDP) -> torch.Tensor:
+    """``P̄[a, z, z']`` with gradients, shape ``(A, K, K)``."""
+    K, A = model.config.n_latent, model.n_actions
+    eye = torch.eye(K)
+    return torch.stack([F.softmax(model.transition_logits(eye, torch.full((K,), b, dtype=torch.long)), -1)
+                        for b in range(A)])
+
+
 def _gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                       generator: torch.Generator) -> torch.Tensor:
     eps = torch.rand((real.shape[0], 1), generator=generator)
@@ -208,8 +282,7 @@ def _exact_losses(model: WAEMDP, s, a, r, s2, o, o2) -> tuple[torch.Tensor, torc
     log_obs = F.log_softmax(model.obs_decoder(eye), -1)                       # (K, Ω)
     rew = torch.stack([model.reward_decoder(torch.cat([eye, F.one_hot(torch.full((K,), b), A).float()], -1))
                        .squeeze(-1) for b in range(A)], 1)                     # (K, A)
-    P = torch.stack([F.softmax(model.transition_logits(eye, torch.full((K,), b, dtype=torch.long)), -1)
-                     for b in range(A)])                                       # (A, K, K)
+    P = _transition_tables(model)                                             # (A, K, K)
     distortion = -(phi * log_psi[:, s].T).sum(-1).mean() - (phi * log_obs[:, o].T).sum(-1).mean() \
         - (phi2 * log_obs[:, o2].T).sum(-1).mean() + (phi * (rew[:, a].T - r[:, None]) ** 2).sum(-1).mean()
     predicted = torch.einsum("bz,bzy->by", phi, P[a])
@@ -247,16 +320,20 @@ class WBUResult:
     initial_latent: torch.Tensor
     belief_loss: list = field(default_factory=list)
     model_loss: list = field(default_factory=list)
+    steady_state: list = field(default_factory=list)
 
 
 def train_wbu(env: TabularPOMDP, data: dict, config: WBUConfig, *, random_state: int = 0,
               progress: bool = True) -> WBUResult:
     """Fit the WAE-MDP (Eq. 2) on logged transitions, then jointly the belief updater (Eq. 5).
 
-    ``data`` is :func:`common.pomdp.rollout`'s output (states visible). The first ``warmup_steps``
+    ``data`` is :func:`common.pomdp.rollout`'s output (states visible; actions from a state-independent
+    logging policy, whose action frequencies give ``π`` for the steady-state term). The first ``warmup_steps``
     updates fit the latent model only; the next ``steps`` updates fit both, the belief updater on
     histories unrolled with its own beliefs against the latent update of the current latent model
-    (detached). Returns the modules, the encoded initial distribution ``Ī`` and the loss curves.
+    (detached). With ``config.steady_state`` on, every latent-model update adds ``steady_state_scaling``
+    times the exact steady-state regulariser (Eq. 3) over the training data's states. Returns the modules,
+    the encoded initial distribution ``Ī`` and the loss curves (``steady_state``: Eq. 3 before each update).
     """
     for key in ("states", "observations", "actions", "rewards"):
         if key not in data:
@@ -279,13 +356,23 @@ def train_wbu(env: TabularPOMDP, data: dict, config: WBUConfig, *, random_state:
     s2, o, o2 = S[:, 1:].reshape(-1), Obs[:, :-1].reshape(-1), Obs[:, 1:].reshape(-1)
     n_tr = s.shape[0]
     a_onehot = F.one_hot(a, env.n_actions).float()
+    state_freq = torch.bincount(s, minlength=env.n_states).float() / n_tr
+    action_freq = torch.bincount(a, minlength=env.n_actions).float() / n_tr
+    all_states = torch.arange(env.n_states)
     result = WBUResult(model, updater, torch.empty(0))
 
     def _model_step(distortion: torch.Tensor, w_est: torch.Tensor, step: int, idx: torch.Tensor) -> None:
-        """One latent-model update on distortion + beta * regulariser (Eq. 2) (minus the optional marginal
-        entropy bonus), then, after the warm-up, one belief-updater update (Eq. 5); shared by both
-        regularisers."""
+        """One latent-model update on distortion + beta * regulariser (Eq. 2) (+ the optional steady-state
+        regulariser, Eq. 3; minus the optional marginal entropy bonus), then, after the warm-up, one
+        belief-updater update (Eq. 5); shared by both transition regularisers."""
         loss = distortion + config.beta * w_est
+        if config.steady_state != "off":
+            phi_all = F.softmax(model.encode_logits(all_states), -1)
+            steady = steady_state_regularizer(
+                phi_all, state_freq, config.steady_state,
+                _transition_tables(model) if config.steady_state == "stationary" else None, action_freq)
+            loss = loss + config.steady_state_scaling * steady
+            result.steady_state.append(float(steady.detach()))
         if config.marginal_entropy > 0:
             marginal = F.softmax(model.encode_logits(s[idx]), -1).mean(0)
             loss = loss + config.marginal_entropy * (marginal * torch.log(marginal.clamp_min(1e-30))).sum()

@@ -10,6 +10,8 @@ from papers.wasserstein_believer.wasserstein_believer import (
     evaluate_beliefs,
     latent_belief_update,
     state_recovery,
+    stationary_distribution,
+    steady_state_regularizer,
     train_wbu,
 )
 
@@ -44,19 +46,29 @@ def test_config_validation():
         WBUConfig(belief_kl="both")
     with pytest.raises(ValueError):
         WBUConfig(marginal_entropy=-1.0)
+    with pytest.raises(ValueError):
+        WBUConfig(steady_state="prior")
+    with pytest.raises(ValueError):
+        WBUConfig(steady_state="uniform", steady_state_scaling=-1.0)
+    assert WBUConfig(steady_state="uniform").steady_state_scaling == 100.0   # the official configs' weight
 
 
-@pytest.mark.parametrize("regularizer, belief_kl, marginal_entropy",
-                         [("exact", "reverse", 0.0), ("critic", "reverse", 0.0), ("exact", "forward", 1.0)])
-def test_short_training_is_deterministic_and_evaluates(regularizer, belief_kl, marginal_entropy):
+@pytest.mark.parametrize("regularizer, belief_kl, marginal_entropy, steady_state",
+                         [("exact", "reverse", 0.0, "off"), ("critic", "reverse", 0.0, "off"),
+                          ("exact", "forward", 1.0, "off"), ("exact", "reverse", 0.0, "uniform"),
+                          ("critic", "reverse", 0.0, "stationary")])
+def test_short_training_is_deterministic_and_evaluates(regularizer, belief_kl, marginal_entropy, steady_state):
     env = noisy_corridor(4, horizon=4)
     data, test = rollout(env, 32, random_state=0), rollout(env, 16, random_state=1)
     cfg = WBUConfig(n_latent=4, hidden=8, warmup_steps=3, steps=4, batch_size=16, history_batch=4,
-                    regularizer=regularizer, belief_kl=belief_kl, marginal_entropy=marginal_entropy)
+                    regularizer=regularizer, belief_kl=belief_kl, marginal_entropy=marginal_entropy,
+                    steady_state=steady_state)
     r1 = train_wbu(env, data, cfg, random_state=5, progress=False)
     r2 = train_wbu(env, data, cfg, random_state=5, progress=False)
     assert len(r1.belief_loss) == 4 and len(r1.model_loss) == 7
-    assert r1.belief_loss == r2.belief_loss
+    assert len(r1.steady_state) == (0 if steady_state == "off" else 7)
+    assert all(0.0 <= v <= 1.0 for v in r1.steady_state)
+    assert r1.belief_loss == r2.belief_loss and r1.steady_state == r2.steady_state
     ev = evaluate_beliefs(env, r1, test)
     for key in ("wbu", "latent_exact", "prior", "state_recovery"):
         assert 0.0 <= ev[key] <= 1.0
@@ -104,3 +116,38 @@ def test_state_recovery_is_one_for_a_bijective_latent_and_drops_when_two_states_
 def test_train_rejects_incomplete_data():
     with pytest.raises(ValueError):
         train_wbu(noisy_corridor(), {"states": np.zeros((1, 2), int)}, WBUConfig())
+
+
+def test_stationary_distribution_of_a_two_state_chain():
+    """P = [[1-p, p], [q, 1-q]] has ξ = (q, p) / (p + q); p = 0.2, q = 0.6 gives (3/4, 1/4)."""
+    P = torch.tensor([[0.8, 0.2], [0.6, 0.4]], dtype=torch.float64)
+    xi = stationary_distribution(P)
+    np.testing.assert_allclose(xi.numpy(), [0.75, 0.25], atol=1e-12)
+    np.testing.assert_allclose((xi @ P).numpy(), xi.numpy(), atol=1e-12)
+    with pytest.raises(ValueError):
+        stationary_distribution(torch.ones(2, 3))
+
+
+def test_steady_state_regularizer_on_hand_computed_cases():
+    """Eq. 3 as the exact TV between the encoder's aggregate Q = p φ and the target ξ̄."""
+    # uniform target, K = 4: two equally frequent states, one on latent 0, one split over latents 1 and 2:
+    # Q = (1/2, 1/4, 1/4, 0) against 1/4 each, TV = (1/4 + 0 + 0 + 1/4) / 2 = 1/4
+    phi = torch.tensor([[1.0, 0, 0, 0], [0, 0.5, 0.5, 0]], dtype=torch.float64)
+    w = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    assert float(steady_state_regularizer(phi, w, "uniform")) == pytest.approx(0.25, abs=1e-12)
+    # stationary target, K = 2: P0 = [[.6, .4], [.2, .8]], P1 = [[1, 0], [1, 0]], π = (1/2, 1/2) give the chain
+    # [[.8, .2], [.6, .4]], ξ̄ = (3/4, 1/4); an identity encoder on equally frequent states gives Q = (1/2, 1/2),
+    # TV = 1/4; a state frequency (3/4, 1/4) gives Q = ξ̄, TV = 0
+    P = torch.tensor([[[0.6, 0.4], [0.2, 0.8]], [[1.0, 0.0], [1.0, 0.0]]], dtype=torch.float64, requires_grad=True)
+    pi = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    eye = torch.eye(2, dtype=torch.float64)
+    tv = steady_state_regularizer(eye, w, "stationary", P, pi)
+    assert float(tv.detach()) == pytest.approx(0.25, abs=1e-12)
+    tv.backward()                                          # gradients reach the latent transition
+    assert torch.isfinite(P.grad).all() and P.grad.abs().sum() > 0
+    assert float(steady_state_regularizer(eye, torch.tensor([0.75, 0.25], dtype=torch.float64), "stationary",
+                                          P.detach(), pi)) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        steady_state_regularizer(eye, w, "stationary")
+    with pytest.raises(ValueError):
+        steady_state_regularizer(eye, w, "data")
