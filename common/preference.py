@@ -90,8 +90,10 @@ __all__ = [
 ]
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not np.isfinite(value) or value <= 0:
+def _check_positive(name: str, value) -> None:
+    """``value`` (a number, or an array/tensor of them, e.g. a batch of step sizes) is positive and finite."""
+    v = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(v)) or np.any(v <= 0):
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
 
 
@@ -110,7 +112,7 @@ def dpo_loss(pi_w, pi_l, ref_w, ref_l, *, beta: float) -> torch.Tensor:
 def simpo_loss(pi_w, pi_l, *, beta: float, gamma: float, len_w=1.0, len_l=1.0) -> torch.Tensor:
     """SimPO loss (2) per pair; ``len_*`` are response lengths (1 for a table of responses)."""
     _check_positive("beta", beta)
-    if gamma < 0:
+    if np.any(np.asarray(gamma, dtype=np.float64) < 0):
         raise ValueError(f"gamma (the target margin) must be non-negative, got {gamma!r}")
     return -F.logsigmoid(beta * (pi_w / len_w - pi_l / len_l) - gamma)
 

@@ -79,3 +79,24 @@ def test_tuning_returns_a_grid_value_per_method():
     best, curves = tune_step_sizes(["dpo", "inpo"], g, [1.0, 4.0], T=1, n_pairs=8, random_state=0, steps=5)
     assert set(best) == {"dpo", "inpo"} and all(v in (1.0, 4.0) for v in best.values())
     assert curves["dpo"].shape == (2,)
+
+
+@pytest.mark.parametrize("method", ["dpo", "simpo", "sppo", "inpo", "mnpo", "mnpo_pop"])
+def test_a_batched_eta_grid_equals_one_run_per_eta(method):
+    """tune_step_sizes batches the grid: each batched run must be bit-identical to its own single run."""
+    g = annotator_mixture_games(2, 3, 5, random_state=7)
+    grid = [0.5, 2.0, 8.0]
+    kw = dict(T=3, n_pairs=16, random_state=11, n_history=2, steps=15, lr=0.1)
+    batched = run_method(method, g, eta=np.array(grid), **kw)
+    for e, eta in enumerate(grid):
+        single = run_method(method, g, eta=eta, **kw)
+        for table_b, table_s in zip(batched, single, strict=True):
+            np.testing.assert_array_equal(table_b[e], table_s)
+
+
+def test_a_grid_must_match_the_tables():
+    g = annotator_mixture_games(1, 2, 4, random_state=0)
+    with pytest.raises(ValueError, match="1-D grid"):
+        run_method("dpo", g, T=1, eta=np.ones((2, 2)), n_pairs=4, random_state=0)
+    with pytest.raises(ValueError, match="positive"):
+        run_method("dpo", g, T=1, eta=np.array([1.0, -1.0]), n_pairs=4, random_state=0)
