@@ -151,3 +151,15 @@ def test_steady_state_regularizer_on_hand_computed_cases():
         steady_state_regularizer(eye, w, "stationary")
     with pytest.raises(ValueError):
         steady_state_regularizer(eye, w, "data")
+
+
+def test_steady_state_selection_rule_and_disjoint_tuning_seeds():
+    from papers.wasserstein_believer.select_steady_state import (ci_parameters, evaluation_seeds, select_weight,
+                                                                 tuning_seeds)
+    # the smallest weight whose *min* over the tuning seeds is > 0.9; none passes: None (regulariser off)
+    assert select_weight({0.3: [0.8, 1.0], 1.0: [0.95, 0.99], 3.0: [0.91, 1.0]}) == 1.0
+    assert select_weight({0.3: [0.8, 1.0], 1.0: [0.9, 1.0]}) is None       # strictly above 0.9
+    seeds = tuning_seeds()
+    assert not (set(seeds) | {10_000 + s for s in seeds}) & evaluation_seeds()
+    params = ci_parameters()
+    assert params["seed"] == 0 and params["n_seeds"] == 5 and params["steady_state"] in ("off", "uniform")
