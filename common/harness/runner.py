@@ -298,6 +298,8 @@ def run_paper(
             "started": started,
             "finished": finished,
             "duration_s": round(time.perf_counter() - t0, 2),
+            "checkpoints": dict(sorted({name: sha for p in per_notebook.values()
+                                        for name, sha in (p["kernel"].get("checkpoints") or {}).items()}.items())),
             "notebooks": {k: {n: v for n, v in p.items() if n not in ("metrics", "volatile", "log_factors", "dtypes")}
                           for k, p in per_notebook.items()},
         })
