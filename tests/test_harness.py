@@ -369,3 +369,15 @@ def test_a_metric_name_recorded_by_two_notebooks_is_an_error():
     assert runner.duplicate_metrics({"01_a": {"x": 1, "y": 2}, "02_b": {"x": 3}}) == [
         "metric x is recorded by several notebooks (01_a, 02_b); metric names are per paper"]
     assert runner.duplicate_metrics({"01_a": {"x": 1}, "02_b": {"y": 3}}) == []
+
+
+def test_kernels_import_this_checkout(toy, tmp_path, edit_toy):
+    """The runner puts the repository first on the kernels' PYTHONPATH: a worktree sharing another checkout's
+    .venv (whose editable install points elsewhere) still runs its own `common`."""
+    root = str(spec.REPO_ROOT)
+    edit_toy(toy, 'record("toy.wall_s", 0.1, volatile=True)',
+             'record("toy.wall_s", 0.1, volatile=True)\nimport os, common\n'
+             f'assert os.environ["PYTHONPATH"].split(os.pathsep)[1] == {root!r}, os.environ["PYTHONPATH"]\n'
+             f'assert common.__file__.startswith({root!r}), common.__file__')
+    report = run(toy, tmp_path, check_goldens=False)
+    assert report.ok, report.summary()

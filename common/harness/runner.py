@@ -200,10 +200,13 @@ def run_paper(
         os.environ[context.PAPER_ENV] = slug
         os.environ[context.PROFILE_ENV] = profile
         os.environ[context.PAPERS_ROOT_ENV] = str(paper.root.parent)
+        # the kernels import `common` and `papers` from this checkout, never from wherever the environment's
+        # editable install points (a second worktree sharing one .venv would silently run the other's code)
+        roots = [str(spec.REPO_ROOT)]
         if paper.root.parent != spec.PAPERS_ROOT.resolve():
             # a paper outside papers/ (a test fixture): make `papers.<slug>` importable from its root
-            os.environ["PYTHONPATH"] = os.pathsep.join(
-                filter(None, [str(paper.root.parent.parent), saved_env.get("PYTHONPATH")]))
+            roots.insert(0, str(paper.root.parent.parent))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*roots, saved_env.get("PYTHONPATH")]))
         bar = tqdm(paper.notebooks, desc=f"{slug} [{profile}]", unit="notebook", disable=not progress)
         for notebook in bar:
             key = paper.notebook_key(notebook)
