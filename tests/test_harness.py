@@ -80,6 +80,7 @@ def test_run_writes_artifacts_and_is_deterministic(toy, tmp_path):
         assert key in prov
     assert prov["notebooks"]["01_toy"]["cell_durations_s"]
     assert prov["notebooks"]["01_toy"]["peak_rss_mb"] > 0
+    assert prov["notebooks"]["01_toy"]["cpu_s"] > 0  # the kernel's CPU seconds (the load-independent budget)
     metrics = read_json(folder / "metrics.json")
     assert metrics["volatile"] == {"01_toy": ["toy.wall_s"]}
     executed = json.loads((folder / "01_toy.ipynb").read_text())

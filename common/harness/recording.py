@@ -188,7 +188,9 @@ def _flush() -> None:
         "dtypes": dict(sorted(_dtypes.items())),
     })
     atomic_write_json(folder / "figures.json", _figures)
-    atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1), **_kernel_numerics(),
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # the kernel's CPU time: a budget that load does not inflate
+    atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1),
+                                               "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), **_kernel_numerics(),
                                                **({"device": sorted(_devices)} if _devices else {}),
                                                **({"checkpoints": dict(sorted(_checkpoints.items()))} if _checkpoints else {})})
 

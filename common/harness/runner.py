@@ -246,8 +246,11 @@ def run_paper(
                 "duration_s": round(outcome.duration_s, 2),
                 "cell_durations_s": _cell_durations(output),
                 "peak_rss_mb": read_json(kernel_file).get("peak_rss_mb") if kernel_file.is_file() else None,
+                # CPU seconds of the kernel process (up to its last record): the ci budget, unlike wall time,
+                # does not grow when other jobs load the machine
+                "cpu_s": read_json(kernel_file).get("cpu_s") if kernel_file.is_file() else None,
                 "kernel": {k: v for k, v in (read_json(kernel_file) if kernel_file.is_file() else {}).items()
-                           if k != "peak_rss_mb"},
+                           if k not in ("peak_rss_mb", "cpu_s")},
                 "parameters": {**declared[notebook], **effective[notebook]},
                 "overrides": effective[notebook],
             }
