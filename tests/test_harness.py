@@ -80,6 +80,7 @@ def test_run_writes_artifacts_and_is_deterministic(toy, tmp_path):
         assert key in prov
     assert prov["notebooks"]["01_toy"]["cell_durations_s"]
     assert prov["notebooks"]["01_toy"]["peak_rss_mb"] > 0
+    assert prov["notebooks"]["01_toy"]["cpu_s"] > 0  # the kernel's CPU seconds (the load-independent budget)
     metrics = read_json(folder / "metrics.json")
     assert metrics["volatile"] == {"01_toy": ["toy.wall_s"]}
     executed = json.loads((folder / "01_toy.ipynb").read_text())
@@ -369,3 +370,15 @@ def test_a_metric_name_recorded_by_two_notebooks_is_an_error():
     assert runner.duplicate_metrics({"01_a": {"x": 1, "y": 2}, "02_b": {"x": 3}}) == [
         "metric x is recorded by several notebooks (01_a, 02_b); metric names are per paper"]
     assert runner.duplicate_metrics({"01_a": {"x": 1}, "02_b": {"y": 3}}) == []
+
+
+def test_kernels_import_this_checkout(toy, tmp_path, edit_toy):
+    """The runner puts the repository first on the kernels' PYTHONPATH: a worktree sharing another checkout's
+    .venv (whose editable install points elsewhere) still runs its own `common`."""
+    root = str(spec.REPO_ROOT)
+    edit_toy(toy, 'record("toy.wall_s", 0.1, volatile=True)',
+             'record("toy.wall_s", 0.1, volatile=True)\nimport os, common\n'
+             f'assert os.environ["PYTHONPATH"].split(os.pathsep)[1] == {root!r}, os.environ["PYTHONPATH"]\n'
+             f'assert common.__file__.startswith({root!r}), common.__file__')
+    report = run(toy, tmp_path, check_goldens=False)
+    assert report.ok, report.summary()

@@ -189,3 +189,81 @@ def test_dirty_counts_only_the_run_s_own_files(tmp_path):
     assert provenance.git_state(repo, paths=[repo / "papers" / "a"])["dirty"] is False
     assert provenance.git_state(repo, paths=[repo / "papers" / "b"])["dirty"] is True
     assert provenance.git_state(repo)["dirty"] is True
+
+
+def test_zoo_checkpoints_stale_only_the_runs_that_loaded_them(tmp_path):
+    """Adding or retraining a zoo model leaves the code hash alone; a run is stale when a checkpoint *it loaded*
+    was retrained or removed (provenance.json → checkpoints), so one new model does not stale every zoo user."""
+    import torch
+
+    from common import zoo
+    from common.harness import provenance
+
+    common = tmp_path / "common"
+    shutil.copytree(REPO / "common", common, ignore=shutil.ignore_patterns("__pycache__", "checkpoints"))
+    (common / "zoo" / "checkpoints").mkdir()
+    papers = {slug: spec.load(slug) for slug in spec.list_papers()}
+    users = [s for s, p in papers.items() if common / "zoo" in provenance.common_dependencies(p, common)]
+    assert users, "the test needs a paper that imports common.zoo"
+    paper = papers[users[0]]
+    zoo.save_checkpoint("a", {"w": torch.zeros(3)}, {"config": {}}, directory=common / "zoo" / "checkpoints")
+    before = provenance.code_hash(paper, common)
+    prov = {"code_hash": before, "checkpoints": {"a": zoo.load_manifest("a", common / "zoo" / "checkpoints")["sha256"]}}
+    assert provenance.stale_reason(prov, paper, common) is None
+
+    zoo.save_checkpoint("b", {"w": torch.ones(3)}, {"config": {}}, directory=common / "zoo" / "checkpoints")
+    (common / "zoo" / "notebooks" / "train_b.ipynb").write_text("{}\n")
+    assert provenance.code_hash(paper, common) == before  # a new model and its notebook: nothing stale
+    assert provenance.stale_reason(prov, paper, common) is None
+
+    zoo.save_checkpoint("a", {"w": torch.ones(3)}, {"config": {}}, directory=common / "zoo" / "checkpoints")
+    assert provenance.stale_reason(prov, paper, common) == "zoo checkpoint changed: a (retrained)"
+    for suffix in (".json", ".safetensors"):
+        (common / "zoo" / "checkpoints" / f"a{suffix}").unlink()
+    assert provenance.stale_reason(prov, paper, common) == "zoo checkpoint changed: a (removed)"
+    (common / "zoo" / "__init__.py").write_text((common / "zoo" / "__init__.py").read_text() + "\n# touched\n")
+    assert "code changed" in provenance.stale_reason(prov, paper, common)
+
+
+def test_a_run_records_the_zoo_checkpoints_it_loaded(toy, tmp_path, edit_toy):
+    from common import zoo
+
+    edit_toy(toy, 'record("toy.wall_s", 0.1, volatile=True)',
+             'record("toy.wall_s", 0.1, volatile=True)\nfrom common.zoo import load_checkpoint\n'
+             'load_checkpoint("digits_classifier")')
+    report = runner_run(toy, tmp_path)
+    prov = json.loads((report.destination / "provenance.json").read_text())
+    assert prov["checkpoints"] == {"digits_classifier": zoo.load_manifest("digits_classifier")["sha256"]}
+    assert prov["notebooks"]["01_toy"]["kernel"]["checkpoints"] == prov["checkpoints"]
+
+
+def runner_run(root, tmp_path):
+    from common.harness import runner
+
+    report = runner.run_paper("toy", "ci", papers_root=root, results_root=tmp_path / "results",
+                              failed_root=tmp_path / "failed", progress=False, check_goldens=False)
+    assert report.ok, report.summary()
+    return report
+
+
+def test_rehash_counts_only_what_a_run_depends_on():
+    """`rehash` refuses a result when an undeclared file it depends on changed; these are the files that count."""
+    from common.harness.rehash import _depends_on
+
+    papers = {slug: spec.load(slug) for slug in spec.list_papers()}
+    slug = next(s for s, p in papers.items() if "common/zoo" in {d.relative_to(REPO).as_posix()
+                                                               for d in provenance_deps(p)})
+    paper = papers[slug]
+    assert _depends_on(paper, "common/harness/runner.py")  # every run depends on the harness
+    assert _depends_on(paper, "common/zoo/__init__.py") and _depends_on(paper, "requirements.lock")
+    assert _depends_on(paper, f"papers/{slug}/paper.yaml")
+    assert not _depends_on(paper, "common/zoo/checkpoints/x.safetensors")  # covered by recorded sha256s
+    assert not _depends_on(paper, f"papers/{slug}/README.md") and not _depends_on(paper, f"papers/{slug}/tests/t.py")
+    other = next(s for s in papers if s != slug)
+    assert not _depends_on(paper, f"papers/{other}/paper.yaml")
+
+
+def provenance_deps(paper):
+    from common.harness import provenance
+
+    return provenance.common_dependencies(paper)

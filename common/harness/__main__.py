@@ -7,6 +7,7 @@
     python -m common.harness cite svarm
     python -m common.harness new <slug>
     python -m common.harness list
+    python -m common.harness rehash --base <commit> --allow <files> --reason "..." [--dry-run]
 """
 
 from __future__ import annotations
@@ -139,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     new = sub.add_parser("new", help="scaffold papers/<slug>/")
     new.add_argument("paper")
     sub.add_parser("list", help="list implemented papers")
+    again = sub.add_parser("rehash", help="carry current results across a change that alters no computed value "
+                                          "(see common/harness/rehash.py)")
+    again.add_argument("--base", required=True, help="the commit at which the results were current")
+    again.add_argument("--allow", nargs="+", required=True, metavar="PATH",
+                       help="files changed since --base that do not change any computed value")
+    again.add_argument("--reason", required=True, help="why they do not (stored in each provenance.json)")
+    again.add_argument("--dry-run", action="store_true", help="say what would be rehashed, write nothing")
     args = parser.parse_args(argv)
     if getattr(args, "paper", None) is not None:
         problem = _slug_problem(args.paper, getattr(args, "papers_root", None))
@@ -186,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             print("\n".join(spec.list_papers()))
             return 0
+        if args.command == "rehash":
+            from .rehash import main as do_rehash
+
+            return do_rehash(args.base, args.allow, args.reason, args.dry_run)
     except (spec.UnknownPaperError, spec.PaperSpecError, parameters.ParameterError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

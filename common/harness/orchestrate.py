@@ -4,7 +4,7 @@ Three decisions, each on an existing tool rather than a scheduler of our own:
 
 - **Incremental.** A paper/profile is *up to date* when its committed results were made by a canonical
   run of the same code (:func:`provenance.code_hash`: the paper's files, the parts of ``common/`` it
-  imports, the lock), the same effective parameters (:func:`provenance.input_hash`) and, for ci, the
+  imports, the lock) and zoo checkpoints (:func:`provenance.stale_reason`), the same effective parameters (:func:`provenance.input_hash`) and, for ci, the
   same goldens. Up-to-date papers are skipped with one line each; ``force=True`` re-runs them.
 - **Local parallelism** (``jobs > 1``): papers run in worker processes (:mod:`concurrent.futures`, spawn),
   each single-threaded as in a sequential run. A worker runs the notebooks into a scratch folder and
@@ -56,9 +56,10 @@ def freshness(slug: str, profile: str, *, results_root: Path | None = None,
         prov = read_json(prov_file)
     except ValueError:
         return Freshness(False, "unreadable provenance.json")
-    code = provenance.code_hash(paper)
-    if prov.get("code_hash") != code:
-        return Freshness(False, "code changed (paper, imported common/ modules or the lock)")
+    reason = provenance.stale_reason(prov, paper)
+    if reason:
+        return Freshness(False, reason)
+    code = prov["code_hash"]
     params_key = {paper.notebook_key(nb): p for nb, p in effective.items()}
     if prov.get("input_hash") != provenance.input_hash(code, params_key):
         return Freshness(False, "parameters changed")

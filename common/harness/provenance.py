@@ -31,14 +31,46 @@ def _files(folder: Path):
                 yield path
 
 
+# Folders of ``common/`` that hold data a run *loads* rather than code it runs: the zoo's checkpoints and the
+# notebooks that trained them. They are left out of the code hash; a run records the sha256 of every checkpoint
+# it loaded (``provenance.json`` → ``checkpoints``), and only a change to one of those makes it stale, so that
+# adding or retraining one zoo model does not make every result that imports ``common.zoo`` stale.
+UNHASHED = ("zoo/checkpoints", "zoo/notebooks")
+_IMPORT_RE = re.compile(r"\bcommon\.([A-Za-z_][A-Za-z0-9_]*)|from\s+common\s+import\s+([A-Za-z_][A-Za-z0-9_, ]*)")
+_scan_cache: dict[tuple, frozenset] = {}
+
+
+def _code_files(dependency: Path, common_root: Path):
+    """The files of one ``common/`` dependency that count as code (not the folders in :data:`UNHASHED`)."""
+    if dependency.is_file():
+        yield dependency
+        return
+    unhashed = [common_root / u for u in UNHASHED]
+    for path in _files(dependency):
+        if not any(path.is_relative_to(u) for u in unhashed):
+            yield path
+
+
+def _imported_names(path: Path) -> frozenset:
+    """The ``common.<name>`` imports in one .py/.ipynb file (memoised on the file's mtime and size)."""
+    stat = path.stat()
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _scan_cache:
+        names = set()
+        for match in _IMPORT_RE.finditer(path.read_text(errors="replace")):
+            names.update([match.group(1)] if match.group(1) else [n.strip() for n in match.group(2).split(",")])
+        _scan_cache[key] = frozenset(filter(None, names))
+    return _scan_cache[key]
+
+
 def common_dependencies(paper: PaperSpec, common_root: Path | None = None) -> list[Path]:
     """The parts of ``common/`` a paper's code and notebooks import (the harness always counts).
 
     Found by scanning for ``common.<name>`` in the paper's ``.py`` and ``.ipynb`` files, and then
     in those modules, so that adding an unrelated module to ``common/`` does not make every result stale.
+    Only source files are scanned (never checkpoints or data), and each file once per version.
     """
     common_root = common_root or REPO_ROOT / "common"
-    pattern = re.compile(r"\bcommon\.([A-Za-z_][A-Za-z0-9_]*)|from\s+common\s+import\s+([A-Za-z_][A-Za-z0-9_, ]*)")
     found: set[Path] = {common_root / "__init__.py", common_root / "harness"}
     queue = [p for p in _files(paper.root) if p.suffix in (".py", ".ipynb")]
     seen: set[Path] = set()
@@ -47,13 +79,11 @@ def common_dependencies(paper: PaperSpec, common_root: Path | None = None) -> li
         if path in seen or not path.is_file():
             continue
         seen.add(path)
-        for match in pattern.finditer(path.read_text(errors="replace")):
-            names = [match.group(1)] if match.group(1) else [n.strip() for n in match.group(2).split(",")]
-            for name in filter(None, names):
-                for candidate in (common_root / f"{name}.py", common_root / name):
-                    if candidate.exists() and candidate not in found:
-                        found.add(candidate)
-                        queue += [candidate] if candidate.is_file() else list(_files(candidate))
+        for name in _imported_names(path):
+            for candidate in (common_root / f"{name}.py", common_root / name):
+                if candidate.exists() and candidate not in found:
+                    found.add(candidate)
+                    queue += [p for p in _code_files(candidate, common_root) if p.suffix in (".py", ".ipynb")]
     return sorted(found)
 
 
@@ -61,14 +91,15 @@ def code_hash(paper: PaperSpec, common_root: Path | None = None) -> str:
     """sha256 over the paper's code and notebooks, the parts of ``common/`` it uses, and the lock file.
 
     Goldens (``expected/``), the paper's README and its unit tests are excluded: they do not
-    change what a run computes. Results whose stored hash differs are stale.
+    change what a run computes; so are the zoo's checkpoints and training notebooks (:data:`UNHASHED`),
+    which a run covers by the sha256 of the checkpoints it loaded (:func:`stale_reason`).
+    Results whose stored hash differs are stale.
     """
     digest = hashlib.sha256()
     common_root = common_root or REPO_ROOT / "common"
     entries = [("paper", paper.root, p) for p in _files(paper.root)]
     for dependency in common_dependencies(paper, common_root):
-        files = [dependency] if dependency.is_file() else list(_files(dependency))
-        entries += [("common", common_root, p) for p in files]
+        entries += [("common", common_root, p) for p in _code_files(dependency, common_root)]
     for label, folder, path in sorted(entries, key=lambda e: (e[0], e[2].relative_to(e[1]).as_posix())):
         digest.update(f"{label}/{path.relative_to(folder).as_posix()}\0".encode())
         digest.update(path.read_bytes())
@@ -76,6 +107,37 @@ def code_hash(paper: PaperSpec, common_root: Path | None = None) -> str:
     if LOCK_FILE.is_file():
         digest.update(b"lock\0" + LOCK_FILE.read_bytes())
     return digest.hexdigest()
+
+
+def checkpoint_changes(recorded: dict, checkpoint_dir: Path | None = None) -> list[str]:
+    """The checkpoints in ``recorded`` (``{name: sha256}``, from a run's provenance) that changed since.
+
+    The manifest's sha256 stands for the file: :func:`common.zoo.load_checkpoint` refuses a file that does
+    not match its manifest, so a run cannot load anything else.
+    """
+    checkpoint_dir = checkpoint_dir or REPO_ROOT / "common" / "zoo" / "checkpoints"
+    changed = []
+    for name, sha in sorted((recorded or {}).items()):
+        manifest = checkpoint_dir / f"{name}.json"
+        current = json.loads(manifest.read_text()).get("sha256") if manifest.is_file() else None
+        if current != sha:
+            changed.append(f"{name} ({'removed' if current is None else 'retrained'})")
+    return changed
+
+
+def stale_reason(prov: dict, paper: PaperSpec, common_root: Path | None = None) -> str | None:
+    """Why results with provenance ``prov`` are not what the current tree computes, or None when they are.
+
+    Stale when the code hash differs (the paper, the ``common/`` code it imports, the lock) or when a zoo
+    checkpoint the run loaded was retrained or removed.
+    """
+    if prov.get("code_hash") != code_hash(paper, common_root):
+        return "code changed (paper, imported common/ modules or the lock)"
+    common_root = common_root or REPO_ROOT / "common"
+    changed = checkpoint_changes(prov.get("checkpoints") or {}, common_root / "zoo" / "checkpoints")
+    if changed:
+        return "zoo checkpoint changed: " + ", ".join(changed)
+    return None
 
 
 def input_hash(files_hash: str, parameters: dict) -> str:

@@ -32,6 +32,7 @@ _log_factors: dict[str, float] = {}
 _dtypes: dict[str, str] = {}
 _figures: dict[str, dict] = {}
 _devices: set[str] = set()  # what common.device.pick_device chose in this kernel
+_checkpoints: dict[str, str] = {}  # zoo checkpoints loaded in this kernel: name -> sha256
 _LOW_PRECISION = ("float32", "float16", "bfloat16")
 
 
@@ -162,6 +163,15 @@ def note_device(label: str) -> None:
     _flush()
 
 
+def note_checkpoint(name: str, sha256: str) -> None:
+    """Remember a zoo checkpoint this notebook loaded (``common.zoo.load_checkpoint`` calls this).
+
+    The runner stores them in ``provenance.json`` (``checkpoints``); retraining one makes the result stale.
+    """
+    _checkpoints[str(name)] = str(sha256)
+    _flush()
+
+
 def _peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
@@ -178,8 +188,11 @@ def _flush() -> None:
         "dtypes": dict(sorted(_dtypes.items())),
     })
     atomic_write_json(folder / "figures.json", _figures)
-    atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1), **_kernel_numerics(),
-                                               **({"device": sorted(_devices)} if _devices else {})})
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # the kernel's CPU time: a budget that load does not inflate
+    atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1),
+                                               "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), **_kernel_numerics(),
+                                               **({"device": sorted(_devices)} if _devices else {}),
+                                               **({"checkpoints": dict(sorted(_checkpoints.items()))} if _checkpoints else {})})
 
 
 atexit.register(_flush)

@@ -200,10 +200,13 @@ def run_paper(
         os.environ[context.PAPER_ENV] = slug
         os.environ[context.PROFILE_ENV] = profile
         os.environ[context.PAPERS_ROOT_ENV] = str(paper.root.parent)
+        # the kernels import `common` and `papers` from this checkout, never from wherever the environment's
+        # editable install points (a second worktree sharing one .venv would silently run the other's code)
+        roots = [str(spec.REPO_ROOT)]
         if paper.root.parent != spec.PAPERS_ROOT.resolve():
             # a paper outside papers/ (a test fixture): make `papers.<slug>` importable from its root
-            os.environ["PYTHONPATH"] = os.pathsep.join(
-                filter(None, [str(paper.root.parent.parent), saved_env.get("PYTHONPATH")]))
+            roots.insert(0, str(paper.root.parent.parent))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*roots, saved_env.get("PYTHONPATH")]))
         bar = tqdm(paper.notebooks, desc=f"{slug} [{profile}]", unit="notebook", disable=not progress)
         for notebook in bar:
             key = paper.notebook_key(notebook)
@@ -243,8 +246,11 @@ def run_paper(
                 "duration_s": round(outcome.duration_s, 2),
                 "cell_durations_s": _cell_durations(output),
                 "peak_rss_mb": read_json(kernel_file).get("peak_rss_mb") if kernel_file.is_file() else None,
+                # CPU seconds of the kernel process (up to its last record): the ci budget, unlike wall time,
+                # does not grow when other jobs load the machine
+                "cpu_s": read_json(kernel_file).get("cpu_s") if kernel_file.is_file() else None,
                 "kernel": {k: v for k, v in (read_json(kernel_file) if kernel_file.is_file() else {}).items()
-                           if k != "peak_rss_mb"},
+                           if k not in ("peak_rss_mb", "cpu_s")},
                 "parameters": {**declared[notebook], **effective[notebook]},
                 "overrides": effective[notebook],
             }
@@ -298,6 +304,8 @@ def run_paper(
             "started": started,
             "finished": finished,
             "duration_s": round(time.perf_counter() - t0, 2),
+            "checkpoints": dict(sorted({name: sha for p in per_notebook.values()
+                                        for name, sha in (p["kernel"].get("checkpoints") or {}).items()}.items())),
             "notebooks": {k: {n: v for n, v in p.items() if n not in ("metrics", "volatile", "log_factors", "dtypes")}
                           for k, p in per_notebook.items()},
         })

@@ -55,7 +55,7 @@ def _profile_entry(paper: spec.PaperSpec, profile: str, results_root: Path, with
     verdict = claims_mod.verdict(results)
     stale = False
     if with_staleness:
-        stale = prov.get("code_hash") != provenance.code_hash(paper)
+        stale = provenance.stale_reason(prov, paper) is not None
     entry.update({
         "verdict": "stale" if stale else verdict,
         "claims_verdict": verdict,

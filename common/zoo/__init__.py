@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+from common.harness import context
 from common.harness.io import sha256_file
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -79,7 +80,8 @@ def load_manifest(name: str, directory: Path | None = None) -> dict:
 def load_checkpoint(name: str, directory: Path | None = None) -> tuple[dict, dict]:
     """Return ``(tensors, manifest)`` for ``name`` after checking the file's sha256 against the manifest.
 
-    Raises :class:`ChecksumError` when the file was modified, truncated or replaced.
+    Raises :class:`ChecksumError` when the file was modified, truncated or replaced. Inside a harness run the
+    name and sha256 are recorded in the run's provenance, so that retraining the checkpoint makes it stale.
     """
     from safetensors.torch import load_file
 
@@ -94,4 +96,9 @@ def load_checkpoint(name: str, directory: Path | None = None) -> tuple[dict, dic
             f"{str(manifest.get('sha256'))[:16]}...; the file was modified or replaced. Restore it from git "
             f"(git checkout -- {weights_path}) or retrain it with its zoo notebook."
         )
+    if context.run_dir() is not None and weights_path.parent.resolve() == CHECKPOINT_DIR:
+        # inside a harness run: the result depends on this zoo checkpoint (a paper-local one is in its code hash)
+        from common.harness.recording import note_checkpoint
+
+        note_checkpoint(name, actual)
     return load_file(str(weights_path)), manifest

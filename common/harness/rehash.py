@@ -1,0 +1,142 @@
+"""Carry results across a change that does not alter what any run computes (``python -m common.harness rehash``).
+
+A result is current when its stored code hash equals :func:`provenance.code_hash` of the tree. Some changes
+alter that hash without altering a single computed number: a new definition of the hash itself, a faster
+dependency scan in the harness, a docstring in a module every paper imports. Re-running every paper's full
+profile for those would cost hours of GPU time and prove nothing new. ``rehash`` stamps the new hash on the
+results that qualify, and only on those:
+
+1. the tree is clean, and ``base`` is an ancestor of ``HEAD``;
+2. at ``base`` the result was current: ``results/index.json`` of ``base`` says ``stale: false``, and its
+   ``provenance.json`` is the same file now as at ``base`` (no run since);
+3. every file that differs between ``base`` and ``HEAD`` and lies in what the run depends on now (the
+   paper's folder, the ``common/`` code it imports, the lock, ``pyproject.toml``) is in ``allowed``: the
+   files the person running this declares do not change any computed value. Anything else refuses that
+   result, which then stays stale until it is re-run.
+
+A result that qualifies keeps its metrics, claims, notebooks and ``git`` record; its ``code_hash`` and
+``input_hash`` become the current ones, ``checkpoints`` (when it had none) becomes every zoo checkpoint of
+``base`` if it imports ``common.zoo`` (before checkpoint-granular hashing a run depended on all of them), and
+``rehashed`` gains an entry naming ``base``, the old hash, the changed files and the reason, so the stamp is
+never silent. The committed ci results are still checked against a fresh run by ``make test``
+(``tests/test_notebooks.py`` compares every metric on the same machine), which is how a wrong declaration
+is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from . import provenance, runner, spec
+from .io import atomic_write_json, read_json
+
+RESULTS_ROOT = spec.REPO_ROOT / "results"
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=spec.REPO_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _depends_on(paper: spec.PaperSpec, path: str) -> bool:
+    """Whether the repository path ``path`` is part of what a run of ``paper`` depends on now."""
+    common_root = spec.REPO_ROOT / "common"
+    prefixes = [paper.root, provenance.LOCK_FILE, spec.REPO_ROOT / "pyproject.toml",
+                *provenance.common_dependencies(paper, common_root)]
+    target = spec.REPO_ROOT / path
+    if any(target.is_relative_to(common_root / u) for u in provenance.UNHASHED):
+        return False  # checkpoints are covered by their recorded sha256, not by the code hash
+    if target.is_relative_to(paper.root):
+        relative = target.relative_to(paper.root)
+        if set(relative.parts[:-1]) & provenance._SKIP_DIRS or relative.name in provenance._SKIP_FILES:
+            return False
+    return any(target == p or target.is_relative_to(p) for p in prefixes)
+
+
+def _zoo_checkpoints_at(base: str) -> dict[str, str]:
+    names = _git("ls-tree", "--name-only", f"{base}:common/zoo/checkpoints").split()
+    out = {}
+    for name in names:
+        if name.endswith(".json"):
+            manifest = json.loads(_git("show", f"{base}:common/zoo/checkpoints/{name}"))
+            out[name[:-5]] = manifest.get("sha256")
+    return dict(sorted(out.items()))
+
+
+def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False) -> list[tuple[str, str, str]]:
+    """Stamp the current code hash on the results that qualify (see the module docstring).
+
+    Returns ``(slug, profile, outcome)`` rows; ``outcome`` is ``"rehashed"``, ``"already current"`` or why not.
+    """
+    if not reason.strip():
+        raise ValueError("give the reason the allowed files do not change any computed value")
+    dirty = _git("status", "--porcelain", "--untracked-files=no").strip()
+    if dirty:
+        raise RuntimeError(f"the tree has uncommitted changes; commit first:\n{dirty}")
+    if subprocess.run(["git", "merge-base", "--is-ancestor", base, "HEAD"], cwd=spec.REPO_ROOT).returncode != 0:
+        raise RuntimeError(f"{base} is not an ancestor of HEAD")
+    base = _git("rev-parse", base).strip()
+    changed = sorted(set(_git("diff", "--name-only", base, "HEAD").split()))
+    allowed_set = set(allowed)
+    unknown = sorted(allowed_set - set(changed))
+    if unknown:
+        raise ValueError(f"allowed files that did not change since {base[:10]}: {unknown}")
+    base_index = json.loads(_git("show", f"{base}:results/index.json"))["papers"]
+    zoo_at_base = _zoo_checkpoints_at(base)
+    rows = []
+    for slug in spec.list_papers():
+        paper = spec.load(slug)
+        for profile in spec.PROFILES:
+            folder = RESULTS_ROOT / slug / profile
+            prov_file = folder / "provenance.json"
+            if not prov_file.is_file():
+                continue
+            prov = read_json(prov_file)
+            if provenance.stale_reason(prov, paper) is None:
+                rows.append((slug, profile, "already current"))
+                continue
+            entry = (base_index.get(slug) or {}).get("profiles", {}).get(profile) or {}
+            if entry.get("stale", True) or not entry.get("finished"):
+                rows.append((slug, profile, f"not current at {base[:10]}"))
+                continue
+            rel = prov_file.relative_to(spec.REPO_ROOT).as_posix()
+            if rel in changed:
+                rows.append((slug, profile, f"re-run since {base[:10]}"))
+                continue
+            relevant = [p for p in changed if _depends_on(paper, p)]
+            undeclared = [p for p in relevant if p not in allowed_set]
+            if undeclared:
+                rows.append((slug, profile, "changed and not declared: " + ", ".join(undeclared)))
+                continue
+            _, _, effective = runner.prepare(slug, profile, {})
+            code = provenance.code_hash(paper)
+            params_key = {paper.notebook_key(nb): p for nb, p in effective.items()}
+            stamp = {"base": base, "old_code_hash": prov.get("code_hash"), "changed": relevant,
+                     "reason": reason.strip(), "date": provenance.now()}
+            new = {**prov, "code_hash": code, "input_hash": provenance.input_hash(code, params_key)}
+            if "checkpoints" not in prov:
+                uses_zoo = (spec.REPO_ROOT / "common" / "zoo") in provenance.common_dependencies(paper)
+                new["checkpoints"] = zoo_at_base if uses_zoo else {}
+            new["rehashed"] = [*prov.get("rehashed", []), stamp]
+            if not dry_run:
+                atomic_write_json(prov_file, new)
+            rows.append((slug, profile, "rehashed"))
+    return rows
+
+
+def main(base: str, allowed: list[str], reason: str, dry_run: bool = False) -> int:
+    rows = rehash(base, allowed, reason, dry_run=dry_run)
+    width = max((len(f"{s}/{p}") for s, p, _ in rows), default=10)
+    for slug, profile, outcome in rows:
+        print(f"{slug + '/' + profile:<{width}}  {outcome}")
+    done = sum(o == "rehashed" for *_, o in rows)
+    refused = [r for r in rows if r[2] not in ("rehashed", "already current")]
+    print(f"{'would rehash' if dry_run else 'rehashed'} {done}, already current "
+          f"{sum(o == 'already current' for *_, o in rows)}, left stale {len(refused)}")
+    return 0
+
+
+__all__ = ["rehash", "main"]
