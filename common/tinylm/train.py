@@ -47,6 +47,8 @@ class TrainConfig:
     mix: dict | None = None             # document-kind weights of the training stream (None: grammar.DEFAULT_MIX)
     max_seconds: float | None = None    # wall-time budget: stop then, the cosine schedule follows elapsed time
     monitor_recall: int = 0             # > 0: recall accuracy (that many episodes per distance) at each evaluation
+    colour_noise: float = 0.0           # > 0: add N(0, colour_noise^2) to the recall colours' embeddings at the start
+                                        # (breaks their collapse in a parent checkpoint; see perturb_colour_embeddings)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -199,11 +201,28 @@ def evaluate(model: TinyGPT, seed: int = 0, val_tokens: int = 65_536, distances=
 MONITOR_DISTANCES = (64, 160)
 
 
+def perturb_colour_embeddings(model: TinyGPT, std: float, seed: int = 0) -> None:
+    """Add ``N(0, std^2)`` noise (seeded) to the (tied) embeddings of the 12 recall colours, in place.
+
+    Why: the colours are exchangeable everywhere in TinyGrammar (drawn uniformly in every binding), so until
+    the model copies them nothing distinguishes them; in ``tinylm_ci`` their embeddings collapsed onto one
+    vector (mean pairwise cosine 0.994), the model cannot tell them apart at input or output, and continued
+    training on recall data stays at chance. Noise of about the other tokens' spread breaks the symmetry.
+    """
+    ids = torch.tensor(G.VOCAB.encode(list(G.COLORS)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight = model.tok_emb.weight
+        weight[ids] += std * torch.randn(len(ids), weight.shape[1], generator=gen).to(weight.dtype)
+
+
 def init_weights(cfg: TrainConfig, model_config: TinyGPTConfig, directory=None) -> tuple[TinyGPT, dict | None]:
     """A fresh TinyGPT, or (``cfg.init_from``) the zoo checkpoint's weights with its manifest; the checkpoint's
-    config must equal ``model_config``."""
+    config must equal ``model_config``. With ``cfg.colour_noise`` the colours' embeddings are then perturbed."""
     model = TinyGPT(model_config)
     if not cfg.init_from:
+        if cfg.colour_noise:
+            perturb_colour_embeddings(model, cfg.colour_noise, cfg.seed)
         return model, None
     from common.zoo import load_checkpoint
 
@@ -211,6 +230,8 @@ def init_weights(cfg: TrainConfig, model_config: TinyGPTConfig, directory=None) 
     if manifest["config"] != model_config.to_dict():
         raise ValueError(f"init_from={cfg.init_from!r} has config {manifest['config']}, not {model_config.to_dict()}")
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    if cfg.colour_noise:
+        perturb_colour_embeddings(model, cfg.colour_noise, cfg.seed)
     return model, manifest
 
 

@@ -273,3 +273,42 @@ def test_committed_checkpoint_loads_and_is_verified(tmp_path):
         load_tinylm("tinylm_ci", directory=tmp_path)
     metrics = evaluate(model, val_tokens=4 * 257, distances=(), n_recall=4, n_samples=2)
     assert metrics["val_loss"] < 2.5
+
+
+def test_recall_evaluation_scores_an_oracle_perfectly_and_the_model_is_causal():
+    # the answer positions / ``pos - 1`` logits of the recall evaluation are right: a lookup oracle scores 1.0
+    from common.tinylm.recall_diagnostics import check_causality, check_evaluation
+
+    assert check_evaluation(distances=(20, 160), n=16) == {20: 1.0, 160: 1.0}
+    causality = check_causality(tiny_model())
+    assert causality["prefix"] < 1e-5 and causality["future"] == 0.0
+
+
+def test_colour_noise_breaks_the_collapse_of_the_colour_embeddings():
+    from common.tinylm.recall_diagnostics import COLOUR_IDS, colour_collapse
+    from common.tinylm.train import init_weights, perturb_colour_embeddings
+
+    model = tiny_model()
+    before = model.tok_emb.weight.detach().clone()
+    with torch.no_grad():  # a collapsed checkpoint: every colour has the same embedding
+        model.tok_emb.weight[COLOUR_IDS] = before[COLOUR_IDS].mean(0)
+    assert colour_collapse(model)["colours"] > 0.999
+    perturb_colour_embeddings(model, 0.05, seed=1)
+    assert colour_collapse(model)["colours"] < 0.5
+    others = torch.ones(G.VOCAB.size, dtype=torch.bool)
+    others[COLOUR_IDS] = False
+    assert torch.equal(model.tok_emb.weight[others], before[others])
+    again = tiny_model()
+    with torch.no_grad():
+        again.tok_emb.weight[COLOUR_IDS] = before[COLOUR_IDS].mean(0)
+    perturb_colour_embeddings(again, 0.05, seed=1)
+    assert torch.equal(again.tok_emb.weight, model.tok_emb.weight)  # seeded
+    # the train option: 0 (default) leaves the initialisation untouched
+    mcfg = TinyGPTConfig(G.VOCAB.size, d_model=32, n_layers=2, n_heads=2, context=64)
+    torch.manual_seed(0)
+    plain, _ = init_weights(TrainConfig(), mcfg)
+    torch.manual_seed(0)
+    noisy, _ = init_weights(TrainConfig(colour_noise=0.1), mcfg)
+    diff = (noisy.tok_emb.weight - plain.tok_emb.weight).abs().sum(1)
+    assert (diff[COLOUR_IDS] > 0).all() and diff[others].sum() == 0
+    assert TrainConfig().to_dict()["colour_noise"] == 0.0
