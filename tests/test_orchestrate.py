@@ -267,3 +267,20 @@ def provenance_deps(paper):
     from common.harness import provenance
 
     return provenance.common_dependencies(paper)
+
+
+def test_an_extras_pin_stales_only_the_papers_that_use_it(tmp_path, monkeypatch):
+    """requirements-extras.lock enters a paper's code hash only through the pins of what the paper uses."""
+    from common.harness import provenance
+
+    lock = tmp_path / "requirements-extras.lock"
+    lock.write_text((REPO / "requirements-extras.lock").read_text())
+    monkeypatch.setattr(provenance, "EXTRAS_LOCK", lock)
+    papers = {slug: spec.load(slug) for slug in spec.list_papers()}
+    users = {slug for slug, p in papers.items() if any(line.startswith("gymnasium==")
+                                                       for line in provenance.extras_pins(p))}
+    assert users, "the test needs a paper that imports gymnasium"
+    before = {slug: provenance.code_hash(p) for slug, p in papers.items()}
+    lock.write_text(lock.read_text().replace("gymnasium==", "gymnasium==0.0.0+") + "\n")
+    after = {slug: provenance.code_hash(p) for slug, p in papers.items()}
+    assert {slug for slug in papers if before[slug] != after[slug]} == users

@@ -9,12 +9,14 @@ import platform
 import re
 import subprocess
 from datetime import datetime, timezone
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
 from .spec import REPO_ROOT, PaperSpec
 
 LOCK_FILE = REPO_ROOT / "requirements.lock"
+EXTRAS_LOCK = REPO_ROOT / "requirements-extras.lock"
 _SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", "expected", "tests"}
 _SKIP_FILES = {"README.md"}
 VERSIONED_PACKAGES = ("numpy", "scipy", "torch", "pandas", "scikit-learn", "matplotlib", "papermill", "nbclient", "ipykernel")
@@ -87,8 +89,68 @@ def common_dependencies(paper: PaperSpec, common_root: Path | None = None) -> li
     return sorted(found)
 
 
+def _normalise(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def _extras_pins() -> dict[str, str]:
+    """``requirements-extras.lock``: normalised distribution name → its line (re-read when the file changes)."""
+    if not EXTRAS_LOCK.is_file():
+        return {}
+    stat = EXTRAS_LOCK.stat()
+    key = ("extras-lock", EXTRAS_LOCK, stat.st_mtime_ns, stat.st_size)
+    if key not in _scan_cache:
+        _scan_cache[key] = {_normalise(line.split("==")[0].strip()): line.strip()
+                            for line in EXTRAS_LOCK.read_text().splitlines()
+                            if "==" in line and not line.lstrip().startswith("#")}
+    return _scan_cache[key]
+
+
+@cache
+def _installed_modules() -> dict[str, tuple[str, ...]]:
+    """Top-level import name → normalised names of the installed distributions that provide it."""
+    return {module: tuple(_normalise(d) for d in distributions)
+            for module, distributions in metadata.packages_distributions().items()}
+
+
+_METADATA_CALL = re.compile(r"""\b(?:files|distribution|version|metadata)\(\s*["']([A-Za-z0-9_.-]+)["']""")
+
+
+def extras_pins(paper: PaperSpec, common_root: Path | None = None) -> list[str]:
+    """The ``requirements-extras.lock`` lines of the distributions a paper's code uses.
+
+    A distribution counts when its top-level module is imported (``import x`` / ``from x``), or when its
+    name is passed to an ``importlib.metadata`` call such as ``files`` (data read from a wheel, as tubelex does), in
+    the paper's or its ``common/`` dependencies' sources. Only these pins enter the paper's code hash, so
+    a new single-paper dependency does not make every result stale.
+    """
+    common_root = common_root or REPO_ROOT / "common"
+    sources = [p for p in _files(paper.root) if p.suffix in (".py", ".ipynb")]
+    for dependency in common_dependencies(paper, common_root):
+        sources += [p for p in _code_files(dependency, common_root) if p.suffix in (".py", ".ipynb")]
+    pins = _extras_pins()
+    used = set().union(*(_distributions_in(path, frozenset(pins)) for path in sources))
+    return sorted(pins[name] for name in used)
+
+
+def _distributions_in(path: Path, pinned: frozenset) -> frozenset:
+    """The pinned (normalised) distributions one source file uses (memoised on the file's mtime and size)."""
+    stat = path.stat()
+    key = ("extras", path, stat.st_mtime_ns, stat.st_size, pinned)
+    if key not in _scan_cache:
+        text = path.read_text(errors="replace")
+        used = {_normalise(name) for name in _METADATA_CALL.findall(text)} & pinned
+        for module, distributions in _installed_modules().items():
+            if set(distributions) & pinned and module in text and re.search(
+                    rf"\b(?:import|from)[ \t]+{re.escape(module)}\b", text):
+                used |= set(distributions) & pinned
+        _scan_cache[key] = frozenset(used)
+    return _scan_cache[key]
+
+
 def code_hash(paper: PaperSpec, common_root: Path | None = None) -> str:
-    """sha256 over the paper's code and notebooks, the parts of ``common/`` it uses, and the lock file.
+    """sha256 over the paper's code and notebooks, the parts of ``common/`` it uses, the lock file, and the
+    pins of the single-paper dependencies it uses (:func:`extras_pins`).
 
     Goldens (``expected/``), the paper's README and its unit tests are excluded: they do not
     change what a run computes; so are the zoo's checkpoints and training notebooks (:data:`UNHASHED`),
@@ -106,6 +168,8 @@ def code_hash(paper: PaperSpec, common_root: Path | None = None) -> str:
         digest.update(b"\0")
     if LOCK_FILE.is_file():
         digest.update(b"lock\0" + LOCK_FILE.read_bytes())
+    for line in extras_pins(paper, common_root):
+        digest.update(b"extras\0" + line.encode() + b"\0")
     return digest.hexdigest()
 
 
