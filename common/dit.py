@@ -48,20 +48,21 @@ misses the two attention terms, as torch 2.13 has no FLOP formula for the CPU SD
 (``_scaled_dot_product_flash_attention_for_cpu``; the CUDA kernels are counted). The tests check all three.
 
 Written from the paper and a reading of the official code (facebookresearch/DiT ``models.py``); nothing copied.
-The module imports nothing from ``common/`` so that a paper using it hashes only this file.
+The sinusoidal time features are the repository's one :func:`common.diffusion.model.timestep_embedding`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.diffusion.model import timestep_embedding
+
 __all__ = ["DiTConfig", "patchify", "unpatchify", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
-           "timestep_embedding", "modulate", "Attention", "DiTBlock", "FinalLayer", "TinyDiT", "dit_macs",
+           "modulate", "Attention", "DiTBlock", "FinalLayer", "TinyDiT", "dit_macs",
            "drop_labels"]
 
 
@@ -188,17 +189,6 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
     return torch.cat([sincos_pos_embed_1d(dim // 2, cols), sincos_pos_embed_1d(dim // 2, rows)], dim=1).float()
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = 256, scale: float = 1000.0, max_period: float = 10000.0) -> torch.Tensor:
-    r"""[B] times -> [B, dim]: :math:`[\cos(s t f_k), \sin(s t f_k)]`, :math:`f_k = \text{max\_period}^{-k/(dim/2)}`
-    (DiT's ``TimestepEmbedder.timestep_embedding``; computed in float64, returned in float64)."""
-    if dim < 2 or dim % 2:
-        raise ValueError(f"dim must be even and >= 2, got {dim}")
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64, device=t.device) / half)
-    args = scale * t.to(torch.float64).reshape(-1)[:, None] * freqs[None, :]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-
-
 def drop_labels(y: torch.Tensor, p: float, generator: torch.Generator, null_label: int) -> torch.Tensor:
     """Classifier-free guidance training: replace each label by ``null_label`` with probability p (DiT's
     ``LabelEmbedder.token_drop``; the draws come from ``generator``)."""
@@ -306,7 +296,7 @@ class TinyDiT(nn.Module):
     def condition(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """c = MLP(timestep_embedding(time_scale · t)) + E[y] (E[null] when y is None)."""
         dtype = self.x_embedder.weight.dtype
-        c = self.t_embedder(timestep_embedding(t, self.cfg.t_freq_dim, self.cfg.time_scale).to(dtype))
+        c = self.t_embedder(timestep_embedding(t.reshape(-1), self.cfg.t_freq_dim, self.cfg.time_scale).to(dtype))
         if self.y_embedder is not None:
             if y is None:
                 y = torch.full((len(t),), self.cfg.null_label, dtype=torch.long, device=t.device)

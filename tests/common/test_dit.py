@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.diffusion.model import timestep_embedding
 from common.dit import (
     DiTConfig,
     TinyDiT,
@@ -11,7 +12,6 @@ from common.dit import (
     drop_labels,
     patchify,
     sincos_pos_embed_2d,
-    timestep_embedding,
     unpatchify,
 )
 from common.flow_matching import MACCounter, TrainConfig, flow_matching_loss, sample, train
@@ -79,13 +79,10 @@ def test_sincos_pos_embed_matches_diffusers():
         sincos_pos_embed_2d(30, 4)
 
 
-def test_timestep_embedding_matches_repo_and_differs_from_diffusers_only_by_its_frequency_shift():
+def test_timestep_embedding_differs_from_diffusers_only_by_its_frequency_shift():
     from diffusers.models.embeddings import get_timestep_embedding
 
-    from common.diffusion.model import timestep_embedding as repo_embedding
-
     t = torch.tensor([0.0, 0.001, 0.3, 0.999, 1.0])
-    assert torch.allclose(timestep_embedding(t, 256, 1000.0), repo_embedding(t, 256, 1000.0), atol=0, rtol=0)
     # diffusers' DiT (Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=1)) divides the exponent by
     # half - 1 instead of half: the same features with max_period 10000^(half / (half - 1))
     ref = get_timestep_embedding(1000 * t, 256, flip_sin_to_cos=True, downscale_freq_shift=1).double()
