@@ -37,7 +37,14 @@ from torch import nn
 
 from . import grammar as G
 from .model import TinyGPT, TinyGPTConfig
-from .train import TrainConfig, answer_accuracy, lr_at, make_optimizer, perturb_colour_embeddings, sample_batch
+from .train import (
+    TrainConfig,
+    answer_accuracy,
+    lr_at,
+    make_optimizer,
+    perturb_colour_embeddings,
+    sample_batch,
+)
 
 COLOUR_IDS = G.VOCAB.encode(list(G.COLORS))
 
