@@ -7,8 +7,9 @@ profile for those would cost hours of GPU time and prove nothing new. ``rehash``
 results that qualify, and only on those:
 
 1. the tree is clean, and ``base`` is an ancestor of ``HEAD``;
-2. at ``base`` the result was current: ``results/index.json`` of ``base`` says ``stale: false``, and its
-   ``provenance.json`` is the same file now as at ``base`` (no run since);
+2. at ``base`` the result was current: in a checkout of ``base``, ``base``'s own harness computes the code
+   hash the result's ``provenance.json`` stores (and its recorded zoo checkpoints, if any, are ``base``'s),
+   and that ``provenance.json`` is the same file now as at ``base`` (no run since);
 3. every file that differs between ``base`` and ``HEAD`` and lies in what the run depends on now (the
    paper's folder, the ``common/`` code it imports, the lock, ``pyproject.toml``) is in ``allowed``: the
    files the person running this declares do not change any computed value. Anything else refuses that
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from . import provenance, runner, spec
 from .io import atomic_write_json, read_json
@@ -54,6 +56,46 @@ def _depends_on(paper: spec.PaperSpec, path: str) -> bool:
         if set(relative.parts[:-1]) & provenance._SKIP_DIRS or relative.name in provenance._SKIP_FILES:
             return False
     return any(target == p or target.is_relative_to(p) for p in prefixes)
+
+
+_CURRENT_AT_BASE = r"""
+import json, sys
+from pathlib import Path
+from common.harness import provenance, spec
+out = {}
+for slug in spec.list_papers():
+    paper = spec.load(slug)
+    code = provenance.code_hash(paper)
+    for profile in spec.PROFILES:
+        prov_file = spec.REPO_ROOT / "results" / slug / profile / "provenance.json"
+        if prov_file.is_file():
+            prov = json.loads(prov_file.read_text())
+            ok = prov.get("code_hash") == code
+            if ok and hasattr(provenance, "stale_reason"):
+                ok = provenance.stale_reason(prov, paper) is None
+            out[f"{slug}/{profile}"] = ok
+print(json.dumps(out))
+"""
+
+
+def _current_at(base: str) -> dict[str, bool]:
+    """``{"slug/profile": current}`` as ``base``'s own harness judged it, in a temporary checkout of ``base``."""
+    import os
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rehash-base-") as scratch:
+        tree = Path(scratch) / "tree"
+        _git("worktree", "add", "--detach", "--quiet", str(tree), base)
+        try:
+            env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+            done = subprocess.run([sys.executable, "-c", _CURRENT_AT_BASE], cwd=tree, env=env,
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"could not judge staleness at {base[:10]}:\n{done.stderr[-2000:]}")
+            return json.loads(done.stdout.strip().splitlines()[-1])
+        finally:
+            _git("worktree", "remove", "--force", str(tree))
 
 
 def _zoo_checkpoints_at(base: str) -> dict[str, str]:
@@ -84,7 +126,7 @@ def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False)
     unknown = sorted(allowed_set - set(changed))
     if unknown:
         raise ValueError(f"allowed files that did not change since {base[:10]}: {unknown}")
-    base_index = json.loads(_git("show", f"{base}:results/index.json"))["papers"]
+    current_at_base = _current_at(base)
     zoo_at_base = _zoo_checkpoints_at(base)
     rows = []
     for slug in spec.list_papers():
@@ -98,8 +140,7 @@ def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False)
             if provenance.stale_reason(prov, paper) is None:
                 rows.append((slug, profile, "already current"))
                 continue
-            entry = (base_index.get(slug) or {}).get("profiles", {}).get(profile) or {}
-            if entry.get("stale", True) or not entry.get("finished"):
+            if not current_at_base.get(f"{slug}/{profile}", False):
                 rows.append((slug, profile, f"not current at {base[:10]}"))
                 continue
             rel = prov_file.relative_to(spec.REPO_ROOT).as_posix()
