@@ -211,48 +211,6 @@ def pair_loss(method: str, strength: float, pi_w, pi_l, ref_w, ref_l, hist_w, hi
     raise ValueError(f"unknown method {method!r}; expected one of {LM_METHODS}")
 
 
-class Adam:
-    """``torch.optim.Adam(params, lr=lr)`` (default betas, eps, no weight decay), step for step and bit for bit.
-
-    The update is the one of ``torch.optim.adam._single_tensor_adam`` (the path ``torch.optim.Adam`` takes for
-    CPU tensors), with the same ATen ops in the same order per parameter: ``lerp_`` of the first moment,
-    ``mul_``/``addcmul_`` of the second, bias corrections in Python floats from the parameter's own step count,
-    ``sqrt``, ``/``, ``add_(eps)``, ``addcdiv_``; parameters without a gradient are skipped. What it leaves out is
-    ``torch.optim``'s machinery, whose first use imports ``torch._dynamo`` (about 2 s, once per process, a
-    fixed cost of every ci run of notebook 02). ``tests/test_lm_pipeline.py`` checks it against ``torch.optim.Adam``.
-    """
-
-    betas = (0.9, 0.999)
-    eps = 1e-8
-
-    def __init__(self, params, lr: float):
-        self.params = list(params)
-        self.lr = lr
-        self.state: dict[int, tuple] = {}
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        beta1, beta2 = self.betas
-        for k, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            step, exp_avg, exp_avg_sq = self.state.get(k) or (0, torch.zeros_like(p, memory_format=torch.preserve_format),
-                                                               torch.zeros_like(p, memory_format=torch.preserve_format))
-            step += 1
-            self.state[k] = (step, exp_avg, exp_avg_sq)
-            grad = p.grad
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            bias_correction1 = 1 - beta1 ** float(step)
-            bias_correction2 = 1 - beta2 ** float(step)
-            denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(self.eps)
-            p.addcdiv_(exp_avg, denom, value=-(self.lr / bias_correction1))
-
-
 def train_iteration(method: str, policy: TinyGPT, ref: TinyGPT, history: Sequence[TinyGPT], pairs: dict, *,
                     strength: float, config: TrainConfig, seed: int) -> list[float]:
     """Train ``policy`` (initialised at ``π_t = history[0]``) in place on ``pairs``; returns the epoch losses."""
@@ -264,7 +222,7 @@ def train_iteration(method: str, policy: TinyGPT, ref: TinyGPT, history: Sequenc
         hist_w = [sequence_logprob(h, x, yw) for h in history]
         hist_l = [sequence_logprob(h, x, yl) for h in history]
     policy.train()
-    opt = Adam(policy.parameters(), lr=config.lr)        # = torch.optim.Adam, bit for bit (see Adam)
+    opt = torch.optim.Adam(policy.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(config.epochs):
