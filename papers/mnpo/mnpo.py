@@ -144,7 +144,7 @@ def _gather(logp: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def method_step(method: str, P: np.ndarray, log_ref: np.ndarray, history: Sequence[np.ndarray], *, eta,
                 n_pairs: int, rng: np.random.Generator, n_history: int = 3, steps: int = 200,
-                lr: float = 0.05) -> np.ndarray:
+                lr: float = 0.05, autograd: bool = False) -> np.ndarray:
     """One iteration of ``method``: draw labelled pairs, fit the new table; returns ``log π_{t+1}``.
 
     ``history`` lists ``log π_t, log π_{t−1}, ...`` (most recent first). ``eta`` is a number, or a 1-D
@@ -152,6 +152,11 @@ def method_step(method: str, P: np.ndarray, log_ref: np.ndarray, history: Sequen
     step size), all E problems are fitted at once, and each gets exactly what a run with its own ``eta``
     alone would get (the same pair draws; Adam's update is elementwise and the loss is a sum of
     independent per-prompt terms, so batching changes no number).
+
+    The fit runs :func:`_fit_pairs`, which computes autograd's gradient with the same ATen kernels in the
+    same order and Adam's update op for op, without the autograd graph and optimiser overhead: the
+    same bits, a few times faster (a unit test checks it). ``autograd=True`` runs the reference instead:
+    the loss of :mod:`common.preference` minimised by :func:`common.preference.fit_table`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -192,17 +197,129 @@ def method_step(method: str, P: np.ndarray, log_ref: np.ndarray, history: Sequen
             per = mnpo_loss(pw, pl, ref_w, ref_l, hist_w, hist_l, eta=eta, rho=RHO)
         return per.mean(-1).sum()
 
-    return fit_table(loss, log_old, steps=steps, lr=lr)
+    if autograd:
+        return fit_table(loss, log_old, steps=steps, lr=lr)
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps!r}")
+    with torch.no_grad():
+        loss(torch.log_softmax(torch.as_tensor(log_old), dim=-1))   # the losses' own argument checks, once
+    consts = {"old_w": old_w, "old_l": old_l, "ref_w": ref_w, "ref_l": ref_l,
+              "hist_w": [old_w] if method == "inpo" else hist_w, "hist_l": [old_l] if method == "inpo" else hist_l}
+    return _fit_pairs(method, log_old, w, l, consts, eta=eta, steps=steps, lr=lr)
+
+
+_ADAM_BETA1, _ADAM_BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8   # torch.optim.Adam's defaults (as fit_table uses them)
+
+
+def _numpy(value):
+    """A float stays a float; a tensor (a grid of step sizes) becomes its NumPy view."""
+    return value.numpy() if isinstance(value, torch.Tensor) else value
+
+
+def _fit_pairs(method: str, log_old: np.ndarray, win: torch.Tensor, lose: torch.Tensor, consts: dict, *, eta,
+               steps: int, lr: float) -> np.ndarray:
+    """:func:`common.preference.fit_table` on ``method``'s pair loss, with the gradient written out.
+
+    Bit-identical to the autograd reference (``method_step(..., autograd=True)``; ``tests/test_mnpo.py``
+    checks every method, scalar and grid ``η``), because it performs the floating-point operations that
+    autograd and ``torch.optim.Adam`` (single-tensor CPU path) perform, in the same order, and the
+    transcendental ones with the same ATen kernels:
+
+    * forward: ``log_softmax`` (ATen), the two gathers (a copy: NumPy ``take``), the loss's elementwise
+      terms as written in :mod:`common.preference` (NumPy: ``+ − ×`` of float64 are correctly rounded in
+      both libraries); the loss value itself is never needed, only what its backward reads;
+    * backward of ``per.mean(-1).sum()``: ``g = 1/N`` per pair (``mean_backward``), then the formulas of
+      ``derivatives.yaml``: ``neg``: ``−g``; ``mul``: ``g · other``; ``sub``: ``g``, ``−g``; ``div`` by
+      1 (SimPO's lengths): ``g``; ``pow(·, 2)``: ``g · (2x)``, computed as ``(2g) · x`` (both doublings
+      are exact, so the product is the same rounded real number); ``log_sigmoid``:
+      ``aten.log_sigmoid_backward`` with the buffer of ``aten.log_sigmoid_forward``; ``gather``:
+      ``zeros.scatter_add_`` (ATen), the two uses of ``log π`` summed (``a + (−b)`` is ``a − b``);
+      ``log_softmax``: ``aten._log_softmax_backward_data``;
+    * Adam: ``lerp_``, ``mul_``/``addcmul_``, bias corrections in Python floats, ``sqrt``, ``div``,
+      ``add_``, ``addcdiv_``, as ``torch.optim.adam._single_tensor_adam`` (ATen: it may fuse
+      multiply-adds).
+
+    Constant sub-expressions (the fixed policies' log-ratios, ``1/η``) are computed once instead of at
+    every step, with the same expressions, so they have the same values.
+    """
+    theta = torch.tensor(np.asarray(log_old, dtype=np.float64))
+    exp_avg, exp_avg_sq = torch.zeros_like(theta), torch.zeros_like(theta)
+    n_rows, K = theta.numel() // theta.shape[-1], theta.shape[-1]
+    base = (np.arange(n_rows, dtype=np.int64) * K).reshape(win.shape[:-1] + (1,))
+    flat_w, flat_l = (base + win.numpy()).ravel(), (base + lose.numpy()).ravel()
+    shape = tuple(win.shape)
+    g_mean = torch.ones(shape, dtype=theta.dtype) / shape[-1]            # mean_backward of the sum of means
+    twice_g = (2.0 * g_mean).numpy()
+    if method in ("dpo", "simpo"):
+        neg_g_mean = g_mean.neg()
+        beta = 1.0 / eta
+        if method == "dpo":
+            ref_diff = (consts["old_w"] - consts["old_l"]).numpy()
+        else:
+            gamma = _numpy(SIMPO_GAMMA_BETA / eta)
+        beta_np = _numpy(beta)
+    elif method == "sppo":
+        g_sppo = (g_mean / 2 * 2.0).numpy()                                # (g/2)·(2u) = g·u exactly
+        shift_w, shift_l = _numpy(eta * (1.0 - 0.5)), _numpy(eta * (0.0 - 0.5))
+        old_w, old_l = consts["old_w"].numpy(), consts["old_l"].numpy()
+    else:  # inpo, mnpo, mnpo_pop: mnpo_loss's constant terms
+        hist_w, hist_l = consts["hist_w"], consts["hist_l"]
+        lam = history_weights(len(hist_w))
+        mixed = sum(float(lam[j]) * (hist_w[j] - hist_l[j]) for j in range(lam.size))
+        ref_term = (RHO * (consts["ref_w"] - consts["ref_l"])).numpy()
+        hist_term = ((1.0 - RHO) * mixed).numpy()
+        half_eta = _numpy(eta / 2.0)
+    log_sigmoid_fwd, log_sigmoid_bwd = torch.ops.aten.log_sigmoid_forward, torch.ops.aten.log_sigmoid_backward
+    pw, pl, x = np.empty(shape), np.empty(shape), np.empty(shape)
+    for step in range(1, steps + 1):
+        logp = torch.log_softmax(theta, dim=-1)
+        logp_flat = logp.numpy().reshape(-1)
+        np.take(logp_flat, flat_w, out=pw.reshape(-1), mode="wrap")   # indices in range: a plain copy
+        np.take(logp_flat, flat_l, out=pl.reshape(-1), mode="wrap")
+        np.subtract(pw, pl, out=x)
+        if method in ("dpo", "simpo"):
+            if method == "dpo":
+                np.subtract(x, ref_diff, out=x)                                   # (pw − pl) − (old_w − old_l)
+                np.multiply(beta_np, x, out=x)
+            else:
+                np.multiply(beta_np, x, out=x)                                    # pw / 1.0 is pw exactly
+                np.subtract(x, gamma, out=x)
+            x_t = torch.from_numpy(x)
+            g_x = log_sigmoid_bwd(neg_g_mean, x_t, log_sigmoid_fwd(x_t)[1])
+            g_w = (g_x * beta).numpy()
+            g_l = None                                                            # −g_w
+        elif method == "sppo":
+            g_w = np.multiply(g_sppo, np.subtract(np.subtract(pw, old_w), shift_w))
+            g_l = np.multiply(g_sppo, np.subtract(np.subtract(pl, old_l), shift_l))
+        else:
+            np.subtract(x, ref_term, out=x)
+            np.subtract(x, hist_term, out=x)
+            np.subtract(x, half_eta, out=x)
+            g_w = np.multiply(twice_g, x)
+            g_l = None
+        grad_w = torch.zeros_like(logp).scatter_add_(-1, win, torch.from_numpy(g_w))
+        if g_l is None:   # the loser's gradient is −g_w: its scatter-sum is minus that of g_w, exactly
+            g_logp = grad_w.sub_(torch.zeros_like(logp).scatter_add_(-1, lose, torch.from_numpy(g_w)))
+        else:
+            g_logp = grad_w.add_(torch.zeros_like(logp).scatter_add_(-1, lose, torch.from_numpy(g_l)))
+        grad = torch._log_softmax_backward_data(g_logp, logp, -1, theta.dtype)
+        exp_avg.lerp_(grad, 1 - _ADAM_BETA1)
+        exp_avg_sq.mul_(_ADAM_BETA2).addcmul_(grad, grad, value=1 - _ADAM_BETA2)
+        bias_correction1 = 1 - _ADAM_BETA1 ** float(step)
+        bias_correction2 = 1 - _ADAM_BETA2 ** float(step)
+        denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(_ADAM_EPS)
+        theta.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
+    return torch.log_softmax(theta, dim=-1).numpy()
 
 
 def run_method(method: str, games: Games, *, T: int, eta, n_pairs: int, random_state, n_history: int = 3,
-               steps: int = 200, lr: float = 0.05) -> list[np.ndarray]:
+               steps: int = 200, lr: float = 0.05, autograd: bool = False) -> list[np.ndarray]:
     """``T`` iterations of ``method`` from ``π_ref`` on every game at once; returns ``[log π_0, ..., log π_T]``.
 
     The pair-sampling uniforms depend only on ``random_state`` and ``t``, so every method sees common
     random numbers (the same draws, through its own policy). With a 1-D grid ``eta`` of E step sizes,
     every table of the path has a leading axis of length E: E independent runs at once, identical to
-    E separate calls (see :func:`method_step`).
+    E separate calls (see :func:`method_step`; ``autograd=True`` fits with the autograd reference).
     """
     if T < 1:
         raise ValueError(f"T must be positive, got {T!r}")
@@ -211,7 +328,7 @@ def run_method(method: str, games: Games, *, T: int, eta, n_pairs: int, random_s
         rng = np.random.default_rng([int(random_state), t])
         history = path[::-1]
         path.append(method_step(method, games.P, games.log_ref, history, eta=eta, n_pairs=n_pairs, rng=rng,
-                                n_history=n_history, steps=steps, lr=lr))
+                                n_history=n_history, steps=steps, lr=lr, autograd=autograd))
     return path
 
 

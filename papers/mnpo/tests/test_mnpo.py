@@ -100,3 +100,27 @@ def test_a_grid_must_match_the_tables():
         run_method("dpo", g, T=1, eta=np.ones((2, 2)), n_pairs=4, random_state=0)
     with pytest.raises(ValueError, match="positive"):
         run_method("dpo", g, T=1, eta=np.array([1.0, -1.0]), n_pairs=4, random_state=0)
+
+
+@pytest.mark.parametrize("method", ["dpo", "simpo", "sppo", "inpo", "mnpo", "mnpo_pop"])
+@pytest.mark.parametrize("eta", [2.0, np.array([0.25, 1.0, 16.0])], ids=["scalar", "grid"])
+@pytest.mark.parametrize("n_pairs, n_history", [(16, 3), (12, 2)])
+def test_the_written_out_fit_equals_autograd_and_adam_bit_for_bit(method, eta, n_pairs, n_history):
+    """method_step's fit (_fit_pairs: gradient and Adam written out) against the reference it replaces,
+    common.preference.fit_table (autograd + torch.optim.Adam): every table of the path bit for bit, for
+    every method, a scalar and a grid eta, a power-of-two and another pair count (1/N exact or rounded)."""
+    g = annotator_mixture_games(2, 3, 6, random_state=13)
+    kw = dict(T=3, n_pairs=n_pairs, random_state=5, n_history=n_history, steps=25, lr=0.1)
+    fast = run_method(method, g, eta=eta, **kw)
+    reference = run_method(method, g, eta=eta, autograd=True, **kw)
+    for table_f, table_r in zip(fast, reference, strict=True):
+        np.testing.assert_array_equal(table_f, table_r)
+
+
+def test_the_written_out_fit_keeps_the_losses_argument_checks():
+    g = annotator_mixture_games(1, 2, 4, random_state=0)
+    for method in ("dpo", "simpo", "sppo", "inpo", "mnpo"):
+        with pytest.raises(ValueError, match="positive"):
+            run_method(method, g, T=1, eta=-1.0, n_pairs=4, random_state=0)
+    with pytest.raises(ValueError, match="steps"):
+        run_method("mnpo", g, T=1, eta=1.0, n_pairs=4, random_state=0, steps=0)
