@@ -18,10 +18,10 @@ uses s = 10 000, t = 50) and synthesise images from them only. The selection hap
 of the hubs' central clustering, and that hub sampling trades less diversity for the same quality.
 
 **Our GAN.** A small MLP GAN on sklearn's 8×8 digits with a StyleGAN-like mapping MLP
-(:class:`MappingGenerator`), trained by :func:`train_digits_gan` (non-saturating loss with StyleGAN2's R1
-penalty, γ = 10, Adam; ``common.gan.train_gan`` has no R1 and collapses here) in
-``training/train_digits_gan.ipynb``; the three committed checkpoints are only loaded (sha256-verified) by the
-ci and full notebooks.
+(``common.mlp_gan.MappingGenerator``), trained with the non-saturating loss and StyleGAN2's R1 penalty
+(γ = 10, Adam; ``common.gan.train_gan`` has no R1 and collapses here) by the zoo notebook
+``common/zoo/notebooks/train_digits_gan.ipynb``: the zoo checkpoints ``digits_gan_seed{0,1,2}`` are only loaded
+(sha256-verified, :func:`load_digits_gan`) by the ci and full notebooks.
 Quality and diversity are precision / recall / density / coverage (``common.gen_metrics.prdc``) of the
 zoo digits classifier's 32-D features against the 1500 real training digits, and the classifier's
 mean confidence (max softmax) on the generated digits.
@@ -29,123 +29,12 @@ mean confidence (max softmax) on the generated digits.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from torch import nn
 
-from common.gen_metrics import hubness_skewness, k_occurrence, prdc
+from common.gen_metrics import hubness_skewness, k_occurrence
+from common.mlp_gan import MappingGenerator, image_quality, load_digits_gan  # noqa: F401  (load_digits_gan re-exported)
 from papers.hubness_gan.gaussian import central_clustering, gaussian_hubness  # noqa: F401  (re-exported)
-
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
-
-
-# ----------------------------------------------------------------------------------------- the GAN
-class MappingGenerator(nn.Module):
-    """z (``z_dim``) → mapping MLP → w (``z_dim``) → synthesis MLP → 64 pixels in [-1, 1] (tanh)."""
-
-    def __init__(self, z_dim: int = 32, mapping_layers: int = 2, hidden: int = 128, out_dim: int = 64):
-        super().__init__()
-        if z_dim < 1 or mapping_layers < 1 or hidden < 1:
-            raise ValueError(f"need positive sizes, got z_dim={z_dim}, mapping_layers={mapping_layers}, hidden={hidden}")
-        self.z_dim, self.w_dim = z_dim, z_dim
-        layers = []
-        for _ in range(mapping_layers):
-            layers += [nn.Linear(z_dim, z_dim), nn.LeakyReLU(0.2)]
-        self.mapping = nn.Sequential(*layers)
-        self.synthesis = nn.Sequential(
-            nn.Linear(z_dim, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, out_dim), nn.Tanh(),
-        )
-        self.config = {"z_dim": z_dim, "mapping_layers": mapping_layers, "hidden": hidden, "out_dim": out_dim}
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.synthesis(self.mapping(z))
-
-
-class MLPDiscriminator(nn.Module):
-    """64 pixels → two LeakyReLU(0.2) layers → one logit."""
-
-    def __init__(self, in_dim: int = 64, hidden: int = 128):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2),
-                                 nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1)).flatten()
-
-
-def train_digits_gan(seed: int, steps: int = 6000, batch_size: int = 64, lr: float = 2e-4, z_dim: int = 32,
-                     hidden: int = 128, r1_gamma: float = 10.0, progress: bool = False) -> tuple[MappingGenerator, dict]:
-    r"""Train the mapping-MLP GAN on the 1500 training digits; returns (G in eval mode, history).
-
-    Non-saturating loss (Goodfellow et al. 2014) with the R1 penalty of StyleGAN2 on real data,
-    :math:`L_D = E[\mathrm{softplus}(-D(x))] + E[\mathrm{softplus}(D(G(z)))] + \tfrac{\gamma}{2}
-    E\lVert \nabla_x D(x)\rVert^2`, :math:`L_G = E[\mathrm{softplus}(-D(G(z)))]`; Adam (0.5, 0.99),
-    one D and one G step per iteration. Seeded: ``torch.manual_seed(seed)`` draws the initialisation and a
-    ``torch.Generator`` the batches and latents.
-    """
-    import torch.nn.functional as F
-
-    from common.diffusion.data import load_digits_split
-    from common.harness.seeding import seeded_training
-
-    if steps < 1 or batch_size < 2 or r1_gamma < 0:
-        raise ValueError(f"need steps >= 1, batch_size >= 2, r1_gamma >= 0, got {steps}, {batch_size}, {r1_gamma}")
-    rng = seeded_training(seed)
-    gen, disc = MappingGenerator(z_dim=z_dim, hidden=hidden), MLPDiscriminator(hidden=hidden)
-    data = load_digits_split().x_train
-    opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.99))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.99))
-    hist = {"d_loss": [], "g_loss": [], "r1": []}
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="GAN", leave=False)
-    for _ in it:
-        x = data[torch.randint(len(data), (batch_size,), generator=rng)].requires_grad_(True)
-        z = torch.randn(batch_size, z_dim, generator=rng)
-        d_real = disc(x)
-        grad, = torch.autograd.grad(d_real.sum(), x, create_graph=True)
-        r1 = grad.square().sum(dim=1).mean()
-        d_loss = F.softplus(-d_real).mean() + F.softplus(disc(gen(z).detach())).mean() + 0.5 * r1_gamma * r1
-        opt_d.zero_grad()
-        d_loss.backward()
-        opt_d.step()
-        z = torch.randn(batch_size, z_dim, generator=rng)
-        g_loss = F.softplus(-disc(gen(z))).mean()
-        opt_g.zero_grad()
-        g_loss.backward()
-        opt_g.step()
-        hist["d_loss"].append(float(d_loss.detach()))
-        hist["g_loss"].append(float(g_loss.detach()))
-        hist["r1"].append(float(r1.detach()))
-    gen.eval()
-    gen.requires_grad_(False)
-    return gen, hist
-
-
-def save_generator(gen: MappingGenerator, name: str, manifest: dict, directory: Path = CHECKPOINT_DIR) -> Path:
-    """Save the generator as ``<name>.safetensors`` + ``<name>.json`` (with the file's sha256)."""
-    from common.zoo import save_checkpoint
-
-    tensors = {key: val.detach().contiguous() for key, val in gen.state_dict().items()}
-    return save_checkpoint(name, tensors, {"config": gen.config, **manifest}, directory=directory)
-
-
-def load_generator(name: str, directory: Path = CHECKPOINT_DIR) -> MappingGenerator:
-    """Load a committed generator (sha256 verified by ``common.zoo.load_checkpoint``)."""
-    from common.zoo import load_checkpoint
-
-    tensors, manifest = load_checkpoint(name, directory)
-    gen = MappingGenerator(**manifest["config"])
-    gen.load_state_dict(tensors)
-    gen.eval()
-    gen.requires_grad_(False)
-    gen.manifest = manifest
-    return gen
 
 
 # ----------------------------------------------------------------------------------------- sampling
@@ -170,19 +59,6 @@ def truncate(w: torch.Tensor, w_mean: torch.Tensor, psi: float) -> torch.Tensor:
     if not 0 <= psi <= 1:
         raise ValueError(f"psi must be in [0, 1], got {psi}")
     return w_mean + psi * (w - w_mean)
-
-
-@torch.no_grad()
-def image_quality(images: torch.Tensor, classifier, real_features: np.ndarray, k: int = 5) -> dict:
-    """PRDC and the Fréchet distance of the classifier features against the real ones, and the mean
-    max-softmax confidence of the classifier on the images."""
-    from common.diffusion.metrics import frechet_distance
-
-    h = classifier.features(images)
-    feats = h.double().numpy()
-    conf = torch.softmax(classifier.head(h), dim=1).max(dim=1).values
-    return {**prdc(real_features, feats, k=k), "confidence": float(conf.mean()),
-            "fd": float(frechet_distance(real_features, feats))}
 
 
 @torch.no_grad()
