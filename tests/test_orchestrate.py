@@ -1,5 +1,6 @@
 """`make all`: incremental skips, parallel workers, the Ray backend, and results that survive interrupts."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -216,6 +217,13 @@ def test_zoo_checkpoints_stale_only_the_runs_that_loaded_them(tmp_path):
     assert provenance.code_hash(paper, common) == before  # a new model and its notebook: nothing stale
     assert provenance.stale_reason(prov, paper, common) is None
 
+    manifest = common / "zoo" / "checkpoints" / "a.json"
+    prov["checkpoint_manifests"] = {"a": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+    assert provenance.stale_reason(prov, paper, common) is None  # the manifest as the run read it
+    manifest.write_text(manifest.read_text().replace('"config": {}', '"config": {"edited": 1}'))
+    assert provenance.stale_reason(prov, paper, common) == "zoo checkpoint changed: a (manifest edited)"
+    zoo.save_checkpoint("a", {"w": torch.zeros(3)}, {"config": {}}, directory=common / "zoo" / "checkpoints")
+    assert provenance.stale_reason(prov, paper, common) is None  # the same weights and manifest again
     zoo.save_checkpoint("a", {"w": torch.ones(3)}, {"config": {}}, directory=common / "zoo" / "checkpoints")
     assert provenance.stale_reason(prov, paper, common) == "zoo checkpoint changed: a (retrained)"
     for suffix in (".json", ".safetensors"):
@@ -234,6 +242,7 @@ def test_a_run_records_the_zoo_checkpoints_it_loaded(toy, tmp_path, edit_toy):
     report = runner_run(toy, tmp_path)
     prov = json.loads((report.destination / "provenance.json").read_text())
     assert prov["checkpoints"] == {"digits_classifier": zoo.load_manifest("digits_classifier")["sha256"]}
+    assert set(prov["checkpoint_manifests"]) == {"digits_classifier"}
     assert prov["notebooks"]["01_toy"]["kernel"]["checkpoints"] == prov["checkpoints"]
 
 
@@ -279,8 +288,31 @@ def test_an_extras_pin_stales_only_the_papers_that_use_it(tmp_path, monkeypatch)
     papers = {slug: spec.load(slug) for slug in spec.list_papers()}
     users = {slug for slug, p in papers.items() if any(line.startswith("gymnasium==")
                                                        for line in provenance.extras_pins(p))}
-    assert users, "the test needs a paper that imports gymnasium"
+    assert "wasserstein_believer" in users  # its POMDPs follow gymnasium's Env API (common/pomdp.py)
     before = {slug: provenance.code_hash(p) for slug, p in papers.items()}
     lock.write_text(lock.read_text().replace("gymnasium==", "gymnasium==0.0.0+") + "\n")
     after = {slug: provenance.code_hash(p) for slug, p in papers.items()}
     assert {slug for slug in papers if before[slug] != after[slug]} == users
+
+
+def test_aliased_and_parenthesised_common_imports_count():
+    """`from common import regression_metrics as rm` (light_curves) and multi-line imports are dependencies."""
+    from common.harness import provenance
+
+    deps = {d.relative_to(REPO).as_posix() for d in provenance.common_dependencies(spec.load("light_curves"))}
+    assert "common/regression_metrics.py" in deps
+
+
+def test_a_run_records_the_manifests_it_read(toy, tmp_path, edit_toy):
+    import hashlib
+
+    from common import zoo
+
+    edit_toy(toy, 'record("toy.wall_s", 0.1, volatile=True)',
+             'record("toy.wall_s", 0.1, volatile=True)\nfrom common.zoo import load_manifest\n'
+             'load_manifest("digits_classifier")')
+    report = runner_run(toy, tmp_path)
+    prov = json.loads((report.destination / "provenance.json").read_text())
+    manifest = zoo.CHECKPOINT_DIR / "digits_classifier.json"
+    assert prov["checkpoint_manifests"] == {"digits_classifier": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+    assert prov["checkpoints"] == {}  # a manifest read loads no weights

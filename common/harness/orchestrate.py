@@ -4,8 +4,8 @@ Three decisions, each on an existing tool rather than a scheduler of our own:
 
 - **Incremental.** A paper/profile is *up to date* when its committed results were made by a canonical
   run of the same code (:func:`provenance.code_hash`: the paper's files, the parts of ``common/`` it
-  imports, the lock) and zoo checkpoints (:func:`provenance.stale_reason`), the same effective parameters (:func:`provenance.input_hash`) and, for ci, the
-  same goldens. Up-to-date papers are skipped with one line each; ``force=True`` re-runs them.
+  imports, the locks) and zoo checkpoints (:func:`provenance.stale_reason`), the same effective parameters
+  (:func:`provenance.input_hash`) and, for ci, the same goldens. Up-to-date papers are skipped with one line each; ``force=True`` re-runs them.
 - **Local parallelism** (``jobs > 1``): papers run in worker processes (:mod:`concurrent.futures`, spawn),
   each single-threaded as in a sequential run. A worker runs the notebooks into a scratch folder and
   hands back an archive; the driver alone writes ``results/`` (staged, then renamed), so a killed

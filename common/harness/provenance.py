@@ -38,7 +38,8 @@ def _files(folder: Path):
 # it loaded (``provenance.json`` → ``checkpoints``), and only a change to one of those makes it stale, so that
 # adding or retraining one zoo model does not make every result that imports ``common.zoo`` stale.
 UNHASHED = ("zoo/checkpoints", "zoo/notebooks")
-_IMPORT_RE = re.compile(r"\bcommon\.([A-Za-z_][A-Za-z0-9_]*)|from\s+common\s+import\s+([A-Za-z_][A-Za-z0-9_, ]*)")
+# ``common.<name>`` anywhere (imports, dotted uses, docstrings), and ``from common import a as b, (c, d)``
+_IMPORT_RE = re.compile(r"\bcommon\.([A-Za-z_][A-Za-z0-9_]*)|from\s+common\s+import\s+(\([^)]*\)|[^\n;#]*)")
 _scan_cache: dict[tuple, frozenset] = {}
 
 
@@ -56,12 +57,18 @@ def _code_files(dependency: Path, common_root: Path):
 def _imported_names(path: Path) -> frozenset:
     """The ``common.<name>`` imports in one .py/.ipynb file (memoised on the file's mtime and size)."""
     stat = path.stat()
-    key = (path, stat.st_mtime_ns, stat.st_size)
+    key = (path, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
     if key not in _scan_cache:
         names = set()
         for match in _IMPORT_RE.finditer(path.read_text(errors="replace")):
-            names.update([match.group(1)] if match.group(1) else [n.strip() for n in match.group(2).split(",")])
-        _scan_cache[key] = frozenset(filter(None, names))
+            if match.group(1):
+                names.add(match.group(1))
+                continue
+            # "a as b, c" or "(a,\n b as c)": the first word of each comma-separated item (JSON-escaped
+            # newlines of a notebook's source included)
+            items = match.group(2).replace("\\n", " ").strip("() \t\r\n").split(",")
+            names.update(item.split()[0].strip("()\"'") for item in items if item.split())
+        _scan_cache[key] = frozenset(n for n in names if n.isidentifier())
     return _scan_cache[key]
 
 
@@ -136,7 +143,7 @@ def extras_pins(paper: PaperSpec, common_root: Path | None = None) -> list[str]:
 def _distributions_in(path: Path, pinned: frozenset) -> frozenset:
     """The pinned (normalised) distributions one source file uses (memoised on the file's mtime and size)."""
     stat = path.stat()
-    key = ("extras", path, stat.st_mtime_ns, stat.st_size, pinned)
+    key = ("extras", path, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, pinned)
     if key not in _scan_cache:
         text = path.read_text(errors="replace")
         used = {_normalise(name) for name in _METADATA_CALL.findall(text)} & pinned
@@ -173,10 +180,11 @@ def code_hash(paper: PaperSpec, common_root: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_changes(recorded: dict, checkpoint_dir: Path | None = None) -> list[str]:
-    """The checkpoints in ``recorded`` (``{name: sha256}``, from a run's provenance) that changed since.
+def checkpoint_changes(recorded: dict, checkpoint_dir: Path | None = None, manifests: dict | None = None) -> list[str]:
+    """The checkpoints in ``recorded`` (``{name: sha256}``, from a run's provenance) that changed since, and
+    those in ``manifests`` (``{name: sha256 of the manifest file}``) whose manifest was edited since.
 
-    The manifest's sha256 stands for the file: :func:`common.zoo.load_checkpoint` refuses a file that does
+    The manifest's sha256 stands for the weights: :func:`common.zoo.load_checkpoint` refuses a file that does
     not match its manifest, so a run cannot load anything else.
     """
     checkpoint_dir = checkpoint_dir or REPO_ROOT / "common" / "zoo" / "checkpoints"
@@ -186,19 +194,28 @@ def checkpoint_changes(recorded: dict, checkpoint_dir: Path | None = None) -> li
         current = json.loads(manifest.read_text()).get("sha256") if manifest.is_file() else None
         if current != sha:
             changed.append(f"{name} ({'removed' if current is None else 'retrained'})")
+    for name, sha in sorted((manifests or {}).items()):
+        if any(c.startswith(f"{name} (") for c in changed):
+            continue  # already reported as retrained or removed
+        manifest = checkpoint_dir / f"{name}.json"
+        if not manifest.is_file():
+            changed.append(f"{name} (removed)")
+        elif hashlib.sha256(manifest.read_bytes()).hexdigest() != sha:
+            changed.append(f"{name} (manifest edited)")
     return changed
 
 
 def stale_reason(prov: dict, paper: PaperSpec, common_root: Path | None = None) -> str | None:
     """Why results with provenance ``prov`` are not what the current tree computes, or None when they are.
 
-    Stale when the code hash differs (the paper, the ``common/`` code it imports, the lock) or when a zoo
-    checkpoint the run loaded was retrained or removed.
+    Stale when the code hash differs (the paper, the ``common/`` code it imports, the locks) or when a zoo
+    checkpoint the run loaded was retrained, removed, or its manifest edited.
     """
     if prov.get("code_hash") != code_hash(paper, common_root):
         return "code changed (paper, imported common/ modules or the lock)"
     common_root = common_root or REPO_ROOT / "common"
-    changed = checkpoint_changes(prov.get("checkpoints") or {}, common_root / "zoo" / "checkpoints")
+    changed = checkpoint_changes(prov.get("checkpoints") or {}, common_root / "zoo" / "checkpoints",
+                                 prov.get("checkpoint_manifests") or {})
     if changed:
         return "zoo checkpoint changed: " + ", ".join(changed)
     return None
@@ -212,7 +229,7 @@ def input_hash(files_hash: str, parameters: dict) -> str:
 
 def code_paths(paper: PaperSpec, common_root: Path | None = None) -> list[Path]:
     """What a run of ``paper`` depends on: its folder, the parts of ``common/`` it imports, the lock."""
-    return [paper.root, *common_dependencies(paper, common_root), LOCK_FILE, REPO_ROOT / "pyproject.toml"]
+    return [paper.root, *common_dependencies(paper, common_root), LOCK_FILE, EXTRAS_LOCK, REPO_ROOT / "pyproject.toml"]
 
 
 def git_state(root: Path = REPO_ROOT, paths: list[Path] | None = None) -> dict:

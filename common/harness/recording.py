@@ -32,7 +32,8 @@ _log_factors: dict[str, float] = {}
 _dtypes: dict[str, str] = {}
 _figures: dict[str, dict] = {}
 _devices: set[str] = set()  # what common.device.pick_device chose in this kernel
-_checkpoints: dict[str, str] = {}  # zoo checkpoints loaded in this kernel: name -> sha256
+_checkpoints: dict[str, str] = {}  # zoo checkpoints loaded in this kernel: name -> sha256 of the weights
+_checkpoint_manifests: dict[str, str] = {}  # ... and of their manifests (configs and numbers a run may read)
 _LOW_PRECISION = ("float32", "float16", "bfloat16")
 
 
@@ -163,12 +164,17 @@ def note_device(label: str) -> None:
     _flush()
 
 
-def note_checkpoint(name: str, sha256: str) -> None:
-    """Remember a zoo checkpoint this notebook loaded (``common.zoo.load_checkpoint`` calls this).
+def note_checkpoint(name: str, sha256: str | None = None, manifest_sha256: str | None = None) -> None:
+    """Remember a zoo checkpoint this notebook loaded (``common.zoo.load_checkpoint`` and ``load_manifest``
+    call this): the sha256 of its weights and of its manifest.
 
-    The runner stores them in ``provenance.json`` (``checkpoints``); retraining one makes the result stale.
+    The runner stores them in ``provenance.json`` (``checkpoints``, ``checkpoint_manifests``); retraining a
+    checkpoint or editing its manifest makes the result stale.
     """
-    _checkpoints[str(name)] = str(sha256)
+    if sha256 is not None:
+        _checkpoints[str(name)] = str(sha256)
+    if manifest_sha256 is not None:
+        _checkpoint_manifests[str(name)] = str(manifest_sha256)
     _flush()
 
 
@@ -192,7 +198,9 @@ def _flush() -> None:
     atomic_write_json(folder / "kernel.json", {"peak_rss_mb": round(_peak_rss_mb(), 1),
                                                "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), **_kernel_numerics(),
                                                **({"device": sorted(_devices)} if _devices else {}),
-                                               **({"checkpoints": dict(sorted(_checkpoints.items()))} if _checkpoints else {})})
+                                               **({"checkpoints": dict(sorted(_checkpoints.items()))} if _checkpoints else {}),
+                                               **({"checkpoint_manifests": dict(sorted(_checkpoint_manifests.items()))}
+                                                  if _checkpoint_manifests else {})})
 
 
 atexit.register(_flush)

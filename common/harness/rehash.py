@@ -17,7 +17,8 @@ results that qualify, and only on those:
 
 A result that qualifies keeps its metrics, claims, notebooks and ``git`` record; its ``code_hash`` and
 ``input_hash`` become the current ones, ``checkpoints`` (when it had none) becomes every zoo checkpoint of
-``base`` if it imports ``common.zoo`` (before checkpoint-granular hashing a run depended on all of them), and
+``base`` if it imports ``common.zoo`` (before checkpoint-granular hashing a run depended on all of them),
+``checkpoint_manifests`` (when it had none) the sha256 of those checkpoints' manifests at ``base``, and
 ``rehashed`` gains an entry naming ``base``, the old hash, the changed files and the reason, so the stamp is
 never silent. The committed ci results are still checked against a fresh run by ``make test``
 (``tests/test_notebooks.py`` compares every metric on the same machine), which is how a wrong declaration
@@ -46,7 +47,7 @@ def _git(*args: str) -> str:
 def _depends_on(paper: spec.PaperSpec, path: str) -> bool:
     """Whether the repository path ``path`` is part of what a run of ``paper`` depends on now."""
     common_root = spec.REPO_ROOT / "common"
-    prefixes = [paper.root, provenance.LOCK_FILE, spec.REPO_ROOT / "pyproject.toml",
+    prefixes = [paper.root, provenance.LOCK_FILE, provenance.EXTRAS_LOCK, spec.REPO_ROOT / "pyproject.toml",
                 *provenance.common_dependencies(paper, common_root)]
     target = spec.REPO_ROOT / path
     if any(target.is_relative_to(common_root / u) for u in provenance.UNHASHED):
@@ -98,14 +99,19 @@ def _current_at(base: str) -> dict[str, bool]:
             _git("worktree", "remove", "--force", str(tree))
 
 
-def _zoo_checkpoints_at(base: str) -> dict[str, str]:
+def _zoo_checkpoints_at(base: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``({name: sha256 of the weights}, {name: sha256 of the manifest file})`` of the zoo at ``base``."""
+    import hashlib
+
     names = _git("ls-tree", "--name-only", f"{base}:common/zoo/checkpoints").split()
-    out = {}
+    weights, manifests = {}, {}
     for name in names:
         if name.endswith(".json"):
-            manifest = json.loads(_git("show", f"{base}:common/zoo/checkpoints/{name}"))
-            out[name[:-5]] = manifest.get("sha256")
-    return dict(sorted(out.items()))
+            done = subprocess.run(["git", "show", f"{base}:common/zoo/checkpoints/{name}"], cwd=spec.REPO_ROOT,
+                                  capture_output=True, check=True)
+            weights[name[:-5]] = json.loads(done.stdout).get("sha256")
+            manifests[name[:-5]] = hashlib.sha256(done.stdout).hexdigest()
+    return dict(sorted(weights.items())), dict(sorted(manifests.items()))
 
 
 def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False) -> list[tuple[str, str, str]]:
@@ -121,13 +127,14 @@ def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False)
     if subprocess.run(["git", "merge-base", "--is-ancestor", base, "HEAD"], cwd=spec.REPO_ROOT).returncode != 0:
         raise RuntimeError(f"{base} is not an ancestor of HEAD")
     base = _git("rev-parse", base).strip()
-    changed = sorted(set(_git("diff", "--name-only", base, "HEAD").split()))
+    # --no-renames: a file moved out of a paper counts as a change of that paper, not only of its new place
+    changed = sorted(set(_git("diff", "--name-only", "--no-renames", base, "HEAD").split()))
     allowed_set = set(allowed)
     unknown = sorted(allowed_set - set(changed))
     if unknown:
         raise ValueError(f"allowed files that did not change since {base[:10]}: {unknown}")
     current_at_base = _current_at(base)
-    zoo_at_base = _zoo_checkpoints_at(base)
+    zoo_at_base, manifests_at_base = _zoo_checkpoints_at(base)
     rows = []
     for slug in spec.list_papers():
         paper = spec.load(slug)
@@ -161,7 +168,14 @@ def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False)
             if "checkpoints" not in prov:
                 uses_zoo = (spec.REPO_ROOT / "common" / "zoo") in provenance.common_dependencies(paper)
                 new["checkpoints"] = zoo_at_base if uses_zoo else {}
+            if "checkpoint_manifests" not in prov:  # before manifests were recorded: those of base
+                new["checkpoint_manifests"] = {n: manifests_at_base[n] for n in new["checkpoints"]
+                                               if n in manifests_at_base}
             new["rehashed"] = [*prov.get("rehashed", []), stamp]
+            still = provenance.stale_reason(new, paper)
+            if still:  # e.g. a checkpoint it loaded was retrained after base: the stamp would not make it current
+                rows.append((slug, profile, f"left stale: {still}"))
+                continue
             if not dry_run:
                 atomic_write_json(prov_file, new)
             rows.append((slug, profile, "rehashed"))

@@ -306,6 +306,8 @@ def run_paper(
             "duration_s": round(time.perf_counter() - t0, 2),
             "checkpoints": dict(sorted({name: sha for p in per_notebook.values()
                                         for name, sha in (p["kernel"].get("checkpoints") or {}).items()}.items())),
+            "checkpoint_manifests": dict(sorted({name: sha for p in per_notebook.values() for name, sha
+                                                 in (p["kernel"].get("checkpoint_manifests") or {}).items()}.items())),
             "notebooks": {k: {n: v for n, v in p.items() if n not in ("metrics", "volatile", "log_factors", "dtypes")}
                           for k, p in per_notebook.items()},
         })

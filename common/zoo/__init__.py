@@ -69,11 +69,23 @@ def save_checkpoint(name: str, tensors: dict, manifest: dict, directory: Path | 
     return weights_path
 
 
+def _note(name: str, path: Path, **shas) -> None:
+    """Inside a harness run, record that the result depends on this zoo file (see ``recording.note_checkpoint``).
+
+    A paper-local checkpoint (another ``directory``) is in its paper's code hash instead.
+    """
+    if context.run_dir() is not None and path.parent.resolve() == CHECKPOINT_DIR.resolve():
+        from common.harness.recording import note_checkpoint
+
+        note_checkpoint(name, **shas)
+
+
 def load_manifest(name: str, directory: Path | None = None) -> dict:
     _, manifest_path = _paths(name, directory)
     if not manifest_path.exists():
         known = ", ".join(available(directory)) or "none"
         raise FileNotFoundError(f"no checkpoint {name!r} in the zoo (known: {known}); train it with its zoo notebook")
+    _note(name, manifest_path, manifest_sha256=sha256_file(manifest_path))
     return json.loads(manifest_path.read_text())
 
 
@@ -96,9 +108,5 @@ def load_checkpoint(name: str, directory: Path | None = None) -> tuple[dict, dic
             f"{str(manifest.get('sha256'))[:16]}...; the file was modified or replaced. Restore it from git "
             f"(git checkout -- {weights_path}) or retrain it with its zoo notebook."
         )
-    if context.run_dir() is not None and weights_path.parent.resolve() == CHECKPOINT_DIR:
-        # inside a harness run: the result depends on this zoo checkpoint (a paper-local one is in its code hash)
-        from common.harness.recording import note_checkpoint
-
-        note_checkpoint(name, actual)
+    _note(name, weights_path, sha256=actual)
     return load_file(str(weights_path)), manifest
