@@ -22,24 +22,18 @@ Flattened 256-dim vectors (row-major 16×16) keep every sampler that takes ``(n,
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.diffusion.data import IMAGE_SIDE, load_digits_split
+from common.diffusion.data import IMAGE_SIDE, DigitsSplit, load_digits_split
 
 SIDE16 = 16
 DIM16 = SIDE16 * SIDE16
 
 
-@dataclass(frozen=True)
-class Digits16Split:
-    x_train: torch.Tensor  # [1500, 256] float32 in [-1, 1]
-    y_train: torch.Tensor  # [1500] int64 labels 0..9
-    x_heldout: torch.Tensor  # [297, 256]
-    y_heldout: torch.Tensor  # [297]
+Digits16Split = DigitsSplit  # the same four tensors, 256 columns instead of 64
 
 
 def upsample8to16(x8: torch.Tensor) -> torch.Tensor:
