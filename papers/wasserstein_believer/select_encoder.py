@@ -37,6 +37,11 @@ Rule (fixed in this docstring and committed before the first training run with `
   ``steady_state_scaling`` stays 100), the claim's threshold (0.5) and gate (0.9) are unchanged, ci and full
   are re-run from a clean committed tree, and whatever verdict they give is reported.
 
+Diagnostics (added after the decision was made and recorded, commit c0f34db; they do not enter it): per
+seed, the number of distinct latents the final (one-hot) encoder uses, and, with the steady-state term on,
+the fraction of the second half's updates whose encoder shares a latent between cells (its steady-state TV
+above the one every injective encoder has for the data's state frequencies). Latent-model quantities only.
+
 Run: ``OMP_NUM_THREADS=1 python -m papers.wasserstein_believer.select_encoder`` (writes
 ``encoder_selection.json`` next to this file).
 """
@@ -63,9 +68,11 @@ THRESHOLD = 0.9                                 # claim 1's gate: min(wae.state_
 OUTPUT = HERE / "encoder_selection.json"
 
 
-def recovery_for_candidate(candidate: dict, seeds: list[int], params: dict) -> list[float]:
+def recovery_for_candidate(candidate: dict, seeds: list[int], params: dict,
+                           diagnostics: dict | None = None) -> list[float]:
     """Train the ci pipeline's WAE-MDP (and belief updater) with the candidate's encoder and steady-state
-    term on each tuning seed; return the latent model's state recovery per seed (nothing else is evaluated)."""
+    term on each tuning seed; return the latent model's state recovery per seed (nothing else is evaluated).
+    With a ``diagnostics`` dict, append to it the post-decision latent-model diagnostics (module docstring)."""
     env = noisy_corridor(params["n_states"], horizon=params["horizon"])
     config = WBUConfig(warmup_steps=params["warmup_steps"], steps=params["steps"],
                        regularizer=params["regularizer"], marginal_entropy=params["marginal_entropy"],
@@ -77,6 +84,17 @@ def recovery_for_candidate(candidate: dict, seeds: list[int], params: dict) -> l
         train = rollout(env, params["n_train_episodes"], random_state=10_000 + seed_s)
         result = train_wbu(env, train, config, random_state=seed_s, progress=False)
         out.append(state_recovery(result.model))
+        if diagnostics is not None:
+            phi = result.model.tables()["phi"]
+            diagnostics.setdefault("distinct_latents", []).append(int(len(set(phi.argmax(-1).tolist()))))
+            if result.steady_state:
+                states = np.asarray(train["states"])[:, :-1].reshape(-1)
+                freq = np.bincount(states, minlength=env.n_states) / states.size
+                k = config.n_latent
+                injective = 0.5 * (np.abs(freq - 1 / k).sum() + (k - env.n_states) / k)
+                half = np.asarray(result.steady_state)[len(result.steady_state) // 2:]
+                diagnostics.setdefault("merged_fraction_second_half", []).append(
+                    round(float((half > injective + 1e-6).mean()), 3))
     return out
 
 
@@ -101,12 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
     table, rows = {}, []
     for cand in CANDIDATES:
         t0 = time.process_time()
-        rec = recovery_for_candidate(cand, seeds, params)
+        diag: dict = {}
+        rec = recovery_for_candidate(cand, seeds, params, diag)
         table[cand["name"]] = rec
         rows.append({**cand, "encoder_temperature": WBUConfig().encoder_temperature,
                      "state_recovery": [round(x, 4) for x in rec],
                      "min": round(float(min(rec)), 4), "mean": round(float(np.mean(rec)), 4),
-                     "passes": bool(min(rec) > THRESHOLD), "cpu_s": round(time.process_time() - t0, 1)})
+                     "passes": bool(min(rec) > THRESHOLD), "cpu_s": round(time.process_time() - t0, 1),
+                     "diagnostics": diag})
         print(f"{cand['name']} ({cand['encoder']}, steady_state {cand['steady_state']}): state recovery "
               f"{', '.join(f'{x:.3f}' for x in rec)}  min {min(rec):.3f}  mean {np.mean(rec):.3f}", flush=True)
     chosen = select_candidate(table)
