@@ -6,10 +6,12 @@ collapses (0.20) with it at the official weight 100 (README, Review, sessions 13
 ``steady_state_selection.json``: no weight in 0.3-100 passes on the tuning seeds). The official WBU code
 uses a *deterministic* state encoder (``wasserstein_mdp.py``: ``assert state_encoder_type ==
 EncodingType.DETERMINISTIC``; ``encoders.py``, ``LatentStateEncoderNetwork``: a Heaviside of the network's
-bit logits, ``σ(2x/T)`` in training), now ``WBUConfig(encoder="deterministic")``. This script decides, by
-a rule fixed here before any training run with that encoder, whether it becomes the default.
+bit logits, ``σ(2x/T)`` in training); ``WBUConfig(encoder="deterministic")`` is our straight-through
+emulation of it (3 bits / 8 latents, exact sums over the latents; see ``WAEMDP.encoder_table``). This script
+decides, by a rule fixed here before any run on the tuning seeds, whether that emulation becomes the default.
 
-Rule (fixed in this docstring and committed before the first training run with ``encoder="deterministic"``):
+Rule (fixed in this docstring and committed before the first run with ``encoder="deterministic"`` on the
+tuning seeds; the unit tests had already trained with it on a tiny corridor):
 
 - candidates, in this order of preference, both with ``encoder = "deterministic"`` and
   ``encoder_temperature = 2/3`` (the official RepeatPrevious ``state_encoder_temperature``, not annealed

@@ -245,21 +245,23 @@ def test_deterministic_encoder_table_is_straight_through():
 
 def test_steady_state_term_over_deterministic_encoders_is_minimised_only_by_keeping_states_apart():
     """The collapse that the categorical encoder reached (φ(·|s) = ξ̄ for every s, TV 0) is no deterministic
-    encoder. Over all 8^5 maps of five equally frequent states to 8 latents, the uniform-target TV is at
+    encoder. Over all 8^5 maps of five equally frequent states to 8 latents, each built by the module's
+    Heaviside table from bit logits and scored by the module's steady-state term, the uniform-target TV is at
     least 3/8, and exactly 3/8 only for the injective maps (every state its own latent)."""
     S, K = 5, 8
-    maps = np.stack(np.meshgrid(*[np.arange(K)] * S, indexing="ij"), -1).reshape(-1, S)      # (8^5, 5)
-    Q = np.zeros((len(maps), K))
-    for s in range(S):
-        Q[np.arange(len(maps)), maps[:, s]] += 1 / S
-    tv = 0.5 * np.abs(Q - 1 / K).sum(-1)
-    injective = np.array([len(set(m)) == S for m in maps])
+    maps = torch.cartesian_prod(*[torch.arange(K)] * S)                             # (8^5, 5)
+    logits = 2.0 * latent_bits(K)[maps].double() - 1.0                              # bit logits ±1 of each corner
+    tables = deterministic_hard_table(logits.reshape(-1, 3)).reshape(len(maps), S, K)
+    assert torch.equal(tables.argmax(-1), maps) and set(tables.unique().tolist()) == {0.0, 1.0}
+    w = torch.full((S,), 1 / S, dtype=torch.float64)
+    tv = np.array([float(steady_state_regularizer(t, w, "uniform")) for t in tables])
+    injective = np.array([len(set(m)) == S for m in maps.tolist()])
     assert tv.min() == pytest.approx(3 / 8, abs=1e-12)
     np.testing.assert_allclose(tv[injective], 3 / 8, atol=1e-12)
     assert tv[~injective].min() > 3 / 8 + 0.1                            # a merge costs at least 1/8
     # the categorical collapse: every row ξ̄, TV 0
     uniform = torch.full((S, K), 1 / K, dtype=torch.float64)
-    assert float(steady_state_regularizer(uniform, torch.full((S,), 1 / S, dtype=torch.float64), "uniform")) == 0.0
+    assert float(steady_state_regularizer(uniform, w, "uniform")) == 0.0
 
 
 def test_tiny_deterministic_training_never_reaches_the_collapsed_steady_state():
@@ -292,3 +294,24 @@ def test_encoder_selection_rule():
     assert select_candidate({"A": [0.95, 1.0], "B": [1.0, 1.0]}) == "A"      # the official weight first
     assert select_candidate({"A": [0.9, 1.0], "B": [0.91, 1.0]}) == "B"      # strictly above 0.9
     assert select_candidate({"A": [0.2, 1.0], "B": [0.8, 1.0]}) is None
+
+
+def test_encoder_decision_recomputes_from_encoder_selection_json():
+    """The committed decision follows from the committed per-seed state recoveries: the rule's choice, and each
+    candidate's min, mean and pass flag, recomputed from ``encoder_selection.json``."""
+    import json
+    from pathlib import Path
+
+    from papers.wasserstein_believer.select_encoder import CANDIDATES, THRESHOLD, select_candidate
+    out = json.loads((Path(__file__).resolve().parents[1] / "encoder_selection.json").read_text())
+    rows = {row["name"]: row for row in out["table"]}
+    assert list(rows) == [c["name"] for c in CANDIDATES] and out["threshold"] == THRESHOLD
+    table = {name: row["state_recovery"] for name, row in rows.items()}
+    assert select_candidate(table) == out["chosen"]
+    for row in rows.values():
+        rec = row["state_recovery"]
+        assert row["min"] == pytest.approx(min(rec), abs=2e-4)
+        assert row["mean"] == pytest.approx(np.mean(rec), abs=2e-4)
+        assert row["passes"] == (min(rec) > THRESHOLD)
+    if out["chosen"] is None:
+        assert out["adopted"] == {"encoder": "categorical", "steady_state": "off", "steady_state_scaling": 100.0}
