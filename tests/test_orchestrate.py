@@ -182,7 +182,10 @@ def test_dirty_counts_only_the_run_s_own_files(tmp_path):
     (repo / "papers" / "b").mkdir(parents=True)
     for name in ("a", "b"):
         (repo / "papers" / name / "m.py").write_text("x = 1\n")
-    git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
@@ -316,3 +319,109 @@ def test_a_run_records_the_manifests_it_read(toy, tmp_path, edit_toy):
     manifest = zoo.CHECKPOINT_DIR / "digits_classifier.json"
     assert prov["checkpoint_manifests"] == {"digits_classifier": hashlib.sha256(manifest.read_bytes()).hexdigest()}
     assert prov["checkpoints"] == {}  # a manifest read loads no weights
+
+
+def test_rehash_checks_that_a_declared_file_computes_the_same(tmp_path):
+    """Docstrings and comments are free; any change to the syntax tree, or an uncheckable file, is not."""
+    from common.harness import rehash
+
+    repo = _scratch_repo(tmp_path)
+    module = repo / "m.py"
+    module.write_text('"""Old docstring."""\nimport math\n\n\ndef f(x):\n    """Old."""\n    return math.sqrt(x)  # c\n')
+    notebook = repo / "n.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": "# old"},
+                                              {"cell_type": "code", "metadata": {"tags": ["parameters"]},
+                                               "source": ["seed = 0  # the seed\n"]}]}))
+    (repo / "p.yaml").write_text("a: 1\n")
+    base = _commit(repo, "base")
+    module.write_text('"""New docstring, longer."""\nimport math\n\n\ndef f(x):\n    # a comment\n\n'
+                      '    return math.sqrt(x)\n')
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": "# new words"},
+                                              {"cell_type": "code", "metadata": {"tags": ["parameters"]},
+                                               "source": ["seed = 0\n"]}]}))
+    (repo / "p.yaml").write_text("a: 1  # same value, but YAML is not checked\n")
+    _commit(repo, "cosmetic")
+    same = {p: rehash.computes_the_same(base, p, cwd=repo) for p in ("m.py", "n.ipynb", "p.yaml")}
+    assert same == {"m.py": True, "n.ipynb": True, "p.yaml": False}
+
+    module.write_text(module.read_text().replace("math.sqrt(x)", "math.sqrt(x) + 0.0"))
+    notebook.write_text(notebook.read_text().replace('"parameters"', '"other"'))  # the tag matters to papermill
+    _commit(repo, "code")
+    assert not rehash.computes_the_same(base, "m.py", cwd=repo)
+    assert not rehash.computes_the_same(base, "n.ipynb", cwd=repo)
+    assert not rehash.computes_the_same(base, "absent.py", cwd=repo)  # added or deleted: not checkable
+    assert rehash._python_fingerprint("x = __doc__") is None  # reads its docstring: not checkable
+
+
+def _scratch_repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def _commit(repo, message):
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", message], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+_MAKE_CURRENT = r"""
+import json
+from common.harness import provenance, runner, spec
+paper = spec.load("svarm")
+code = provenance.code_hash(paper)
+for profile in ("ci", "full"):
+    path = spec.REPO_ROOT / "results" / "svarm" / profile / "provenance.json"
+    prov = json.loads(path.read_text())
+    _, _, effective = runner.prepare("svarm", profile, {})
+    params = {paper.notebook_key(nb): p for nb, p in effective.items()}
+    prov.update(code_hash=code, input_hash=provenance.input_hash(code, params), rehashed=[])
+    path.write_text(json.dumps(prov))
+"""
+
+
+def test_rehash_end_to_end_on_a_clone(tmp_path):
+    """In a clone: a docstring edit is carried across and stamped `verified`; a code edit is refused, and
+    carried only with --force, stamped `forced`; the stamped result is current by `stale_reason`."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--shared", str(REPO), str(clone)], check=True)
+    env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1"}
+
+    def python(*args, check=True):
+        done = subprocess.run([sys.executable, *args], cwd=clone, env=env, capture_output=True, text=True)
+        assert not check or done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    def rehash(*extra):
+        return python("-m", "common.harness", "rehash", "--base", base, "--allow", module, "--reason", "test",
+                      *extra)
+
+    def stamps(profile="ci"):
+        prov = json.loads((clone / "results" / "svarm" / profile / "provenance.json").read_text())
+        return prov["rehashed"]
+
+    for source in (REPO / "common" / "harness").glob("*.py"):  # test this checkout's harness, committed or not
+        shutil.copy2(source, clone / "common" / "harness" / source.name)
+    python("-c", _MAKE_CURRENT)  # whatever HEAD's results are, make svarm's current at the base commit
+    base = _commit(clone, "base: svarm current")
+    module = "papers/svarm/approximators.py"
+    source = (clone / module).read_text()
+    (clone / module).write_text(source.replace('"""', '"""A docstring edit. ', 1) + "\n# a comment\n")
+    _commit(clone, "docstring")
+    out = rehash()
+    assert "checked: same code" in out and "svarm/ci" in out
+    assert [s["verified"] for s in stamps()] == [[module]] and stamps()[0]["forced"] == []
+    assert [s["verified"] for s in stamps("full")] == [[module]]
+    check = ("from common.harness import provenance, spec; import json; p = spec.load('svarm'); "
+             "print(provenance.stale_reason(json.loads(open('results/svarm/ci/provenance.json').read()), p))")
+    assert python("-c", check).strip() == "None"
+
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "results"], check=True)
+    (clone / module).write_text(source + "\n_UNUSED = 1\n")
+    _commit(clone, "code")
+    out = rehash()
+    assert "declared, but changes code" in out and stamps() == []  # refused: nothing written
+    out = rehash("--force")
+    assert [s["forced"] for s in stamps()] == [[module]] and stamps()[0]["verified"] == []

@@ -13,20 +13,28 @@ results that qualify, and only on those:
 3. every file that differs between ``base`` and ``HEAD`` and lies in what the run depends on now (the
    paper's folder, the ``common/`` code it imports, the lock, ``pyproject.toml``) is in ``allowed``: the
    files the person running this declares do not change any computed value. Anything else refuses that
-   result, which then stays stale until it is re-run.
+   result, which then stays stale until it is re-run;
+4. and each declared file is *checked*: a Python module must have the same syntax tree at ``base`` and at
+   ``HEAD`` once docstrings are dropped (comments and layout never reach the tree), and a notebook the same
+   code cells (and cell tags) compared the same way; markdown is free. A declared file that fails the check,
+   or that cannot be checked (YAML, a lock, data, a file added or deleted, a module that reads ``__doc__``),
+   refuses every result that depends on it unless ``force`` is given: then the stamp lists it under
+   ``forced``, as a declaration a person vouched for and the machine could not verify.
 
 A result that qualifies keeps its metrics, claims, notebooks and ``git`` record; its ``code_hash`` and
 ``input_hash`` become the current ones, ``checkpoints`` (when it had none) becomes every zoo checkpoint of
 ``base`` if it imports ``common.zoo`` (before checkpoint-granular hashing a run depended on all of them),
 ``checkpoint_manifests`` (when it had none) the sha256 of those checkpoints' manifests at ``base``, and
 ``rehashed`` gains an entry naming ``base``, the old hash, the changed files and the reason, so the stamp is
-never silent. The committed ci results are still checked against a fresh run by ``make test``
-(``tests/test_notebooks.py`` compares every metric on the same machine), which is how a wrong declaration
-is caught.
+never silent; it names the files whose check passed (``verified``) and those carried by ``force``
+(``forced``). The committed ci results are still checked against a fresh run by ``make test``
+(``tests/test_notebooks.py`` compares every metric on the blessing machine), which is how a wrong forced
+declaration is caught at ci; nothing re-checks a forced full profile.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 from pathlib import Path
@@ -42,6 +50,70 @@ def _git(*args: str) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
+
+
+def _show(commit: str, path: str, cwd: Path | None = None) -> str | None:
+    """The text of ``path`` at ``commit``, or ``None`` where the file does not exist there."""
+    done = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=cwd or spec.REPO_ROOT, capture_output=True,
+                          check=False)
+    return done.stdout.decode("utf-8", errors="replace") if done.returncode == 0 else None
+
+
+def _python_fingerprint(source: str) -> str | None:
+    """The syntax tree of ``source`` without docstrings, or ``None`` if it does not parse or reads ``__doc__``.
+
+    Comments and layout never reach the tree; a docstring is the first statement of a module, class or function
+    when it is a string constant. A module that reads ``__doc__`` could compute from its docstring, so it is
+    not checkable.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Name) and node.id == "__doc__") or (
+                isinstance(node, ast.Attribute) and node.attr == "__doc__"):
+            return None
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
+def _notebook_fingerprint(text: str) -> str | None:
+    """The code cells of a notebook (tags included) compared as :func:`_python_fingerprint`; markdown is free.
+
+    A cell that does not parse as Python (IPython magics) is compared by its exact source.
+    """
+    try:
+        cells = json.loads(text)["cells"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    code = []
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        tags = sorted(cell.get("metadata", {}).get("tags", []))
+        if "__doc__" in source:
+            return None
+        code.append([tags, _python_fingerprint(source) or source])
+    return json.dumps(code)
+
+
+def computes_the_same(base: str, path: str, head: str = "HEAD", *, cwd: Path | None = None) -> bool:
+    """Whether ``path`` provably changes no computation between ``base`` and ``head`` (see the module docstring)."""
+    before, after = _show(base, path, cwd), _show(head, path, cwd)
+    if before is None or after is None:
+        return False  # added or deleted: nothing to compare with
+    fingerprint = {".py": _python_fingerprint, ".ipynb": _notebook_fingerprint}.get(Path(path).suffix)
+    if fingerprint is None:
+        return False
+    old, new = fingerprint(before), fingerprint(after)
+    return old is not None and old == new
 
 
 def _depends_on(paper: spec.PaperSpec, path: str) -> bool:
@@ -114,10 +186,12 @@ def _zoo_checkpoints_at(base: str) -> tuple[dict[str, str], dict[str, str]]:
     return dict(sorted(weights.items())), dict(sorted(manifests.items()))
 
 
-def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False) -> list[tuple[str, str, str]]:
+def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False,
+           force: bool = False) -> list[tuple[str, str, str]]:
     """Stamp the current code hash on the results that qualify (see the module docstring).
 
     Returns ``(slug, profile, outcome)`` rows; ``outcome`` is ``"rehashed"``, ``"already current"`` or why not.
+    ``force`` accepts declared files whose check fails or that cannot be checked (they are named in the stamp).
     """
     if not reason.strip():
         raise ValueError("give the reason the allowed files do not change any computed value")
@@ -133,6 +207,7 @@ def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False)
     unknown = sorted(allowed_set - set(changed))
     if unknown:
         raise ValueError(f"allowed files that did not change since {base[:10]}: {unknown}")
+    verified = {path: computes_the_same(base, path) for path in allowed_set}
     current_at_base = _current_at(base)
     zoo_at_base, manifests_at_base = _zoo_checkpoints_at(base)
     rows = []
@@ -159,10 +234,16 @@ def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False)
             if undeclared:
                 rows.append((slug, profile, "changed and not declared: " + ", ".join(undeclared)))
                 continue
+            unchecked = [p for p in relevant if not verified[p]]
+            if unchecked and not force:
+                rows.append((slug, profile, "declared, but changes code or cannot be checked (re-run it, or "
+                             "--force after checking by hand): " + ", ".join(unchecked)))
+                continue
             _, _, effective = runner.prepare(slug, profile, {})
             code = provenance.code_hash(paper)
             params_key = {paper.notebook_key(nb): p for nb, p in effective.items()}
             stamp = {"base": base, "old_code_hash": prov.get("code_hash"), "changed": relevant,
+                     "verified": [p for p in relevant if verified[p]], "forced": unchecked,
                      "reason": reason.strip(), "date": provenance.now()}
             new = {**prov, "code_hash": code, "input_hash": provenance.input_hash(code, params_key)}
             if "checkpoints" not in prov:
@@ -182,8 +263,11 @@ def rehash(base: str, allowed: list[str], reason: str, *, dry_run: bool = False)
     return rows
 
 
-def main(base: str, allowed: list[str], reason: str, dry_run: bool = False) -> int:
-    rows = rehash(base, allowed, reason, dry_run=dry_run)
+def main(base: str, allowed: list[str], reason: str, dry_run: bool = False, force: bool = False) -> int:
+    for path in sorted(allowed):
+        ok = computes_the_same(base, path)
+        print(f"{'checked: same code' if ok else 'NOT checkable or code changed':<30}  {path}")
+    rows = rehash(base, allowed, reason, dry_run=dry_run, force=force)
     width = max((len(f"{s}/{p}") for s, p, _ in rows), default=10)
     for slug, profile, outcome in rows:
         print(f"{slug + '/' + profile:<{width}}  {outcome}")
@@ -194,4 +278,4 @@ def main(base: str, allowed: list[str], reason: str, dry_run: bool = False) -> i
     return 0
 
 
-__all__ = ["rehash", "main"]
+__all__ = ["computes_the_same", "rehash", "main"]
