@@ -204,12 +204,16 @@ def loglog_slope(x, y, *, confidence: float = 0.95) -> Interval:
     return Interval(float(fit.slope), float(fit.slope - half), float(fit.slope + half), x.size, confidence, "t")
 
 
-def record_interval(name: str, interval: Interval) -> Interval:
-    """Record ``<name>.mean``, ``<name>.lo``, ``<name>.hi`` and ``<name>.n`` (claims check the bounds)."""
+def record_interval(name: str, interval: Interval, *, volatile: bool = False) -> Interval:
+    """Record ``<name>.mean``, ``<name>.lo``, ``<name>.hi`` and ``<name>.n`` (claims check the bounds).
+
+    ``volatile`` marks the estimate and bounds as machine-dependent (not compared with goldens), as for
+    timings; ``n`` is always compared.
+    """
     from common.harness import record
 
-    record(f"{name}.mean", interval.estimate)
-    record(f"{name}.lo", interval.lo)
-    record(f"{name}.hi", interval.hi)
+    record(f"{name}.mean", interval.estimate, volatile=volatile)
+    record(f"{name}.lo", interval.lo, volatile=volatile)
+    record(f"{name}.hi", interval.hi, volatile=volatile)
     record(f"{name}.n", interval.n)
     return interval
