@@ -23,7 +23,11 @@ from common.mip import InfeasibleError
 from papers.clsp_transformer.lot_sizing import (Instances, is_feasible, plan_cost, repair_setups,
                                                  solve_fixed_setup_lp)
 
-__all__ = ["Dataset", "load_dataset", "PipelineResult", "run_pipeline", "train_and_evaluate", "mip_reference"]
+__all__ = ["Dataset", "load_dataset", "PipelineResult", "run_pipeline", "train_and_evaluate", "compare_models",
+           "gap_intervals", "mip_reference", "KINDS"]
+
+KINDS = ("transformer", "lstm", "transformer_noeos")
+"""The compared models: the transformer (with EOS), the BiLSTM of LSTM-Opt, and the transformer without EOS."""
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -135,6 +139,65 @@ def train_and_evaluate(kind: str, data: Dataset, *, seed: int, steps: int, batch
     info = {"n_parameters": n_parameters(model), "final_loss": float(np.mean(losses[-20:])), "train_cpu_s": train_cpu,
             "predict_seconds": seconds, "train_accuracy": float(np.mean(train_pred == data.train_setups[:n_fit]))}
     return result, info
+
+
+def compare_models(data: Dataset, seeds, *, kinds=KINDS, steps: int, batch_size: int = 64, lr: float = 3e-3,
+                   d_model: int = 32, progress: bool = True, log=print) -> tuple[dict, dict]:
+    """Train and evaluate every kind of :data:`KINDS` in ``kinds`` on every seed: same data, features,
+    optimiser, learning rate, batch size, steps and seeds for all.
+
+    Returns ``rows`` (``{kind: [(PipelineResult, info), ...]}`` in seed order) and ``per_seed``
+    (``{kind: {summary: one value per seed}}``, plus the scalar ``n_parameters``): mean and max gap (7), the
+    share of instances solved exactly, test and training setup accuracy, the share of raw predictions that
+    violate (5), instances still infeasible after repair, the smallest gap, and the median pipeline seconds.
+    """
+    from tqdm.auto import tqdm
+
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {KINDS}")
+    rows = {kind: [] for kind in kinds}
+    for s, kind in tqdm([(s, kind) for s in seeds for kind in kinds], desc=f"train + pipeline (T={data.test.T})",
+                        disable=not progress):
+        result, info = train_and_evaluate("lstm" if kind == "lstm" else "transformer", data, seed=s, steps=steps,
+                                          batch_size=batch_size, lr=lr, d_model=d_model,
+                                          with_eos=kind != "transformer_noeos")
+        rows[kind].append((result, info))
+        log(f"T={data.test.T} seed {s} {kind:<17} params {info['n_parameters']:>6}  acc "
+            f"{result.setup_accuracy.mean():.3f} (train {info['train_accuracy']:.3f})  feasible before repair "
+            f"{result.feasible_before_repair.mean():.2f}  gap {np.mean(result.gap):.4f}  optimal "
+            f"{np.mean(result.gap < 1e-6):.2f}  median {np.median(result.seconds) * 1e3:.2f} ms")
+    per_seed = {}
+    for kind, runs in rows.items():
+        res = [r for r, _ in runs]
+        per_seed[kind] = {
+            "gap_mean": [float(np.mean(r.gap)) for r in res],
+            "gap_max": [float(np.max(r.gap)) for r in res],
+            "optimal_share": [float(np.mean(r.gap < 1e-6)) for r in res],
+            "accuracy": [float(r.setup_accuracy.mean()) for r in res],
+            "train_accuracy": [info["train_accuracy"] for _, info in runs],
+            "infeasible_before": [float(1 - r.feasible_before_repair.mean()) for r in res],
+            "infeasible_after": [int(r.infeasible_after.sum()) for r in res],
+            "min_gap": [float(np.min(r.gap)) for r in res],
+            "n_parameters": runs[0][1]["n_parameters"],
+            "median_seconds": [float(np.median(r.seconds)) for r in res],
+        }
+    return rows, per_seed
+
+
+def gap_intervals(per_seed: dict) -> dict:
+    """95 % t-intervals over seeds (:mod:`common.stats`): each kind's mean gap, and the paired differences
+    transformer - BiLSTM and (when both were trained) EOS - no EOS."""
+    from common import stats
+
+    out = {f"gap.{kind}": stats.mean_interval(v["gap_mean"]) for kind, v in per_seed.items()}
+    if {"transformer", "lstm"} <= set(per_seed):
+        out["gap.transformer_minus_lstm"] = stats.paired_difference(per_seed["transformer"]["gap_mean"],
+                                                                    per_seed["lstm"]["gap_mean"])
+    if {"transformer", "transformer_noeos"} <= set(per_seed):  # EOS ablation: same seeds, steps and data
+        out["gap.eos_minus_noeos"] = stats.paired_difference(per_seed["transformer"]["gap_mean"],
+                                                             per_seed["transformer_noeos"]["gap_mean"])
+    return out
 
 
 def mip_reference(data: Dataset, n_instances: int) -> dict:

@@ -125,3 +125,28 @@ def test_transformer_rejects_long_sequences():
         model.predict(torch.zeros(1, 5, N_FEATURES))
     with pytest.raises(ValueError, match="divisible"):
         SetupTransformer(N_FEATURES, 4, d_model=10, n_heads=4)
+
+
+def test_compare_models_same_seeds_and_intervals(tmp_path):
+    """compare_models trains every kind on every seed (same data); gap_intervals pairs them by seed."""
+    from papers.clsp_transformer.experiment import Dataset, compare_models, gap_intervals
+
+    rng = np.random.default_rng(3)
+    inst = generate_instances(12, 6, rng)
+    labels = np.array([solve_clsp_mip(inst, i)[1] for i in range(inst.n)], dtype=np.int8)
+    optimum = np.array([solve_clsp_mip(inst, i)[0].objective for i in range(8, 12)])
+    data = Dataset(train=inst[np.arange(8)], train_setups=labels[:8], test=inst[np.arange(8, 12)],
+                   test_setups=labels[8:], test_objective=optimum, test_mip_seconds=np.zeros(4))
+    rows, per_seed = compare_models(data, [0, 1], kinds=("transformer", "lstm"), steps=3, d_model=8,
+                                    progress=False, log=lambda _: None)
+    assert set(rows) == {"transformer", "lstm"} and all(len(r) == 2 for r in rows.values())
+    for summary in per_seed.values():
+        assert len(summary["gap_mean"]) == 2 and min(summary["min_gap"]) >= -1e-6
+        assert isinstance(summary["n_parameters"], int)
+    again = compare_models(data, [0, 1], kinds=("transformer", "lstm"), steps=3, d_model=8, progress=False,
+                           log=lambda _: None)[1]
+    assert again["lstm"]["gap_mean"] == per_seed["lstm"]["gap_mean"]  # seeded: the same per-seed values
+    intervals = gap_intervals(per_seed)
+    assert set(intervals) == {"gap.transformer", "gap.lstm", "gap.transformer_minus_lstm"}
+    with pytest.raises(ValueError, match="unknown kinds"):
+        compare_models(data, [0], kinds=("gru",), steps=1)
