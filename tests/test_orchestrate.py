@@ -182,7 +182,10 @@ def test_dirty_counts_only_the_run_s_own_files(tmp_path):
     (repo / "papers" / "b").mkdir(parents=True)
     for name in ("a", "b"):
         (repo / "papers" / name / "m.py").write_text("x = 1\n")
-    git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
@@ -255,21 +258,20 @@ def runner_run(root, tmp_path):
     return report
 
 
-def test_rehash_counts_only_what_a_run_depends_on():
-    """`rehash` refuses a result when an undeclared file it depends on changed; these are the files that count."""
-    from common.harness.rehash import _depends_on
+def test_rehash_compares_exactly_the_files_a_hash_reads():
+    """`rehash` decides what changed from `provenance.hashed_files`: these are the files that count."""
+    from common.harness import provenance
 
     papers = {slug: spec.load(slug) for slug in spec.list_papers()}
     slug = next(s for s, p in papers.items() if "common/zoo" in {d.relative_to(REPO).as_posix()
                                                                for d in provenance_deps(p)})
-    paper = papers[slug]
-    assert _depends_on(paper, "common/harness/runner.py")  # every run depends on the harness
-    assert _depends_on(paper, "common/zoo/__init__.py") and _depends_on(paper, "requirements.lock")
-    assert _depends_on(paper, f"papers/{slug}/paper.yaml")
-    assert not _depends_on(paper, "common/zoo/checkpoints/x.safetensors")  # covered by recorded sha256s
-    assert not _depends_on(paper, f"papers/{slug}/README.md") and not _depends_on(paper, f"papers/{slug}/tests/t.py")
+    files = {p.relative_to(REPO).as_posix() for p in provenance.hashed_files(papers[slug])}
+    assert "common/harness/runner.py" in files  # every run depends on the harness
+    assert {"common/zoo/__init__.py", "requirements.lock", f"papers/{slug}/paper.yaml"} <= files
+    assert not any(f.startswith(("common/zoo/checkpoints/", "common/zoo/notebooks/")) for f in files)
+    assert f"papers/{slug}/README.md" not in files and not any(f.startswith(f"papers/{slug}/tests/") for f in files)
     other = next(s for s in papers if s != slug)
-    assert not _depends_on(paper, f"papers/{other}/paper.yaml")
+    assert f"papers/{other}/paper.yaml" not in files
 
 
 def provenance_deps(paper):
@@ -316,3 +318,139 @@ def test_a_run_records_the_manifests_it_read(toy, tmp_path, edit_toy):
     manifest = zoo.CHECKPOINT_DIR / "digits_classifier.json"
     assert prov["checkpoint_manifests"] == {"digits_classifier": hashlib.sha256(manifest.read_bytes()).hexdigest()}
     assert prov["checkpoints"] == {}  # a manifest read loads no weights
+
+
+def test_rehash_checks_that_a_declared_file_computes_the_same(tmp_path):
+    """Docstrings and comments are free; any change to the syntax tree, or an uncheckable file, is not."""
+    from common.harness import rehash
+
+    repo = _scratch_repo(tmp_path)
+    module = repo / "m.py"
+    module.write_text('"""Old docstring."""\nimport math\n\n\ndef f(x):\n    """Old."""\n    return math.sqrt(x)  # c\n')
+    notebook = repo / "n.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": "# old"},
+                                              {"cell_type": "code", "metadata": {"tags": ["parameters"]},
+                                               "source": ["seed = 0\n"]},
+                                              {"cell_type": "code", "metadata": {}, "source": "y = seed  # c"}]}))
+    (repo / "p.yaml").write_text("a: 1\n")
+    base = _commit(repo, "base")
+    module.write_text('"""New docstring, longer."""\nimport math\n\n\ndef f(x):\n    # a comment\n\n'
+                      '    return math.sqrt(x)\n')
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": "# new words"},
+                                              {"cell_type": "code", "metadata": {"tags": ["parameters"]},
+                                               "source": ["seed = 0\n"]},
+                                              {"cell_type": "code", "metadata": {}, "source": "y = (seed)\n"}]}))
+    (repo / "p.yaml").write_text("a: 1  # same value, but YAML is not checked\n")
+    _commit(repo, "cosmetic")
+    same = {p: rehash.computes_the_same(base, p, cwd=repo) for p in ("m.py", "n.ipynb", "p.yaml")}
+    assert same == {"m.py": True, "n.ipynb": True, "p.yaml": False}
+
+    module.write_text(module.read_text().replace("math.sqrt(x)", "math.sqrt(x) + 0.0"))
+    notebook.write_text(notebook.read_text().replace('"parameters"', '"other"'))  # the tag matters to papermill
+    _commit(repo, "code")
+    assert not rehash.computes_the_same(base, "m.py", cwd=repo)
+    assert not rehash.computes_the_same(base, "n.ipynb", cwd=repo)
+    assert not rehash.computes_the_same(base, "absent.py", cwd=repo)  # added or deleted: not checkable
+    assert rehash._python_fingerprint("x = __doc__") is None  # reads its docstring: not checkable
+    assert rehash._python_fingerprint("import inspect\ny = inspect.getdoc(f)") is None
+    assert rehash._python_fingerprint("y = getattr(f, '__doc__')") is None
+    assert rehash._python_fingerprint("p = argparse.ArgumentParser(description=__doc__.splitlines()[0])")
+    cookie = "# -*- coding: {} -*-\ns = 'caf\u00e9'\n"  # the same text, decoded differently at run time
+    assert not rehash.same_computation("c.py", cookie.format("utf-8").encode(), cookie.format("latin-1").encode())
+
+    def params(source):
+        return json.dumps({"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]},
+                                      "source": source}]}).encode()
+
+    assert not rehash.same_computation("n.ipynb", params("a = 1; b = 2\n"), params("a = 1\nb = 2\n"))
+
+
+def _scratch_repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def _commit(repo, message):
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", message], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+_MAKE_CURRENT = r"""
+import json
+from common.harness import provenance, runner, spec
+paper = spec.load("svarm")
+code = provenance.code_hash(paper)
+for profile in ("ci", "full"):
+    path = spec.REPO_ROOT / "results" / "svarm" / profile / "provenance.json"
+    prov = json.loads(path.read_text())
+    _, _, effective = runner.prepare("svarm", profile, {})
+    params = {paper.notebook_key(nb): p for nb, p in effective.items()}
+    prov.update(code_hash=code, input_hash=provenance.input_hash(code, params), rehashed=[])
+    path.write_text(json.dumps(prov))
+"""
+
+
+def test_rehash_end_to_end_on_a_clone(tmp_path):
+    """In a clone: a docstring edit is carried across and stamped `verified`; a code edit is refused, and
+    carried only with --force, stamped `forced`; the stamped result is current by `stale_reason`."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--shared", str(REPO), str(clone)], check=True)
+    env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1"}
+
+    def python(*args, check=True):
+        done = subprocess.run([sys.executable, *args], cwd=clone, env=env, capture_output=True, text=True)
+        assert not check or done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    def rehash(*extra):  # exit status 1: some results stay stale (here every paper but svarm)
+        return python("-m", "common.harness", "rehash", "--base", base, "--allow", module, "--reason", "test",
+                      *extra, check=False)
+
+    def outcome(out, result):
+        return next(line.split(None, 1)[1] for line in out.splitlines() if line.startswith(result + " "))
+
+    def stamps(profile="ci"):
+        prov = json.loads((clone / "results" / "svarm" / profile / "provenance.json").read_text())
+        return prov["rehashed"]
+
+    for source in (REPO / "common" / "harness").glob("*.py"):  # test this checkout's harness, committed or not
+        shutil.copy2(source, clone / "common" / "harness" / source.name)
+    python("-c", _MAKE_CURRENT)  # whatever HEAD's results are, make svarm's current at the base commit
+    base = _commit(clone, "base: svarm current")
+    module = "papers/svarm/approximators.py"
+    source = (clone / module).read_text()
+    (clone / module).write_text(source.replace('"""', '"""A docstring edit. ', 1) + "\n# a comment\n")
+    _commit(clone, "docstring")
+    out = rehash()
+    assert outcome(out, "svarm/ci") == "rehashed" and outcome(out, "svarm/full") == "rehashed"
+    assert [s["verified"] for s in stamps()] == [[module]] and stamps()[0]["forced"] == []
+    assert [s["verified"] for s in stamps("full")] == [[module]]
+    check = ("from common.harness import provenance, spec; import json; p = spec.load('svarm'); "
+             "print(provenance.stale_reason(json.loads(open('results/svarm/ci/provenance.json').read()), p))")
+    assert python("-c", check).strip() == "None"
+
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "results"], check=True)
+    (clone / module).write_text(source + "\n_UNUSED = 1\n")
+    _commit(clone, "code")
+    out = rehash()
+    assert outcome(out, "svarm/ci").startswith("declared, but changes code") and stamps() == []  # refused
+    out = rehash("--force")
+    assert outcome(out, "svarm/ci") == f"rehashed (forced: {module})"
+    assert [s["forced"] for s in stamps()] == [[module]] and stamps()[0]["verified"] == []
+
+    # a result edited since base is refused, even with --force; so is an untracked file in the tree
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "results"], check=True)
+    metrics = clone / "results" / "svarm" / "ci" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace("{", '{"edited": 1, ', 1))
+    _commit(clone, "an edited result")
+    out = rehash("--force")
+    assert outcome(out, "svarm/ci").startswith("its results changed since") and stamps() == []
+    assert outcome(out, "svarm/full") == f"rehashed (forced: {module})"  # its folder did not change
+    (clone / "papers" / "svarm" / "untracked.py").write_text("x = 1\n")
+    done = subprocess.run([sys.executable, "-m", "common.harness", "rehash", "--base", base, "--allow", module,
+                           "--reason", "test"], cwd=clone, env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "untracked" in done.stderr + done.stdout

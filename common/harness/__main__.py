@@ -7,7 +7,7 @@
     python -m common.harness cite svarm
     python -m common.harness new <slug>
     python -m common.harness list
-    python -m common.harness rehash --base <commit> --allow <files> --reason "..." [--dry-run]
+    python -m common.harness rehash --base <commit> --allow <files> --reason "..." [--dry-run] [--force]
 """
 
 from __future__ import annotations
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="files changed since --base that do not change any computed value")
     again.add_argument("--reason", required=True, help="why they do not (stored in each provenance.json)")
     again.add_argument("--dry-run", action="store_true", help="say what would be rehashed, write nothing")
+    again.add_argument("--force", action="store_true",
+                       help="accept declared files whose code changed or that cannot be checked (named in the stamp)")
     args = parser.parse_args(argv)
     if getattr(args, "paper", None) is not None:
         problem = _slug_problem(args.paper, getattr(args, "papers_root", None))
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rehash":
             from .rehash import main as do_rehash
 
-            return do_rehash(args.base, args.allow, args.reason, args.dry_run)
+            return do_rehash(args.base, args.allow, args.reason, args.dry_run, args.force)
     except (spec.UnknownPaperError, spec.PaperSpecError, parameters.ParameterError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -155,6 +155,18 @@ def _distributions_in(path: Path, pinned: frozenset) -> frozenset:
     return _scan_cache[key]
 
 
+def hashed_files(paper: PaperSpec, common_root: Path | None = None) -> list[Path]:
+    """Every file whose bytes :func:`code_hash` reads: the paper's, its ``common/`` code, the lock.
+
+    (``requirements-extras.lock`` enters only through :func:`extras_pins`, line by line.)
+    """
+    common_root = common_root or REPO_ROOT / "common"
+    files = list(_files(paper.root))
+    for dependency in common_dependencies(paper, common_root):
+        files += list(_code_files(dependency, common_root))
+    return sorted(set(files) | ({LOCK_FILE} if LOCK_FILE.is_file() else set()))
+
+
 def code_hash(paper: PaperSpec, common_root: Path | None = None) -> str:
     """sha256 over the paper's code and notebooks, the parts of ``common/`` it uses, the lock file, and the
     pins of the single-paper dependencies it uses (:func:`extras_pins`).

@@ -28,6 +28,16 @@ discrete latent states and then learns the belief update *in that latent space*:
    ``ξ̄`` is the latent model's own stationary distribution. Here both targets are available
    (:func:`steady_state_regularizer`) and computed *exactly* (see :class:`WBUConfig`).
 
+   **State encoder.** Two forms (``WBUConfig.encoder``). ``"categorical"`` (the default): a softmax
+   ``φ(z|s)`` over the ``K`` latents. ``"deterministic"``: the official WBU encoder (the WAE-MDP asserts
+   ``state_encoder_type == DETERMINISTIC``), a network ``x(s) ∈ R^n`` (``n = log2 K`` logits, one per latent
+   bit) read through a Heaviside,
+
+       z(s) = Σ_k H(x_k(s)) 2^k,   H(x) = 1[x > 0],   φ(z|s) = 1[z = z(s)],                            (Eq. 6)
+
+   smoothed in training as ``σ(2 x_k / T)`` (a smooth Heaviside; ``T = encoder_temperature``). See
+   :meth:`WAEMDP.encoder_table` for how the smoothed bits enter this module's exact losses.
+
 2. **Belief updater** (Sec. 4). With discrete latents the latent belief update is exact and cheap:
 
        τ̄(b̄, a, o')(z') ∝ Ō(o' | z') Σ_z P̄(z' | z, a) b̄(z),   b̄_0(z) ∝ Ō(o_0 | z) Ī(z),            (Eq. 4)
@@ -65,7 +75,7 @@ from common.pomdp import TabularPOMDP, bayes_filter, predictive_prior, total_var
 
 __all__ = ["WBUConfig", "WAEMDP", "BeliefUpdater", "latent_belief_update", "belief_loss", "train_wbu",
            "evaluate_beliefs", "state_recovery", "stationary_distribution", "steady_state_regularizer",
-           "WBUResult"]
+           "WBUResult", "deterministic_relaxed_table", "deterministic_hard_table", "latent_bits"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,12 @@ class WBUConfig:
     deterministic (a Heaviside of a network's output, smoothed during training), so its aggregate can match
     ``ξ̄`` only by spreading *different* states over the latent space; the categorical ``φ(·|s)`` here can
     also match it by encoding every state as ``ξ̄`` itself (the WAE's posterior collapse; see the README).
+    ``encoder``: the state encoder, ``"categorical"`` (default; a softmax over the ``n_latent`` latents) or
+    ``"deterministic"`` (the official code's: a Heaviside of ``log2(n_latent)`` logits, one per latent bit,
+    Eq. 6; ``n_latent`` must be a power of two; see :meth:`WAEMDP.encoder_table`); ``encoder_temperature``:
+    the temperature ``T`` of its training relaxation ``σ(2x/T)`` (2/3, the official RepeatPrevious config's
+    ``state_encoder_temperature``, which the official code does not anneal; unused by the categorical
+    encoder).
     """
 
     n_latent: int = 8
@@ -118,6 +134,8 @@ class WBUConfig:
     marginal_entropy: float = 0.0
     steady_state: str = "off"
     steady_state_scaling: float = 100.0
+    encoder: str = "categorical"
+    encoder_temperature: float = 2.0 / 3.0
 
     def __post_init__(self):
         if self.belief_kl not in ("reverse", "forward"):
@@ -139,11 +157,45 @@ class WBUConfig:
             raise ValueError(f"steady_state must be 'off', 'uniform' or 'stationary', got {self.steady_state!r}")
         if not self.steady_state_scaling >= 0:
             raise ValueError(f"steady_state_scaling must be >= 0, got {self.steady_state_scaling}")
+        if self.encoder not in ("categorical", "deterministic"):
+            raise ValueError(f"encoder must be 'categorical' or 'deterministic', got {self.encoder!r}")
+        if self.encoder == "deterministic" and self.n_latent & (self.n_latent - 1):
+            raise ValueError(f"the deterministic encoder needs n_latent a power of two, got {self.n_latent}")
+        if not self.encoder_temperature > 0:
+            raise ValueError(f"encoder_temperature must be positive, got {self.encoder_temperature}")
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, n_out))
+
+
+def latent_bits(n_latent: int) -> torch.Tensor:
+    """The bits of every latent index, ``bits[z, k] = (z >> k) & 1``, shape ``(n_latent, log2 n_latent)``:
+    latent ``z`` is the corner ``Σ_k bits[z, k] 2^k`` of the ``{0, 1}^n`` cube."""
+    n = int(n_latent).bit_length() - 1
+    if n < 1 or 1 << n != n_latent:
+        raise ValueError(f"n_latent must be a power of two >= 2, got {n_latent}")
+    return ((torch.arange(n_latent)[:, None] >> torch.arange(n)[None, :]) & 1).float()
+
+
+def deterministic_hard_table(logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 6 at evaluation: ``φ(z|s) = 1[z = Σ_k H(x_k) 2^k]`` with ``H(x) = 1[x > 0]`` (the official
+    ``discrete_distribution``), an exactly one-hot ``(B, 2^n)`` table from ``(B, n)`` bit logits ``x``."""
+    n = logits.shape[-1]
+    index = ((logits > 0).long() << torch.arange(n)).sum(-1)
+    return F.one_hot(index, 1 << n).to(logits.dtype)
+
+
+def deterministic_relaxed_table(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 6 in training: the smoothed bits ``u_k = σ(2 x_k / T)`` (the official ``relaxed_distribution``'s
+    "smooth heaviside") spread over the ``2^n`` corners as independent bits,
+    ``φ_T(z|s) = Π_k u_k^{z_k} (1 - u_k)^{1 - z_k}`` (rows sum to 1, differentiable in ``x``). Each
+    ``u_k → H(x_k)`` as ``T → 0`` for ``x_k ≠ 0``, so ``φ_T`` tends to :func:`deterministic_hard_table`."""
+    bits = latent_bits(1 << logits.shape[-1]).to(logits.dtype)                  # (K, n)
+    scaled = 2.0 * logits / temperature
+    log_on, log_off = F.logsigmoid(scaled), F.logsigmoid(-scaled)              # log u, log(1 - u)
+    return torch.exp(log_on @ bits.T + log_off @ (1.0 - bits).T)
 
 
 class WAEMDP(nn.Module):
@@ -155,7 +207,8 @@ class WAEMDP(nn.Module):
         self.n_states, self.n_actions, self.n_observations = n_states, n_actions, n_observations
         self.config = config
         K, h = config.n_latent, config.hidden
-        self.encoder = _mlp(n_states, K, h)
+        n_out = K if config.encoder == "categorical" else K.bit_length() - 1     # latents or latent bits
+        self.encoder = _mlp(n_states, n_out, h)
         self.transition = _mlp(K + n_actions, K, h)
         self.state_decoder = _mlp(K, n_states, h)
         self.obs_decoder = _mlp(K, n_observations, h)
@@ -163,7 +216,37 @@ class WAEMDP(nn.Module):
         self.critic = _mlp(2 * K + n_actions, 1, h)
 
     def encode_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The encoder network's output: ``K`` latent logits (categorical) or ``log2 K`` bit logits
+        (deterministic)."""
         return self.encoder(F.one_hot(states, self.n_states).float())
+
+    def encoder_table(self, states: torch.Tensor) -> torch.Tensor:
+        """``φ(·|s)`` for a batch of states as ``(B, K)`` rows, with gradients: every exact loss takes it.
+
+        Categorical: ``softmax`` of the logits. Deterministic (Eq. 6): a straight-through table, whose
+        *value* is the Heaviside encoder's one-hot row (:func:`deterministic_hard_table`) and whose
+        *gradient* is that of the temperature-smoothed table (:func:`deterministic_relaxed_table`),
+        ``φ = φ_hard + φ_T - sg[φ_T]``. The official code feeds the smoothed bits ``σ(2x/T)`` themselves,
+        a point of ``[0, 1]^n``, to its networks and critics; here the networks take one of the ``K``
+        latents and the losses are exact sums over ``φ(·|s)``, so the smoothed bits would become a
+        product-Bernoulli spread over the corners, which *can* equal a uniform ``ξ̄`` (all ``x = 0``): the
+        very collapse a deterministic encoder excludes. The straight-through form keeps every loss value
+        that of the deterministic encoder (each ``φ(·|s)`` one-hot: ``Q_φ`` can approach a uniform ``ξ̄``
+        only by giving different states different latents) while the gradient reaches ``x`` through the
+        smooth Heaviside, as in the official relaxation.
+        """
+        logits = self.encode_logits(states)
+        if self.config.encoder == "categorical":
+            return F.softmax(logits, -1)
+        soft = deterministic_relaxed_table(logits, self.config.encoder_temperature)
+        return deterministic_hard_table(logits) + (soft - soft.detach())     # value: exactly the hard row
+
+    def relaxed_encoding(self, states: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A relaxed latent for the critic regulariser: a Gumbel-softmax sample (categorical) or the
+        deterministic encoder's straight-through row (no sampling: the encoder is deterministic)."""
+        if self.config.encoder == "categorical":
+            return self.relaxed(self.encode_logits(states), generator)
+        return self.encoder_table(states)
 
     def relaxed(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A Gumbel-softmax sample at the configured temperature (a relaxed one-hot latent state)."""
@@ -175,13 +258,14 @@ class WAEMDP(nn.Module):
 
     @torch.no_grad()
     def tables(self) -> dict:
-        """The discrete latent model as tables: ``P[a, z, z']``, ``O[z, o]``, ``psi[z, s]``, ``phi[s, z]``."""
+        """The discrete latent model as tables: ``P[a, z, z']``, ``O[z, o]``, ``psi[z, s]``, ``phi[s, z]``
+        (``phi`` exactly one-hot rows for the deterministic encoder)."""
         K, A = self.config.n_latent, self.n_actions
         eye = torch.eye(K)
         P = torch.stack([F.softmax(self.transition_logits(eye, torch.full((K,), a, dtype=torch.long)), -1)
                          for a in range(A)])
         return {"P": P, "O": F.softmax(self.obs_decoder(eye), -1), "psi": F.softmax(self.state_decoder(eye), -1),
-                "phi": F.softmax(self.encode_logits(torch.arange(self.n_states)), -1)}
+                "phi": self.encoder_table(torch.arange(self.n_states))}
 
 
 class BeliefUpdater(nn.Module):
@@ -277,7 +361,7 @@ def _exact_losses(model: WAEMDP, s, a, r, s2, o, o2) -> tuple[torch.Tensor, torc
     """Distortion and transition terms as exact expectations over the discrete encoder ``φ(·|s)``."""
     K, A = model.config.n_latent, model.n_actions
     eye = torch.eye(K)
-    phi, phi2 = F.softmax(model.encode_logits(s), -1), F.softmax(model.encode_logits(s2), -1)
+    phi, phi2 = model.encoder_table(s), model.encoder_table(s2)
     log_psi = F.log_softmax(model.state_decoder(eye), -1)                     # (K, S)
     log_obs = F.log_softmax(model.obs_decoder(eye), -1)                       # (K, Ω)
     rew = torch.stack([model.reward_decoder(torch.cat([eye, F.one_hot(torch.full((K,), b), A).float()], -1))
@@ -367,14 +451,14 @@ def train_wbu(env: TabularPOMDP, data: dict, config: WBUConfig, *, random_state:
         belief-updater update (Eq. 5); shared by both transition regularisers."""
         loss = distortion + config.beta * w_est
         if config.steady_state != "off":
-            phi_all = F.softmax(model.encode_logits(all_states), -1)
+            phi_all = model.encoder_table(all_states)
             steady = steady_state_regularizer(
                 phi_all, state_freq, config.steady_state,
                 _transition_tables(model) if config.steady_state == "stationary" else None, action_freq)
             loss = loss + config.steady_state_scaling * steady
             result.steady_state.append(float(steady.detach()))
         if config.marginal_entropy > 0:
-            marginal = F.softmax(model.encode_logits(s[idx]), -1).mean(0)
+            marginal = model.encoder_table(s[idx]).mean(0)
             loss = loss + config.marginal_entropy * (marginal * torch.log(marginal.clamp_min(1e-30))).sum()
         opt.zero_grad()
         loss.backward()
@@ -393,8 +477,8 @@ def train_wbu(env: TabularPOMDP, data: dict, config: WBUConfig, *, random_state:
         # --- critic: Kantorovich-Rubinstein dual of Eq. 2 with a gradient penalty
         for _ in range(config.n_critic):
             with torch.no_grad():
-                z = model.relaxed(model.encode_logits(s[idx]), gen)
-                z_next = model.relaxed(model.encode_logits(s2[idx]), gen)
+                z = model.relaxed_encoding(s[idx], gen)
+                z_next = model.relaxed_encoding(s2[idx], gen)
                 z_bar = model.relaxed(model.transition_logits(z, a[idx]), gen)
                 real = torch.cat([z, a_onehot[idx], z_next], -1)
                 fake = torch.cat([z, a_onehot[idx], z_bar], -1)
@@ -404,8 +488,8 @@ def train_wbu(env: TabularPOMDP, data: dict, config: WBUConfig, *, random_state:
             loss_c.backward()
             opt_critic.step()
         # --- latent model: distortion + beta * transition regulariser
-        z = model.relaxed(model.encode_logits(s[idx]), gen)
-        z_next = model.relaxed(model.encode_logits(s2[idx]), gen)
+        z = model.relaxed_encoding(s[idx], gen)
+        z_next = model.relaxed_encoding(s2[idx], gen)
         z_bar = model.relaxed(model.transition_logits(z, a[idx]), gen)
         distortion = (F.cross_entropy(model.state_decoder(z), s[idx])
                       + F.cross_entropy(model.obs_decoder(z), o[idx])

@@ -4,11 +4,15 @@ import torch
 
 from common.pomdp import belief_update, noisy_corridor, rollout
 from papers.wasserstein_believer.wasserstein_believer import (
+    WAEMDP,
     BeliefUpdater,
     WBUConfig,
     belief_loss,
+    deterministic_hard_table,
+    deterministic_relaxed_table,
     evaluate_beliefs,
     latent_belief_update,
+    latent_bits,
     state_recovery,
     stationary_distribution,
     steady_state_regularizer,
@@ -51,18 +55,30 @@ def test_config_validation():
     with pytest.raises(ValueError):
         WBUConfig(steady_state="uniform", steady_state_scaling=-1.0)
     assert WBUConfig(steady_state="uniform").steady_state_scaling == 100.0   # the official configs' weight
+    with pytest.raises(ValueError):
+        WBUConfig(encoder="stochastic")
+    with pytest.raises(ValueError):
+        WBUConfig(encoder="deterministic", n_latent=6)                     # not a power of two
+    with pytest.raises(ValueError):
+        WBUConfig(encoder="deterministic", encoder_temperature=0.0)
+    assert WBUConfig().encoder == "categorical"
+    assert WBUConfig().encoder_temperature == pytest.approx(2 / 3)        # official state_encoder_temperature
 
 
-@pytest.mark.parametrize("regularizer, belief_kl, marginal_entropy, steady_state",
-                         [("exact", "reverse", 0.0, "off"), ("critic", "reverse", 0.0, "off"),
-                          ("exact", "forward", 1.0, "off"), ("exact", "reverse", 0.0, "uniform"),
-                          ("critic", "reverse", 0.0, "stationary")])
-def test_short_training_is_deterministic_and_evaluates(regularizer, belief_kl, marginal_entropy, steady_state):
+@pytest.mark.parametrize("regularizer, belief_kl, marginal_entropy, steady_state, encoder",
+                         [("exact", "reverse", 0.0, "off", "categorical"), ("critic", "reverse", 0.0, "off", "categorical"),
+                          ("exact", "forward", 1.0, "off", "categorical"),
+                          ("exact", "reverse", 0.0, "uniform", "categorical"),
+                          ("critic", "reverse", 0.0, "stationary", "categorical"),
+                          ("exact", "reverse", 0.0, "uniform", "deterministic"),
+                          ("critic", "reverse", 1.0, "stationary", "deterministic")])
+def test_short_training_is_deterministic_and_evaluates(regularizer, belief_kl, marginal_entropy, steady_state,
+                                                       encoder):
     env = noisy_corridor(4, horizon=4)
     data, test = rollout(env, 32, random_state=0), rollout(env, 16, random_state=1)
     cfg = WBUConfig(n_latent=4, hidden=8, warmup_steps=3, steps=4, batch_size=16, history_batch=4,
                     regularizer=regularizer, belief_kl=belief_kl, marginal_entropy=marginal_entropy,
-                    steady_state=steady_state)
+                    steady_state=steady_state, encoder=encoder)
     r1 = train_wbu(env, data, cfg, random_state=5, progress=False)
     r2 = train_wbu(env, data, cfg, random_state=5, progress=False)
     assert len(r1.belief_loss) == 4 and len(r1.model_loss) == 7
@@ -154,8 +170,12 @@ def test_steady_state_regularizer_on_hand_computed_cases():
 
 
 def test_steady_state_selection_rule_and_disjoint_tuning_seeds():
-    from papers.wasserstein_believer.select_steady_state import (ci_parameters, evaluation_seeds, select_weight,
-                                                                 tuning_seeds)
+    from papers.wasserstein_believer.select_steady_state import (
+        ci_parameters,
+        evaluation_seeds,
+        select_weight,
+        tuning_seeds,
+    )
     # the smallest weight whose *min* over the tuning seeds is > 0.9; none passes: None (regulariser off)
     assert select_weight({0.3: [0.8, 1.0], 1.0: [0.95, 0.99], 3.0: [0.91, 1.0]}) == 1.0
     assert select_weight({0.3: [0.8, 1.0], 1.0: [0.9, 1.0]}) is None       # strictly above 0.9
@@ -163,3 +183,135 @@ def test_steady_state_selection_rule_and_disjoint_tuning_seeds():
     assert not (set(seeds) | {10_000 + s for s in seeds}) & evaluation_seeds()
     params = ci_parameters()
     assert params["seed"] == 0 and params["n_seeds"] == 5 and params["steady_state"] in ("off", "uniform")
+
+
+# --- the deterministic state encoder (the official code's; Eq. 6)
+
+def test_latent_bits_number_the_corners_of_the_cube():
+    bits = latent_bits(8)
+    assert bits.shape == (8, 3)
+    np.testing.assert_array_equal((bits * torch.tensor([1.0, 2.0, 4.0])).sum(-1).numpy(), np.arange(8))
+    with pytest.raises(ValueError):
+        latent_bits(6)
+
+
+def test_deterministic_evaluation_table_is_exactly_one_hot_at_the_heaviside_corner():
+    logits = torch.tensor([[0.3, -1.0, 2.0], [-0.1, 0.2, -0.5], [-2.0, -3.0, -0.01]])
+    table = deterministic_hard_table(logits)
+    expected = np.zeros((3, 8))
+    expected[0, 1 + 4] = expected[1, 2] = expected[2, 0] = 1.0          # z = Σ_k 1[x_k > 0] 2^k
+    np.testing.assert_array_equal(table.numpy(), expected)
+    # the model's tables (what state_recovery and evaluate_beliefs read) are exactly that one-hot table
+    model = WAEMDP(5, 2, 3, WBUConfig(encoder="deterministic"))
+    phi = model.tables()["phi"]
+    assert set(phi.unique().tolist()) <= {0.0, 1.0}
+    np.testing.assert_array_equal(phi.sum(-1).numpy(), np.ones(5))
+    np.testing.assert_array_equal(phi.numpy(),
+                                  deterministic_hard_table(model.encode_logits(torch.arange(5))).detach().numpy())
+
+
+def test_deterministic_relaxation_is_differentiable_and_tends_to_the_hard_table_as_the_temperature_falls():
+    logits = torch.tensor([[0.3, -1.0, 2.0], [-0.1, 0.2, -0.5]], dtype=torch.float64, requires_grad=True)
+    hard = deterministic_hard_table(logits.detach())
+    gaps = []
+    for T in (2.0, 2 / 3, 0.1, 0.01, 0.001):
+        soft = deterministic_relaxed_table(logits, T)
+        np.testing.assert_allclose(soft.sum(-1).detach().numpy(), 1.0, atol=1e-12)
+        gaps.append(float((soft.detach() - hard).abs().max()))
+    assert all(a > b for a, b in zip(gaps[:-1], gaps[1:], strict=True)) and gaps[-1] < 1e-12
+    # one bit, by hand: u = σ(2x/T); x = 0.3, T = 2/3 gives u = σ(0.9)
+    soft = deterministic_relaxed_table(torch.tensor([[0.3]], dtype=torch.float64), 2 / 3)
+    u = 1 / (1 + np.exp(-0.9))
+    np.testing.assert_allclose(soft.numpy(), [[1 - u, u]], atol=1e-12)
+    # differentiable: gradients reach the logits
+    (deterministic_relaxed_table(logits, 2 / 3) * torch.arange(8.0, dtype=torch.float64)).sum().backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad.abs() > 0).all()
+
+
+def test_deterministic_encoder_table_is_straight_through():
+    """Value: the hard one-hot table, exactly. Gradient: that of the smoothed table σ(2x/T)."""
+    torch.manual_seed(0)
+    model = WAEMDP(5, 2, 3, WBUConfig(encoder="deterministic"))
+    states = torch.arange(5)
+    weights = torch.randn(5, 8)
+    table = model.encoder_table(states)
+    assert torch.equal(table.detach(), deterministic_hard_table(model.encode_logits(states)))
+    g_st = torch.autograd.grad((table * weights).sum(), model.encoder[0].weight)[0]
+    soft = deterministic_relaxed_table(model.encode_logits(states), model.config.encoder_temperature)
+    g_soft = torch.autograd.grad((soft * weights).sum(), model.encoder[0].weight)[0]
+    torch.testing.assert_close(g_st, g_soft)
+    assert g_st.abs().sum() > 0
+
+
+def test_steady_state_term_over_deterministic_encoders_is_minimised_only_by_keeping_states_apart():
+    """The collapse that the categorical encoder reached (φ(·|s) = ξ̄ for every s, TV 0) is no deterministic
+    encoder. Over all 8^5 maps of five equally frequent states to 8 latents, each built by the module's
+    Heaviside table from bit logits and scored by the module's steady-state term, the uniform-target TV is at
+    least 3/8, and exactly 3/8 only for the injective maps (every state its own latent)."""
+    S, K = 5, 8
+    maps = torch.cartesian_prod(*[torch.arange(K)] * S)                             # (8^5, 5)
+    logits = 2.0 * latent_bits(K)[maps].double() - 1.0                              # bit logits ±1 of each corner
+    tables = deterministic_hard_table(logits.reshape(-1, 3)).reshape(len(maps), S, K)
+    assert torch.equal(tables.argmax(-1), maps) and set(tables.unique().tolist()) == {0.0, 1.0}
+    w = torch.full((S,), 1 / S, dtype=torch.float64)
+    tv = np.array([float(steady_state_regularizer(t, w, "uniform")) for t in tables])
+    injective = np.array([len(set(m)) == S for m in maps.tolist()])
+    assert tv.min() == pytest.approx(3 / 8, abs=1e-12)
+    np.testing.assert_allclose(tv[injective], 3 / 8, atol=1e-12)
+    assert tv[~injective].min() > 3 / 8 + 0.1                            # a merge costs at least 1/8
+    # the categorical collapse: every row ξ̄, TV 0
+    uniform = torch.full((S, K), 1 / K, dtype=torch.float64)
+    assert float(steady_state_regularizer(uniform, w, "uniform")) == 0.0
+
+
+def test_tiny_deterministic_training_never_reaches_the_collapsed_steady_state():
+    """With the official weight 100 on the uniform target, every steady-state value the deterministic encoder
+    reaches in training is that of a one-hot encoder (at least the least TV any one-hot encoder of the data's
+    state frequencies can have, > 0), never the 0 of the categorical collapse; its final table is one-hot."""
+    env = noisy_corridor(4, horizon=4)
+    data = rollout(env, 32, random_state=0)
+    cfg = WBUConfig(hidden=8, warmup_steps=20, steps=5, batch_size=16, history_batch=4, regularizer="exact",
+                    steady_state="uniform", steady_state_scaling=100.0, encoder="deterministic")
+    result = train_wbu(env, data, cfg, random_state=3, progress=False)
+    s = torch.as_tensor(data["states"][:, :-1]).reshape(-1)
+    freq = (torch.bincount(s, minlength=4).double() / len(s)).numpy()
+    maps = np.stack(np.meshgrid(*[np.arange(8)] * 4, indexing="ij"), -1).reshape(-1, 4)
+    Q = np.zeros((len(maps), 8))
+    for st in range(4):
+        Q[np.arange(len(maps)), maps[:, st]] += freq[st]
+    least = float((0.5 * np.abs(Q - 1 / 8).sum(-1)).min())
+    assert least > 0.25
+    assert len(result.steady_state) == 25 and min(result.steady_state) >= least - 1e-6
+    phi = result.model.tables()["phi"]
+    assert set(phi.unique().tolist()) <= {0.0, 1.0} and torch.equal(phi.sum(-1), torch.ones(4))
+
+
+def test_encoder_selection_rule():
+    from papers.wasserstein_believer.select_encoder import CANDIDATES, select_candidate
+    assert [c["name"] for c in CANDIDATES] == ["A", "B"]
+    assert CANDIDATES[0]["steady_state"] == "uniform" and CANDIDATES[0]["steady_state_scaling"] == 100.0
+    assert all(c["encoder"] == "deterministic" for c in CANDIDATES) and CANDIDATES[1]["steady_state"] == "off"
+    assert select_candidate({"A": [0.95, 1.0], "B": [1.0, 1.0]}) == "A"      # the official weight first
+    assert select_candidate({"A": [0.9, 1.0], "B": [0.91, 1.0]}) == "B"      # strictly above 0.9
+    assert select_candidate({"A": [0.2, 1.0], "B": [0.8, 1.0]}) is None
+
+
+def test_encoder_decision_recomputes_from_encoder_selection_json():
+    """The committed decision follows from the committed per-seed state recoveries: the rule's choice, and each
+    candidate's min, mean and pass flag, recomputed from ``encoder_selection.json``."""
+    import json
+    from pathlib import Path
+
+    from papers.wasserstein_believer.select_encoder import CANDIDATES, THRESHOLD, select_candidate
+    out = json.loads((Path(__file__).resolve().parents[1] / "encoder_selection.json").read_text())
+    rows = {row["name"]: row for row in out["table"]}
+    assert list(rows) == [c["name"] for c in CANDIDATES] and out["threshold"] == THRESHOLD
+    table = {name: row["state_recovery"] for name, row in rows.items()}
+    assert select_candidate(table) == out["chosen"]
+    for row in rows.values():
+        rec = row["state_recovery"]
+        assert row["min"] == pytest.approx(min(rec), abs=2e-4)
+        assert row["mean"] == pytest.approx(np.mean(rec), abs=2e-4)
+        assert row["passes"] == (min(rec) > THRESHOLD)
+    if out["chosen"] is None:
+        assert out["adopted"] == {"encoder": "categorical", "steady_state": "off", "steady_state_scaling": 100.0}
