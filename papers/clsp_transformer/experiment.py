@@ -24,7 +24,7 @@ from papers.clsp_transformer.lot_sizing import (Instances, is_feasible, plan_cos
                                                  solve_fixed_setup_lp)
 
 __all__ = ["Dataset", "load_dataset", "PipelineResult", "run_pipeline", "train_and_evaluate", "compare_models",
-           "gap_intervals", "mip_reference", "KINDS"]
+           "gap_intervals", "mip_reference", "mip_at_gap", "dp_mismatch", "KINDS"]
 
 KINDS = ("transformer", "lstm", "transformer_noeos")
 """The compared models: the transformer (with EOS), the BiLSTM of LSTM-Opt, and the transformer without EOS."""
@@ -114,7 +114,9 @@ def train_and_evaluate(kind: str, data: Dataset, *, seed: int, steps: int, batch
     Both kinds get the same features, seed, optimiser, learning rate, batch size and ``steps``; their
     widths are chosen so the parameter counts are close (reported in ``info``). ``with_eos=False`` trains
     the transformer without the End-of-Sequence target (the EOS ablation). ``info["train_accuracy"]`` is
-    the setup accuracy on the first ``n_test`` training instances (fit, as opposed to generalisation).
+    the setup accuracy on the first ``n_test`` training instances (fit, as opposed to generalisation);
+    ``info["early_eos_share"]`` the share of test sequences the transformer ended with an EOS before period T
+    (which closes the remaining periods; ``None`` for the BiLSTM).
     """
     from common.harness.seeding import seeded_training
     from papers.clsp_transformer.lot_sizing import N_FEATURES, features
@@ -132,12 +134,14 @@ def train_and_evaluate(kind: str, data: Dataset, *, seed: int, steps: int, batch
     losses = train(model, features(data.train), data.train_setups, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     train_cpu = time.process_time() - start
     setups, seconds = predict(model, features(data.test))
+    early_eos = float(np.mean(model.ended_early)) if kind == "transformer" else None
     result = run_pipeline(data.test, setups, data.test_objective, seconds, data.test_setups)
     # setup accuracy on (the first n_test) training instances: separates under-fitting from generalisation
     n_fit = min(data.train.n, data.test.n)
     train_pred, _ = predict(model, features(data.train[np.arange(n_fit)]))
     info = {"n_parameters": n_parameters(model), "final_loss": float(np.mean(losses[-20:])), "train_cpu_s": train_cpu,
-            "predict_seconds": seconds, "train_accuracy": float(np.mean(train_pred == data.train_setups[:n_fit]))}
+            "predict_seconds": seconds, "train_accuracy": float(np.mean(train_pred == data.train_setups[:n_fit])),
+            "early_eos_share": early_eos}
     return result, info
 
 
@@ -149,7 +153,8 @@ def compare_models(data: Dataset, seeds, *, kinds=KINDS, steps: int, batch_size:
     Returns ``rows`` (``{kind: [(PipelineResult, info), ...]}`` in seed order) and ``per_seed``
     (``{kind: {summary: one value per seed}}``, plus the scalar ``n_parameters``): mean and max gap (7), the
     share of instances solved exactly, test and training setup accuracy, the share of raw predictions that
-    violate (5), instances still infeasible after repair, the smallest gap, and the median pipeline seconds.
+    violate (5), instances still infeasible after repair, the smallest gap, the median and mean pipeline
+    seconds, and (transformers) the share of sequences ended early by EOS.
     """
     from tqdm.auto import tqdm
 
@@ -181,7 +186,10 @@ def compare_models(data: Dataset, seeds, *, kinds=KINDS, steps: int, batch_size:
             "min_gap": [float(np.min(r.gap)) for r in res],
             "n_parameters": runs[0][1]["n_parameters"],
             "median_seconds": [float(np.median(r.seconds)) for r in res],
+            "mean_seconds": [float(np.mean(r.seconds)) for r in res],
         }
+        if runs[0][1]["early_eos_share"] is not None:
+            per_seed[kind]["early_eos_share"] = [info["early_eos_share"] for _, info in runs]
     return rows, per_seed
 
 
@@ -219,4 +227,34 @@ def mip_reference(data: Dataset, n_instances: int) -> dict:
         lp = solve_fixed_setup_lp(data.test, i, y)
         lp_gap.append(abs(lp.objective - result.objective) / abs(result.objective))
     return {"seconds": np.array(seconds), "median_seconds": float(np.median(seconds)),
-            "max_rel_mismatch_stored": float(max(stored)), "max_rel_mismatch_lp": float(max(lp_gap))}
+            "mean_seconds": float(np.mean(seconds)), "max_rel_mismatch_stored": float(max(stored)),
+            "max_rel_mismatch_lp": float(max(lp_gap))}
+
+
+def mip_at_gap(data: Dataset, n_instances: int, rel_gap: float) -> dict:
+    """HiGHS on the first ``n_instances`` test MIPs, stopped at relative gap ``rel_gap`` (for example the
+    pipeline's mean gap): the solver's time at the pipeline's solution quality.
+
+    Returns the median and mean seconds and ``mean_excess``, the mean relative excess of the returned
+    solutions over the stored optima (at most ``rel_gap`` by HiGHS's certificate).
+    """
+    from papers.clsp_transformer.lot_sizing import solve_clsp_mip
+
+    if not 0 < n_instances <= data.test.n:
+        raise ValueError(f"n_instances must be in 1..{data.test.n}, got {n_instances}")
+    seconds, excess = [], []
+    for i in range(n_instances):
+        result, _ = solve_clsp_mip(data.test, i, mip_rel_gap=rel_gap)
+        seconds.append(result.wall_time)
+        excess.append((result.objective - data.test_objective[i]) / data.test_objective[i])
+    return {"median_seconds": float(np.median(seconds)), "mean_seconds": float(np.mean(seconds)),
+            "mean_excess": float(np.mean(excess))}
+
+
+def dp_mismatch(data: Dataset) -> float:
+    """Largest relative difference between the stored optima of all test instances and
+    :func:`lot_sizing.dp_optimum` (a solver-independent check of the labels)."""
+    from papers.clsp_transformer.lot_sizing import dp_optimum
+
+    return float(max(abs(dp_optimum(data.test, i) - data.test_objective[i]) / abs(data.test_objective[i])
+                     for i in range(data.test.n)))

@@ -150,3 +150,29 @@ def test_compare_models_same_seeds_and_intervals(tmp_path):
     assert set(intervals) == {"gap.transformer", "gap.lstm", "gap.transformer_minus_lstm"}
     with pytest.raises(ValueError, match="unknown kinds"):
         compare_models(data, [0], kinds=("gru",), steps=1)
+
+
+def test_dp_optimum_matches_the_mip():
+    """The solver-free DP over integer stock gives HiGHS's proven optimum; it refuses fractional data."""
+    from papers.clsp_transformer.lot_sizing import dp_optimum
+
+    inst = generate_instances(8, 10, np.random.default_rng(5))
+    inst = Instances(*(np.round(a, 3) for a in inst.arrays()))
+    for i in range(inst.n):
+        mip = solve_clsp_mip(inst, i)[0].objective
+        assert dp_optimum(inst, i) == pytest.approx(mip, rel=1e-9)
+    fractional = Instances(inst.demand + 0.5, *inst.arrays()[1:])
+    with pytest.raises(ValueError, match="integer"):
+        dp_optimum(fractional, 0)
+
+
+def test_mip_at_gap_is_within_its_gap(small):
+    """HiGHS stopped at a relative gap returns a solution within that gap of the optimum."""
+    from papers.clsp_transformer.experiment import Dataset, mip_at_gap
+
+    optimum = np.array([solve_clsp_mip(small, i)[0].objective for i in range(small.n)])
+    data = Dataset(train=small, train_setups=np.zeros((small.n, small.T), np.int8), test=small,
+                   test_setups=np.zeros((small.n, small.T), np.int8), test_objective=optimum,
+                   test_mip_seconds=np.zeros(small.n))
+    out = mip_at_gap(data, small.n, 0.05)
+    assert 0 <= out["mean_excess"] <= 0.05 + 1e-9 and out["median_seconds"] > 0
