@@ -35,7 +35,7 @@ from scipy import sparse
 
 from common.mip import InfeasibleError, MIPResult, solve_lp, solve_milp
 
-__all__ = ["Instances", "generate_instances", "is_feasible", "solve_clsp_mip", "solve_fixed_setup_lp",
+__all__ = ["dp_optimum", "Instances", "generate_instances", "is_feasible", "solve_clsp_mip", "solve_fixed_setup_lp",
            "repair_setups", "plan_cost", "features", "N_FEATURES"]
 
 DEMAND_RANGE = (10, 100)   # integer demands, uniform
@@ -127,9 +127,12 @@ def _balance_constraints(T: int, demand: np.ndarray, n_vars: int, x_col: int, s_
     return A.tocsr(), demand, demand
 
 
-def solve_clsp_mip(inst: Instances, index: int = 0, *, time_limit: float | None = None) -> tuple[MIPResult, np.ndarray]:
-    """Solve (1)-(4) exactly for one instance with HiGHS (``mip_rel_gap = 0``); returns the result and ``y``.
+def solve_clsp_mip(inst: Instances, index: int = 0, *, time_limit: float | None = None,
+                   mip_rel_gap: float = 0.0) -> tuple[MIPResult, np.ndarray]:
+    """Solve (1)-(4) for one instance with HiGHS; returns the result and ``y``.
 
+    Exactly by default (``mip_rel_gap = 0``, a proven optimum); a positive ``mip_rel_gap`` lets HiGHS stop once
+    its incumbent is proven within that relative gap (the timing of a MIP at the pipeline's solution quality).
     Variables are ``[x (T), s (T), y (T)]``.
     """
     d, c, p, h, f = (a[index] for a in inst.arrays())
@@ -141,9 +144,44 @@ def solve_clsp_mip(inst: Instances, index: int = 0, *, time_limit: float | None 
     integrality = np.concatenate([np.zeros(2 * T), np.ones(T)])
     upper = np.concatenate([np.full(2 * T, np.inf), np.ones(T)])
     result = solve_milp(cost, [balance, (link, -np.inf, 0.0)], integrality=integrality,
-                        bounds=(np.zeros(n_vars), upper), time_limit=time_limit)
+                        bounds=(np.zeros(n_vars), upper), time_limit=time_limit, mip_rel_gap=mip_rel_gap)
     y = np.round(result.x[2 * T:]).astype(np.int8)
     return result, y
+
+
+def dp_optimum(inst: Instances, index: int = 0) -> float:
+    """The optimum of (1)-(4) by dynamic programming over the (integer) stock, independent of any solver.
+
+    With integer demands and capacities the LP of a fixed ``y`` has an integral optimal plan, so the optimum
+    is reached with integer stocks ``s_t``, and (costs being non-negative) ``s_t`` never exceeds the demand
+    still to come, ``R_t = sum_{k>t} d_k``. With ``g_t(s)`` the cheapest cost of periods ``1..t`` ending with
+    stock ``s`` (``g_0(0) = 0``):
+
+        g_t(s) = h_t s + min( g_{t-1}(s + d_t),                                   (no setup, x_t = 0)
+                              f_t + min_{1 <= x <= c_t} g_{t-1}(s + d_t - x) + p_t x ),  (setup)
+
+    and the optimum is ``g_T(0)``. The inner minimum is a sliding-window minimum of
+    ``g_{t-1}(s') - p_t s'`` over ``s' in [s + d_t - c_t, s + d_t - 1]``, plus ``p_t (s + d_t)``.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    d, c, p, h, f = (a[index] for a in inst.arrays())
+    if not (np.allclose(d, np.round(d)) and np.allclose(c, np.round(c))):
+        raise ValueError("dp_optimum needs integer demands and capacities")
+    d, c = np.round(d).astype(int), np.round(c).astype(int)
+    remaining = np.concatenate([np.cumsum(d[::-1])[::-1][1:], [0]])
+    g = np.zeros(1)                                             # g_0: only s_0 = 0
+    for t in range(inst.T):
+        s = np.arange(remaining[t] + 1)
+        prev = s + d[t]                                         # s_{t-1} with x_t = 0
+        idle = np.where(prev < len(g), g[np.minimum(prev, len(g) - 1)], np.inf)
+        w = g - p[t] * np.arange(len(g))
+        # pad so that the window of s covers w's indices s + d_t - c_t .. s + d_t - 1 (inf outside 0..len(g)-1)
+        padded = np.concatenate([np.full(c[t], np.inf), w, np.full(len(s) + d[t] + 1, np.inf)])
+        window = sliding_window_view(padded, c[t])[d[t]: d[t] + len(s)].min(axis=1)
+        produce = window + p[t] * (s + d[t]) + f[t]
+        g = np.minimum(idle, produce) + h[t] * s
+    return float(g[0])
 
 
 def solve_fixed_setup_lp(inst: Instances, index: int, setups) -> MIPResult:

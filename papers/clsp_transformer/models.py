@@ -73,7 +73,11 @@ class SetupTransformer(nn.Module):
 
     @torch.no_grad()
     def predict(self, u: torch.Tensor) -> torch.Tensor:
-        """Greedy decoding of (6); returns ``(B, T)`` setups in {0, 1}."""
+        """Greedy decoding of (6); returns ``(B, T)`` setups in {0, 1}.
+
+        An EOS emitted before period ``T`` closes every remaining period; ``self.ended_early`` (a ``(B,)``
+        bool array) records which sequences ended so, for the last batch decoded.
+        """
         B, T = u.shape[:2]
         memory = self.encode(u)
         tokens = torch.full((B, 1), BOS)
@@ -85,6 +89,7 @@ class SetupTransformer(nn.Module):
             y_t = torch.where(ended, torch.zeros_like(step), step)
             out[:, t] = y_t
             tokens = torch.cat([tokens, y_t[:, None]], 1)
+        self.ended_early = ended.numpy().copy()
         return out
 
 

@@ -125,3 +125,54 @@ def test_transformer_rejects_long_sequences():
         model.predict(torch.zeros(1, 5, N_FEATURES))
     with pytest.raises(ValueError, match="divisible"):
         SetupTransformer(N_FEATURES, 4, d_model=10, n_heads=4)
+
+
+def test_compare_models_same_seeds_and_intervals(tmp_path):
+    """compare_models trains every kind on every seed (same data); gap_intervals pairs them by seed."""
+    from papers.clsp_transformer.experiment import Dataset, compare_models, gap_intervals
+
+    rng = np.random.default_rng(3)
+    inst = generate_instances(12, 6, rng)
+    labels = np.array([solve_clsp_mip(inst, i)[1] for i in range(inst.n)], dtype=np.int8)
+    optimum = np.array([solve_clsp_mip(inst, i)[0].objective for i in range(8, 12)])
+    data = Dataset(train=inst[np.arange(8)], train_setups=labels[:8], test=inst[np.arange(8, 12)],
+                   test_setups=labels[8:], test_objective=optimum, test_mip_seconds=np.zeros(4))
+    rows, per_seed = compare_models(data, [0, 1], kinds=("transformer", "lstm"), steps=3, d_model=8,
+                                    progress=False, log=lambda _: None)
+    assert set(rows) == {"transformer", "lstm"} and all(len(r) == 2 for r in rows.values())
+    for summary in per_seed.values():
+        assert len(summary["gap_mean"]) == 2 and min(summary["min_gap"]) >= -1e-6
+        assert isinstance(summary["n_parameters"], int)
+    again = compare_models(data, [0, 1], kinds=("transformer", "lstm"), steps=3, d_model=8, progress=False,
+                           log=lambda _: None)[1]
+    assert again["lstm"]["gap_mean"] == per_seed["lstm"]["gap_mean"]  # seeded: the same per-seed values
+    intervals = gap_intervals(per_seed)
+    assert set(intervals) == {"gap.transformer", "gap.lstm", "gap.transformer_minus_lstm"}
+    with pytest.raises(ValueError, match="unknown kinds"):
+        compare_models(data, [0], kinds=("gru",), steps=1)
+
+
+def test_dp_optimum_matches_the_mip():
+    """The solver-free DP over integer stock gives HiGHS's proven optimum; it refuses fractional data."""
+    from papers.clsp_transformer.lot_sizing import dp_optimum
+
+    inst = generate_instances(8, 10, np.random.default_rng(5))
+    inst = Instances(*(np.round(a, 3) for a in inst.arrays()))
+    for i in range(inst.n):
+        mip = solve_clsp_mip(inst, i)[0].objective
+        assert dp_optimum(inst, i) == pytest.approx(mip, rel=1e-9)
+    fractional = Instances(inst.demand + 0.5, *inst.arrays()[1:])
+    with pytest.raises(ValueError, match="integer"):
+        dp_optimum(fractional, 0)
+
+
+def test_mip_at_gap_is_within_its_gap(small):
+    """HiGHS stopped at a relative gap returns a solution within that gap of the optimum."""
+    from papers.clsp_transformer.experiment import Dataset, mip_at_gap
+
+    optimum = np.array([solve_clsp_mip(small, i)[0].objective for i in range(small.n)])
+    data = Dataset(train=small, train_setups=np.zeros((small.n, small.T), np.int8), test=small,
+                   test_setups=np.zeros((small.n, small.T), np.int8), test_objective=optimum,
+                   test_mip_seconds=np.zeros(small.n))
+    out = mip_at_gap(data, small.n, 0.05)
+    assert 0 <= out["mean_excess"] <= 0.05 + 1e-9 and out["median_seconds"] > 0
