@@ -55,10 +55,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common.pomdp import noisy_corridor, rollout
-from papers.wasserstein_believer.select_steady_state import ci_parameters, evaluation_seeds, tuning_seeds
+from papers.wasserstein_believer.select_steady_state import recovery_summary, tuning_protocol
 from papers.wasserstein_believer.wasserstein_believer import WBUConfig, state_recovery, train_wbu
 
 HERE = Path(__file__).resolve().parent
@@ -113,11 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    params = ci_parameters()
-    seeds = tuning_seeds()
-    data_seeds = {10_000 + s for s in seeds}
-    assert not (set(seeds) | data_seeds) & evaluation_seeds(), "tuning seeds overlap the evaluation seeds"
+    params, seeds, data_seeds = tuning_protocol()
     table, rows = {}, []
     for cand in CANDIDATES:
         t0 = time.process_time()
@@ -125,10 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         rec = recovery_for_candidate(cand, seeds, params, diag)
         table[cand["name"]] = rec
         rows.append({**cand, "encoder_temperature": WBUConfig().encoder_temperature,
-                     "state_recovery": [round(x, 4) for x in rec],
-                     "min": round(float(min(rec)), 4), "mean": round(float(np.mean(rec)), 4),
-                     "passes": bool(min(rec) > THRESHOLD), "cpu_s": round(time.process_time() - t0, 1),
-                     "diagnostics": diag})
+                     **recovery_summary(rec, t0), "diagnostics": diag})
         print(f"{cand['name']} ({cand['encoder']}, steady_state {cand['steady_state']}): state recovery "
               f"{', '.join(f'{x:.3f}' for x in rec)}  min {min(rec):.3f}  mean {np.mean(rec):.3f}", flush=True)
     chosen = select_candidate(table)

@@ -98,23 +98,35 @@ def select_weight(table: dict[float, list[float]], threshold: float = THRESHOLD)
     return min(passing) if passing else None
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=OUTPUT)
-    args = parser.parse_args(argv)
+def tuning_protocol() -> tuple[dict, list[int], set[int]]:
+    """The protocol shared by the selection scripts: one thread, the ci parameters, the tuning seeds and their
+    data seeds, checked disjoint from every seed ci and full use. Returns ``(params, seeds, data_seeds)``."""
     torch.set_num_threads(1)
     params = ci_parameters()
     seeds = tuning_seeds()
     data_seeds = {10_000 + s for s in seeds}
     assert not (set(seeds) | data_seeds) & evaluation_seeds(), "tuning seeds overlap the evaluation seeds"
+    return params, seeds, data_seeds
+
+
+def recovery_summary(rec: list[float], cpu_start: float) -> dict:
+    """One row of a selection table: per-seed state recovery, min, mean, whether it passes, CPU seconds."""
+    return {"state_recovery": [round(x, 4) for x in rec], "min": round(float(min(rec)), 4),
+            "mean": round(float(np.mean(rec)), 4), "passes": bool(min(rec) > THRESHOLD),
+            "cpu_s": round(time.process_time() - cpu_start, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    params, seeds, data_seeds = tuning_protocol()
     table, rows = {}, []
     for w in GRID:
         t0 = time.process_time()
         rec = recovery_for_weight(w, seeds, params)
         table[w] = rec
-        rows.append({"weight": w, "state_recovery": [round(x, 4) for x in rec],
-                     "min": round(float(min(rec)), 4), "mean": round(float(np.mean(rec)), 4),
-                     "passes": bool(min(rec) > THRESHOLD), "cpu_s": round(time.process_time() - t0, 1)})
+        rows.append({"weight": w, **recovery_summary(rec, t0)})
         print(f"weight {w:>6g}: state recovery {', '.join(f'{x:.3f}' for x in rec)}  "
               f"min {min(rec):.3f}  mean {np.mean(rec):.3f}", flush=True)
     chosen = select_weight(table)
