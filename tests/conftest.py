@@ -25,7 +25,7 @@ def edit_toy():
         notebook = json.loads(path.read_text())
         sources = ["".join(cell["source"]) for cell in notebook["cells"]]
         assert any(old in text for text in sources), f"{old!r} not in {path}"
-        for cell, text in zip(notebook["cells"], sources):
+        for cell, text in zip(notebook["cells"], sources, strict=True):
             cell["source"] = text.replace(old, new).splitlines(keepends=True)
         path.write_text(json.dumps(notebook, indent=1) + "\n")
     return edit

@@ -1,5 +1,6 @@
 """BDIA-DDIM exact diffusion inversion (Zhang, Lewis, Kleijn, ECCV 2024) with DDIM inversion and EDICT as baselines."""
 
+from .editing import EDIT_METHODS, class_edit, per_digit_psnr, per_digit_rmse, target_labels
 from .inversion import (
     LinearEpsModel,
     bdia_inverse_step,
@@ -18,9 +19,14 @@ from .inversion import (
     inverse_mode_roots,
     max_abs_trajectory,
 )
-
-from .editing import EDIT_METHODS, class_edit, per_digit_psnr, per_digit_rmse, target_labels
-from .sampling import bdia_edm, edm_samplers_for, gamma_key, noise_and_labels, quality_across_seeds, samplers_for
+from .sampling import (
+    bdia_edm,
+    edm_samplers_for,
+    gamma_key,
+    noise_and_labels,
+    quality_across_seeds,
+    samplers_for,
+)
 
 __all__ = [
     "EDIT_METHODS", "class_edit", "per_digit_psnr", "per_digit_rmse", "target_labels", "bdia_edm", "edm_samplers_for",

@@ -20,8 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from common.mip import InfeasibleError
-from papers.clsp_transformer.lot_sizing import (Instances, is_feasible, plan_cost, repair_setups,
-                                                 solve_fixed_setup_lp)
+from papers.clsp_transformer.lot_sizing import (
+    Instances,
+    is_feasible,
+    plan_cost,
+    repair_setups,
+    solve_fixed_setup_lp,
+)
 
 __all__ = ["Dataset", "load_dataset", "PipelineResult", "run_pipeline", "train_and_evaluate", "compare_models",
            "gap_intervals", "mip_reference", "mip_at_gap", "dp_mismatch", "KINDS"]

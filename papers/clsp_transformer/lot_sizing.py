@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from common.mip import InfeasibleError, MIPResult, solve_lp, solve_milp
+from common.mip import MIPResult, solve_lp, solve_milp
 
 __all__ = ["dp_optimum", "Instances", "generate_instances", "is_feasible", "solve_clsp_mip", "solve_fixed_setup_lp",
            "repair_setups", "plan_cost", "features", "N_FEATURES"]
@@ -73,7 +73,7 @@ class Instances:
 
     def to_dict(self, prefix: str = "") -> dict:
         names = ("demand", "capacity", "production_cost", "holding_cost", "setup_cost")
-        return {prefix + k: v for k, v in zip(names, self.arrays())}
+        return {prefix + k: v for k, v in zip(names, self.arrays(), strict=True)}
 
     @classmethod
     def from_dict(cls, data, prefix: str = "") -> Instances:

@@ -10,8 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from common import smc
-from papers.dc_fusion.fusion import (GaussianTarget, correlated_gaussian_leaves, final_samples,
-                                     integrated_absolute_distance, log_mean_exp, run_tree, tempered_gaussian_leaves)
+from papers.dc_fusion.fusion import (
+    GaussianTarget,
+    correlated_gaussian_leaves,
+    final_samples,
+    integrated_absolute_distance,
+    log_mean_exp,
+    run_tree,
+    tempered_gaussian_leaves,
+)
 
 
 def tempered_run(C: int, tree: str, n: int, T: float, seed: int, bandwidth: float = 0.1) -> dict:

@@ -202,7 +202,7 @@ def tree_schedule(n_leaves: int, tree: str) -> list[list[list[int]]]:
         return levels
     if tree == "progressive":
         # level l fuses the running node (index 0) with the next leaf (index 1); the rest carry over
-        return [[[0, 1]] + [[i] for i in range(2, n_leaves - l)] for l in range(n_leaves - 1)]
+        return [[[0, 1]] + [[i] for i in range(2, n_leaves - level)] for level in range(n_leaves - 1)]
     raise ValueError(f"unknown tree {tree!r}; use one of {TREES}")
 
 

@@ -154,13 +154,13 @@ def split_targets(X, y, C: int, prior_var: float = 1.0) -> list[LogisticTarget]:
     if C < 1 or C > len(y):
         raise ValueError(f"C must be in [1, n], got {C}")
     return [LogisticTarget.from_data(Xc, yc, C * prior_var)
-            for Xc, yc in zip(np.array_split(X, C), np.array_split(y, C))]
+            for Xc, yc in zip(np.array_split(X, C), np.array_split(y, C), strict=True)]
 
 
 def consensus_monte_carlo(sub_samples: list[np.ndarray]) -> np.ndarray:
     """Scott et al. (2016): ``θ_i = (Σ_c W_c)⁻¹ Σ_c W_c θ_{c,i}``, ``W_c`` = inverse sample covariance."""
     W = [np.linalg.inv(np.cov(s, rowvar=False)) for s in sub_samples]
-    return sum(s @ w for s, w in zip(sub_samples, W)) @ np.linalg.inv(sum(W))
+    return sum(s @ w for s, w in zip(sub_samples, W, strict=True)) @ np.linalg.inv(sum(W))
 
 
 def kde_monte_carlo(sub_samples: list[np.ndarray], n: int, rng: np.random.Generator, bandwidth: float = 1.0,
@@ -215,10 +215,10 @@ def semiparametric_kde_monte_carlo(sub_samples: list[np.ndarray], n: int, rng: n
     precisions = [np.linalg.inv(np.atleast_2d(np.cov(s, rowvar=False))) for s in stack]
     prec = sum(precisions)
     cov = np.linalg.inv(prec)
-    mean = cov @ sum(P @ m for P, m in zip(precisions, means))
+    mean = cov @ sum(P @ m for P, m in zip(precisions, means, strict=True))
     # log N(θ_{c,j} | μ̂_c, Σ̂_c) up to a constant per c (constants cancel in the ratio W_t'/W_t)
     log_fit = np.stack([-0.5 * np.einsum("mi,ij,mj->m", s - m, P, s - m)
-                        for s, m, P in zip(stack, means, precisions)])        # (C, M)
+                        for s, m, P in zip(stack, means, precisions, strict=True)])        # (C, M)
     s_eig, U = np.linalg.eigh(cov)
     z = stack @ U                                                          # (C, M, d) rotated samples
     z_mean = mean @ U

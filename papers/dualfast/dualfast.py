@@ -55,9 +55,9 @@ import numpy as np
 import torch
 
 from common.diffusion import ddim, dpm_solver_pp_2m, metrics, time_grid, unipc
-from common.diffusion.samplers import check_times, grid_coefficients
 from common.diffusion.noise_bank import NoiseBank
 from common.diffusion.reference import reference_endpoints
+from common.diffusion.samplers import check_times, grid_coefficients
 
 BASE_SOLVERS: dict[str, Callable] = {"ddim": ddim, "dpmpp2m": dpm_solver_pp_2m, "unipc": unipc}
 C_GRID = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -329,7 +329,7 @@ def select_coefficient(model, x_fit, y_fit, ref_fit, steps, grid_c=C_GRID) -> di
                 r = [mse(DUALFAST_SOLVERS[name](model, x_fit, grid_for(n), y_fit, c=c), ref_fit) / base_mse[n]
                      for n in steps]
                 ratios[float(c)] = float(np.mean(r))
-                per_n[float(c)] = dict(zip(steps, r))
+                per_n[float(c)] = dict(zip(steps, r, strict=True))
             best = min(ratios, key=ratios.get)
             out[name] = {"c": best, "ratios": ratios, "per_n": per_n}
     return out

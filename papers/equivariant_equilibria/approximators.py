@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from common.equivariant import ExchangeableNet, col_readout, permute_game, row_readout
-from common.game_metrics import ce_exploitability, cce_exploitability, nash_exploitability, social_welfare
+from common.game_metrics import cce_exploitability, ce_exploitability, nash_exploitability, social_welfare
 
 __all__ = [
     "sample_games",

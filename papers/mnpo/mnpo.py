@@ -176,7 +176,7 @@ def method_step(method: str, P: np.ndarray, log_ref: np.ndarray, history: Sequen
         log_mu = np.logaddexp.reduce(np.stack([np.log(lam[j]) + hist[j] for j in range(len(hist))]), axis=0)
     else:
         log_mu = log_old
-    w, l = (torch.as_tensor(i) for i in draw_pairs(P, log_mu, n_pairs, rng))
+    w, l = (torch.as_tensor(i) for i in draw_pairs(P, log_mu, n_pairs, rng))  # noqa: E741 (y_w, y_l: the paper's notation)
     old_t, ref_t = torch.as_tensor(log_old), torch.as_tensor(log_ref)
     # log-probs of the fixed policies on the drawn pairs, gathered once
     old_w, old_l, ref_w, ref_l = _gather(old_t, w), _gather(old_t, l), _gather(ref_t, w), _gather(ref_t, l)

@@ -42,6 +42,8 @@ smoothings with continuation, with an a-posteriori error bound (see its docstrin
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 __all__ = [
@@ -380,7 +382,7 @@ def stratified_times(T: int, n_eval: int, *, rng: np.random.Generator):
     n = T + 1
     inner = [int(np.ceil(n / 2.0 ** k)) for k in range(n_eval - 1, 0, -1)]
     edges = np.unique(np.clip([0] + inner + [n], 0, n))
-    times = np.array([rng.integers(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])])
+    times = np.array([rng.integers(lo, hi) for lo, hi in pairwise(edges)])
     weights = np.diff(edges) / n
     return times, weights
 

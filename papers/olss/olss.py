@@ -42,6 +42,7 @@ coefficient table per label, each from M teacher runs of that label.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -125,7 +126,7 @@ def check_path(path, n_teacher: int) -> list[int]:
     path = [int(p) for p in path]
     if not path or path[0] != 0:
         raise ValueError(f"a path starts at teacher index 0, got {path}")
-    if any(b <= a for a, b in zip(path, path[1:])) or path[-1] >= n_teacher:
+    if any(b <= a for a, b in pairwise(path)) or path[-1] >= n_teacher:
         raise ValueError(f"a path is strictly increasing and below N = {n_teacher}, got {path}")
     return path
 
@@ -266,7 +267,7 @@ def fill_path(path: list[int], n_steps: int, n_teacher: int) -> list[int]:
     path = list(path)
     while len(path) < n_steps:
         ends = path[1:] + [n_teacher]
-        gaps = [b - a for a, b in zip(path, ends)]
+        gaps = [b - a for a, b in zip(path, ends, strict=True)]
         j = int(np.argmax(gaps))
         if gaps[j] < 2:
             raise ValueError("cannot fill the path: no gap left to split")

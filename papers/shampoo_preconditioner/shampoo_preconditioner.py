@@ -31,7 +31,6 @@ not the exact expectation over labels, which has no sampling noise at all.
 from __future__ import annotations
 
 import numpy as np
-
 import torch
 from torch import nn
 

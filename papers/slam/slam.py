@@ -161,7 +161,7 @@ def self_consistency_error(net, teacher, x_data: torch.Tensor, y_data: torch.Ten
 
 @torch.no_grad()
 def first_step_spread(student, n_steps: int, n_samples: int, schedule, random_state: int) -> float:
-    """Standard deviation of the first sampling step's :math:`\hat x_0` (the data's is about 0.75)."""
+    r"""Standard deviation of the first sampling step's :math:`\hat x_0` (the data's is about 0.75)."""
     gen = torch.Generator().manual_seed(int(random_state))
     noise = torch.randn(n_samples, 64, generator=gen)
     _, trajectory = lcm_sample(student, noise, balanced_labels(n_samples), n_steps, schedule, generator=gen,

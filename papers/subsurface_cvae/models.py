@@ -39,6 +39,7 @@ distance between multivariate samples (:func:`energy_distance`).
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ def mlp(n_in: int, n_out: int, width: int, depth: int) -> nn.Sequential:
         raise ValueError("depth and width must be positive")
     sizes = [n_in] + [width] * depth
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in pairwise(sizes):
         layers += [nn.Linear(a, b), nn.Softplus()]
     layers.append(nn.Linear(sizes[-1], n_out))
     for layer in layers:

@@ -140,7 +140,7 @@ def _highspy_solve(c, A, lower, upper, integrality, lb, ub):
         h.changeColCost(j, float(c[j]))
         if integrality[j]:
             h.changeColIntegrality(j, highspy.HighsVarType.kInteger)
-    for row, lo, hi in zip(A, lower, upper):
+    for row, lo, hi in zip(A, lower, upper, strict=True):
         idx = np.flatnonzero(row)
         h.addRow(float(lo), float(hi), len(idx), idx.astype(np.int32), row[idx].astype(float))
     h.run()

@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from common.spectra import (azimuthal_average, bin_matrix, high_frequency_error, radial_power_spectrum,
-                            spectral_profile, spectral_profile_torch, to_grey)
+from common.spectra import (
+    azimuthal_average,
+    bin_matrix,
+    high_frequency_error,
+    radial_power_spectrum,
+    spectral_profile,
+    spectral_profile_torch,
+    to_grey,
+)
 
 
 def _official_azimuthal_average(image):

@@ -27,7 +27,7 @@ def small():
 
 def test_generator_is_seeded_and_feasible(small):
     again = generate_instances(6, 6, np.random.default_rng(0))
-    for a, b in zip(small.arrays(), again.arrays()):
+    for a, b in zip(small.arrays(), again.arrays(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert small.demand.shape == (6, 6)
     assert np.all(is_feasible(small.demand, small.capacity, np.ones_like(small.demand)))

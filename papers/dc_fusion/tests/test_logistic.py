@@ -36,7 +36,9 @@ def test_random_walk_metropolis_on_a_gaussian_closed_form():
     rng = np.random.default_rng(2)
     mean, cov = np.array([1.0, -2.0]), np.array([[1.0, 0.6], [0.6, 2.0]])
     prec = np.linalg.inv(cov)
-    logd = lambda b: -0.5 * np.einsum("ni,ij,nj->n", b - mean, prec, b - mean)
+    def logd(b):
+        return -0.5 * np.einsum("ni,ij,nj->n", b - mean, prec, b - mean)
+
     draws, acc = L.random_walk_metropolis(logd, rng.standard_normal((4000, 2)) * 3, 2.38**2 / 2 * cov, 200, rng)
     assert 0.2 < acc < 0.5
     assert np.allclose(draws.mean(0), mean, atol=0.1)

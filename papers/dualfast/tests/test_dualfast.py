@@ -4,8 +4,14 @@ import torch
 from common.diffusion.samplers import ddim
 from common.diffusion.schedule import VPSchedule
 from common.diffusion.twins import GaussianTwin
-from papers.dualfast.dualfast import (BASE_SOLVERS, DUALFAST_SOLVERS, DualFastModel, grid_for, mixing_coefficient,
-                                      sanity)
+from papers.dualfast.dualfast import (
+    BASE_SOLVERS,
+    DUALFAST_SOLVERS,
+    DualFastModel,
+    grid_for,
+    mixing_coefficient,
+    sanity,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """LML: the correction's exact small cases and invariants, the samplers' budgets and exactness, diffusers cross-check."""
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -54,7 +55,9 @@ def test_kappa0_and_large_lambda_are_the_identity_in_float64():
 
 def test_official_float32_arithmetic_amplifies_rounding():
     g = torch.randn(4, 3072, generator=torch.Generator().manual_seed(2))  # CIFAR-10's dimension
-    rel = lambda out: ((out.double() - g.double()).norm(dim=1) / g.double().norm(dim=1)).max().item()
+    def rel(out):
+        return ((out.double() - g.double()).norm(dim=1) / g.double().norm(dim=1)).max().item()
+
     assert rel(lm_correct(g, None, 1e-3, 0.0)) <= 1e-6  # float64 arithmetic: the identity
     assert rel(lm_correct(g, None, 1e-3, 0.0, compute_dtype=None)) > 1e-2  # float32: |g|^2/lam ~ 3e6 amplification
     assert rel(lm_correct(g, None, 1e3, 0.0, compute_dtype=None)) < 1e-5
@@ -140,7 +143,7 @@ def test_correction_hook_gets_the_previous_uncorrected_increment():
 
     dpm_solver_multistep(model, x, solver_grid(5), correction=hook)
     assert seen[0][1] is None
-    for (g_prev, _), (_, prev) in zip(seen[:-1], seen[1:]):
+    for (g_prev, _), (_, prev) in pairwise(seen):
         assert torch.equal(prev, g_prev)
     assert OFFICIAL_LAMBDA[5] == 8e-4 and OFFICIAL_LAMBDA[10] == 8e-4 and OFFICIAL_LAMBDA[20] == 5e-4
 

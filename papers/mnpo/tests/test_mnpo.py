@@ -39,7 +39,7 @@ def test_symmetric_nash_of_rock_paper_scissors_is_uniform():
 def test_draw_pairs_labels_follow_the_oracle():
     P = np.array([[[0.5, 0.8], [0.2, 0.5]]])
     log_mu = np.log(np.array([[0.5, 0.5]]))
-    w, l = draw_pairs(P, log_mu, 20_000, np.random.default_rng(0))
+    w, l = draw_pairs(P, log_mu, 20_000, np.random.default_rng(0))  # noqa: E741 (y_w, y_l as in the paper)
     mixed = w != l
     assert np.mean(w[mixed] == 0) == pytest.approx(0.8, abs=0.02)
     assert np.mean(mixed) == pytest.approx(0.5, abs=0.02)
@@ -51,7 +51,7 @@ def test_run_method_is_deterministic_and_starts_at_the_reference():
     b = run_method("mnpo", g, T=2, eta=2.0, n_pairs=16, random_state=5, steps=20)
     assert len(a) == 3
     np.testing.assert_array_equal(a[0], g.log_ref)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError):
         run_method("ppo", g, T=1, eta=1.0, n_pairs=4, random_state=0)
@@ -61,7 +61,7 @@ def test_exact_mnpo_with_one_history_is_inpo():
     g = annotator_mixture_games(2, 3, 5, random_state=3)
     a = run_exact("inpo", g, T=4, eta=3.0)
     b = run_exact("mnpo", g, T=4, eta=3.0, n_history=1)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
 

@@ -73,7 +73,9 @@ def test_prox_point_step_is_global_minimiser(b, beta):
     na = a @ a
     y = prox_point_step(x, a, b, beta)
     s = brute_force_1d(lambda s: np.abs((a @ x + s * na) ** 2 - b) + beta / 2 * s * s * na, -3, 3)
-    obj = lambda z: abs((a @ z) ** 2 - b) + beta / 2 * np.sum((z - x) ** 2)
+    def obj(z):
+        return abs((a @ z) ** 2 - b) + beta / 2 * np.sum((z - x) ** 2)
+
     assert obj(y) <= obj(x + s * a) + 1e-9
     # and no random perturbation does better
     rng = np.random.default_rng(1)
@@ -106,7 +108,9 @@ def test_moreau_prox_optimal_against_perturbations(problem):
     x = np.random.default_rng(4).standard_normal(5)
     y, err = moreau_prox(problem, x, rho_bar)
     assert err < 1e-3
-    F = lambda z: objective(problem, z) + rho_bar / 2 * np.sum((z - x) ** 2)
+    def F(z):
+        return objective(problem, z) + rho_bar / 2 * np.sum((z - x) ** 2)
+
     rng = np.random.default_rng(5)
     assert all(F(y) <= F(y + 1e-4 * rng.standard_normal(5)) + 1e-12 for _ in range(500))
 

@@ -1,5 +1,7 @@
 """OLSS: exact least squares, DDIM as a member of the linear family, path search invariants (toy models, seconds)."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -120,7 +122,7 @@ def test_path_search_invariants(model):
     assert 5 <= k_small <= k_large  # a looser bound never reaches less far
     for n in (3, 5):
         path, bound = search_path(states, eps, n)
-        assert len(path) == n and path[0] == 0 and all(b > a for a, b in zip(path, path[1:])) and path[-1] < 30
+        assert len(path) == n and path[0] == 0 and all(b > a for a, b in pairwise(path)) and path[-1] < 30
         assert greedy_path(gram, n, bound) is not None and greedy_path(gram, n, bound * 0.999) is None
         sched = fit_coefficients(times, states, eps, path)
         assert sched.n_steps == n and np.allclose(sched.times, times[path].numpy())

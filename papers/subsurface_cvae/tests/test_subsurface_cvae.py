@@ -2,11 +2,27 @@ import numpy as np
 import pytest
 import torch
 
-from papers.subsurface_cvae.models import (CVAE, Conditioning, GaussianMLP, TabulatedSampler, counts_from_log,
-                                           energy_distance, sample_model, train, w1)
-from papers.subsurface_cvae.scattering import (decode_exit, distance_to_sphere, encode_exit, generate_dataset,
-                                               sample_hg_cosine, sample_hg_direction, sample_settings,
-                                               walk_in_unit_sphere)
+from papers.subsurface_cvae.models import (
+    CVAE,
+    Conditioning,
+    GaussianMLP,
+    TabulatedSampler,
+    counts_from_log,
+    energy_distance,
+    sample_model,
+    train,
+    w1,
+)
+from papers.subsurface_cvae.scattering import (
+    decode_exit,
+    distance_to_sphere,
+    encode_exit,
+    generate_dataset,
+    sample_hg_cosine,
+    sample_hg_direction,
+    sample_settings,
+    walk_in_unit_sphere,
+)
 from papers.subsurface_cvae.sphere_tracing import cvae_jump, exact_jump, table_jump, trace_sphere
 
 

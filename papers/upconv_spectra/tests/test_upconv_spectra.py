@@ -5,10 +5,16 @@ import torch.nn.functional as F
 
 from common.gan import DCDiscriminator
 from common.spectra import spectral_profile
-from papers.upconv_spectra.upconv_spectra import (GAN_VARIANTS, UpsamplingAutoencoder, detection_accuracy,
-                                                  differentiable_spectral_term, make_variant,
-                                                  official_gradient_identity, official_spectral_term,
-                                                  train_autoencoder)
+from papers.upconv_spectra.upconv_spectra import (
+    GAN_VARIANTS,
+    UpsamplingAutoencoder,
+    detection_accuracy,
+    differentiable_spectral_term,
+    make_variant,
+    official_gradient_identity,
+    official_spectral_term,
+    train_autoencoder,
+)
 
 
 @pytest.mark.parametrize("mode", ["transposed", "nearest", "bilinear"])
