@@ -24,6 +24,16 @@ array compares element by element, each element with its own tolerance.
 
 A code change that moves a metric by less than the noise between seeds and machines passes; a real
 regression fails. ``make bless`` rewrites the file with provenance.
+
+**Earlier machines.** One machine's emulated kernels do not bound another CPU's (goldens blessed on an
+Intel Xeon failed on an AMD EPYC). So a re-bless checks that every canonical and kernel-variant value of
+every earlier blessing still passes the new entries (:func:`check_earlier`), and the file keeps, under
+``previous``, the values each earlier machine gave (:func:`carry_earlier`): one blessing per CPU, the newest,
+other than the CPU of the file's own blessing, per metric the canonical value (alone when every kernel
+variant gave it) or ``{"value": v, "hardware": {variant: w}}`` with only the variants that differ from it.
+A metric's earlier values are carried only while all of them pass the current entry; a file without
+``previous`` (blessed before this existed) has no earlier values. :func:`check_file` re-checks a file's
+stored earlier values without running anything (``python -m common.harness goldens-check``).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 SIGMAS = 3.0
@@ -298,6 +309,188 @@ def compare(goldens: dict, metrics: dict, volatile: dict) -> list[str]:
             if problem:
                 problems.append(f"{notebook}: {problem}")
     return problems
+
+
+# --- earlier blessings: what other machines gave, checked on every re-bless ----------------------------
+
+PREVIOUS = "previous"  # the key of a golden file's earlier blessings (absent in files blessed before it existed)
+CANONICAL = "canonical"  # the kernel label of a blessing's canonical value
+
+
+def machine(provenance: dict) -> str:
+    """The CPU a blessing ran on: ``provenance["cpu"]``, else the CPU part of the device label
+    (``"CPU (2 cores): AMD EPYC"`` -> ``"AMD EPYC"``; files blessed before ``cpu`` was recorded)."""
+    cpu = provenance.get("cpu")
+    if cpu:
+        return str(cpu)
+    label = str(provenance.get("device") or "unknown machine")
+    if label.startswith("CPU (") and "): " in label:
+        return label.split("): ", 1)[1]
+    return label
+
+
+def _stored_values(entry: dict):
+    """What an earlier blessing keeps of a golden entry: the canonical value when every kernel variant gave it,
+    else ``{"value": v, "hardware": {variant: w}}`` with only the variants that differ from ``v``."""
+    value = entry["value"]
+    differ = {k: v for k, v in sorted((entry.get("hardware") or {}).items()) if v != value}
+    return {"value": value, "hardware": differ} if differ else value
+
+
+def _earlier_values(stored) -> list[tuple[str, object]]:
+    """(kernel, value) pairs of one stored metric: the canonical value first, then the differing variants."""
+    if isinstance(stored, dict):
+        return [(CANONICAL, stored.get("value")), *sorted((stored.get("hardware") or {}).items())]
+    return [(CANONICAL, stored)]
+
+
+def blessing(golden: dict) -> dict:
+    """A golden file's own blessing as an earlier one: its machine, commit, date and stored values."""
+    prov = golden.get("provenance") or {}
+    return {"machine": machine(prov), "commit": prov.get("commit"), "created": prov.get("created"),
+            "notebooks": {nb: {name: _stored_values(entry) for name, entry in sorted(entries.items())}
+                          for nb, entries in sorted((golden.get("notebooks") or {}).items())}}
+
+
+def blessings(golden: dict) -> list[dict]:
+    """Every blessing a golden file knows, oldest first: its stored earlier ones, then its own."""
+    return [*(golden.get(PREVIOUS) or []), blessing(golden)]
+
+
+@dataclass(frozen=True)
+class EarlierFailure:
+    """One value an earlier blessing gave that a golden entry no longer accepts."""
+
+    notebook: str
+    metric: str
+    machine: str
+    commit: str | None
+    kernel: str  # "canonical" or the kernel variant's name
+    value: object
+    problem: str  # compare_metric's description: value, golden ± tolerance
+
+    def __str__(self) -> str:
+        commit = f", commit {self.commit[:10]}" if self.commit else ""
+        return f"{self.notebook}: {self.problem} [blessed on {self.machine}, {self.kernel} kernels{commit}]"
+
+
+def _comparable(golden: dict, notebook: str, name: str) -> dict | None:
+    """The current entry an earlier value is checked against (None: the metric is gone or volatile now)."""
+    if name in (golden.get("volatile") or {}).get(notebook, ()):
+        return None
+    return ((golden.get("notebooks") or {}).get(notebook) or {}).get(name)
+
+
+def check_earlier(earlier: list[dict], golden: dict) -> tuple[list[EarlierFailure], int]:
+    """(failures, number of values checked): every canonical and kernel-variant value ``v`` of the ``earlier``
+    blessings, for each metric that ``golden`` still has and does not declare volatile, against its entry
+    ``(g, atol)`` with :func:`compare_metric`, exactly as a run on that machine would be compared:
+    ``|v - g| <= atol`` per element, ``max(v/g, g/v) <= factor`` on a log scale, ``v == g`` for booleans.
+    Metrics the golden no longer has are skipped (nothing to compare with)."""
+    failures, checked = [], 0
+    for earlier_blessing in earlier:
+        for notebook, metrics in sorted((earlier_blessing.get("notebooks") or {}).items()):
+            for name, stored in sorted(metrics.items()):
+                entry = _comparable(golden, notebook, name)
+                if entry is None:
+                    continue
+                for kernel, value in _earlier_values(stored):
+                    checked += 1
+                    problem = compare_metric(name, value, entry)
+                    if problem:
+                        failures.append(EarlierFailure(notebook, name, str(earlier_blessing.get("machine")),
+                                                       earlier_blessing.get("commit"), kernel, value, problem))
+    return failures, checked
+
+
+def carry_earlier(earlier: list[dict], golden: dict) -> list[dict]:
+    """The ``previous`` list of a new golden file, oldest first: of the ``earlier`` blessings (oldest first),
+    the newest per machine, without the machine of ``golden``'s own blessing (its new values supersede that
+    machine's older ones); per blessing only the metrics ``golden`` still compares (present, not volatile)
+    whose every stored value passes its entry; a blessing with nothing left is dropped."""
+    own = machine(golden.get("provenance") or {})
+    newest: dict[str, dict] = {}
+    for earlier_blessing in earlier:
+        key = str(earlier_blessing.get("machine"))
+        newest.pop(key, None)  # re-insert: the order stays oldest first, by each machine's newest blessing
+        newest[key] = earlier_blessing
+    carried = []
+    for key, earlier_blessing in newest.items():
+        if key == own:
+            continue
+        notebooks = {}
+        for notebook, metrics in sorted((earlier_blessing.get("notebooks") or {}).items()):
+            kept = {}
+            for name, stored in sorted(metrics.items()):
+                entry = _comparable(golden, notebook, name)
+                if entry is not None and not any(compare_metric(name, v, entry) for _, v in _earlier_values(stored)):
+                    kept[name] = stored
+            if kept:
+                notebooks[notebook] = kept
+        if notebooks:
+            carried.append({"machine": key, "commit": earlier_blessing.get("commit"),
+                            "created": earlier_blessing.get("created"), "notebooks": notebooks})
+    return carried
+
+
+def check_file(golden: dict) -> tuple[list[EarlierFailure], int]:
+    """A golden file's stored earlier values against its current entries (no run needed)."""
+    return check_earlier(golden.get(PREVIOUS) or [], golden)
+
+
+class BreaksEarlierBlessingsError(RuntimeError):
+    """New goldens would reject values that an earlier blessing (another machine, or older code) gave."""
+
+    def __init__(self, message: str, failures: list[EarlierFailure]):
+        super().__init__(message)
+        self.failures = failures
+
+
+def _broken_metrics(failures: list[EarlierFailure]) -> list[str]:
+    """One line per (notebook, metric, machine): which kernels' values fail (for provenance and messages)."""
+    grouped: dict[tuple, list[str]] = {}
+    for f in failures:
+        grouped.setdefault((f.notebook, f.metric, f.machine, f.commit), []).append(f.kernel)
+    return [f"{nb}: {name} ({where}, commit {(commit or '?')[:10]}: {', '.join(kernels)})"
+            for (nb, name, where, commit), kernels in grouped.items()]
+
+
+def supersede(previous: dict | None, built: dict, allow_breaking_previous: str | None = None) -> dict:
+    """The golden file to write in place of ``previous`` (None: there was none): ``built`` with the
+    earlier blessings carried under ``previous`` and the check recorded in its provenance.
+
+    Every value of every earlier blessing (``previous``'s own and its stored ones) is checked against
+    ``built`` (:func:`check_earlier`). If any fails, :class:`BreaksEarlierBlessingsError` is raised, also
+    when the failing values came from the same CPU (with the same CPU and kernels, only a change of the
+    code moves a value: that deserves a stated reason too), unless ``allow_breaking_previous`` gives the
+    reason; then the reason and the broken metrics go into ``provenance["allow_breaking_previous"]`` and
+    those metrics' earlier values are not carried (they would fail ``goldens-check`` forever).
+    """
+    if allow_breaking_previous is not None and not allow_breaking_previous.strip():
+        raise ValueError("allow_breaking_previous needs a reason (it is recorded in the goldens' provenance)")
+    if previous is None:
+        return built
+    earlier = blessings(previous)
+    failures, checked = check_earlier(earlier, built)
+    provenance = dict(built.get("provenance") or {})
+    provenance["previous_check"] = {"machines": sorted({str(b.get("machine")) for b in earlier}),
+                                    "values": checked, "failed": len(failures)}
+    if failures and allow_breaking_previous is None:
+        own = machine(provenance)
+        lines = [f"{f} (this CPU: the code moved it)" if f.machine == own else str(f) for f in failures]
+        raise BreaksEarlierBlessingsError(
+            f"the new goldens reject {len(failures)} of the {checked} value(s) that earlier blessings gave, in "
+            f"{len(_broken_metrics(failures))} metric(s) of notebook and machine (on another CPU: this machine's "
+            "kernels do not bound that one's; on this CPU: the code changed the value):\n  " + "\n  ".join(lines),
+            failures)
+    if failures:
+        provenance["allow_breaking_previous"] = {"reason": allow_breaking_previous.strip(),
+                                                 "broken": _broken_metrics(failures)}
+    out = {**built, "provenance": provenance}
+    carried = carry_earlier(earlier, out)
+    if carried:
+        out[PREVIOUS] = carried
+    return out
 
 
 def file_hash(path: Path) -> str | None:
