@@ -94,7 +94,7 @@ def _goldens_check(args) -> int:
         golden = read_json(path)
         failures, checked = goldens.check_file(golden)
         total += checked
-        machines = [str(b.get("machine")) for b in golden.get(goldens.PREVIOUS) or []]
+        machines = [goldens.machine_label(goldens.machine_key(b)) for b in golden.get(goldens.PREVIOUS) or []]
         if failures:
             failed.append(slug)
             print(f"{slug}: {len(failures)} of {checked} earlier value(s) fail the current goldens:")
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     bless.add_argument("paper")
     bless.add_argument("--seeds", type=int, default=5)
     bless.add_argument("--allow-breaking-previous", default=None, metavar="REASON",
-                       help="write goldens that reject values an earlier blessing (another machine, or older code) "
-                            "gave; the reason is recorded in the goldens' provenance")
+                       help="write goldens that reject values an earlier blessing with the same code and inputs "
+                            "gave (another CPU, or nondeterminism); the reason is recorded in the goldens' provenance")
     check = sub.add_parser("goldens-check", help="check the values earlier machines gave against the current goldens "
                                                  "(no runs)")
     check.add_argument("papers", nargs="*", metavar="paper")
@@ -224,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             except BreaksEarlierBlessingsError as exc:
                 print(f"error: {args.paper}: {exc}\n"
                       f"papers/{args.paper}/expected/ci.json is unchanged (results/{args.paper}/ci/ holds the new "
-                      "canonical run, not current for any goldens). If the change is intended, bless again "
-                      "(or next time, up front) with\n"
+                      "canonical run, not current for any goldens). These values were blessed with the same code "
+                      "and inputs: find out why they moved (another CPU's kernels, or nondeterminism on this one). "
+                      "If the new goldens are right anyway, bless again with\n"
                       f"  python -m common.harness bless {args.paper} --allow-breaking-previous \"<reason>\"\n"
                       "(the reason and the broken metrics go into the goldens' provenance; the earlier values of "
                       "those metrics are not carried forward)", file=sys.stderr)
