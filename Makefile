@@ -13,6 +13,7 @@ JOBS ?= 1
 FORCE ?=
 BACKEND ?= local
 RAY_ADDRESS ?=
+ALLOW_BREAKING ?=
 # Notebooks run single-threaded unless told otherwise: results (and goldens) then do not depend on
 # the machine's core count. A notebook that wants more threads sets them itself.
 export OMP_NUM_THREADS ?= 1
@@ -21,7 +22,7 @@ export OMP_NUM_THREADS ?= 1
 # User values are read with $(value X) (the text as typed, never expanded by make), checked with make's
 # own text functions, and reach recipes only single-quoted through $(call shell_quote,...). They are not exported
 # (make would expand them to build the environment of every recipe).
-unexport PAPER PROFILE PARAMS MODEL PAPERS JOBS FORCE BACKEND RAY_ADDRESS
+unexport PAPER PROFILE PARAMS MODEL PAPERS JOBS FORCE BACKEND RAY_ADDRESS ALLOW_BREAKING
 shell_quote = '$(subst ','\'',$(1))'
 SLUG_CHARS := a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9 _
 strip_chars = $(if $(2),$(call strip_chars,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
@@ -37,6 +38,11 @@ ifneq ($(filter run bless verify new cite,$(MAKECMDGOALS)),)
   endif
   ifeq ($(filter $(value PAPER),$(CATALOG_SLUGS)),)
     $(error PAPER=$(value PAPER) is not in papers/catalog.yaml)
+  endif
+endif
+ifneq ($(strip $(value ALLOW_BREAKING)),)
+  ifneq ($(MAKECMDGOALS),bless)
+    $(error ALLOW_BREAKING is a reason for make bless PAPER=x alone (it is recorded in the goldens' provenance))
   endif
 endif
 ifneq ($(strip $(value PAPERS)),)
@@ -73,6 +79,7 @@ help:
 	@echo "make lab                      JupyterLab at the repository root, on localhost (prints the URL with its token)"
 	@echo "make scoreboard               regenerate results/README.md, results/index.json and generated sections"
 	@echo "make bless PAPER=x            rewrite papers/x/expected/ci.json from fresh runs (tolerances from the seed spread)"
+	@echo "  [ALLOW_BREAKING='reason']     ...even though earlier blessings with the same code and inputs fail them"
 	@echo "make verify PAPER=x           re-execute results/x/ci/*.ipynb with nbval and check the claims verdicts"
 	@echo "make new PAPER=slug           scaffold papers/slug/ (passes the contract tests)"
 	@echo "make zoo MODEL=name [PARAMS='steps=200']  train a zoo model (common/zoo/notebooks/name.ipynb); writes its checkpoint"
@@ -131,7 +138,7 @@ scoreboard: $(STAMP)
 	$(PY) -m common.harness scoreboard
 
 bless: $(STAMP)
-	$(PY) -m common.harness bless $(call shell_quote,$(value PAPER))
+	$(PY) -m common.harness bless $(call shell_quote,$(value PAPER)) $(if $(strip $(value ALLOW_BREAKING)),--allow-breaking-previous $(call shell_quote,$(value ALLOW_BREAKING)))
 
 verify: $(STAMP)
 	@ls results/$(call shell_quote,$(value PAPER))/ci/*.ipynb >/dev/null 2>&1 || { echo "error: no executed notebooks in results/$(value PAPER)/ci/ (run make run PAPER=$(value PAPER))"; exit 2; }

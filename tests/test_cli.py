@@ -104,6 +104,20 @@ def test_make_passes_values_quoted(fake_venv, tmp_path):
     assert not marker.exists()
 
 
+def test_make_bless_passes_the_override_quoted(fake_venv, tmp_path):
+    marker = tmp_path / "ran"
+    result, calls = make(fake_venv, "bless", "PAPER=svarm")
+    assert result.returncode == 0, result.stderr
+    assert calls == [["-m", "common.harness", "bless", "svarm"]]
+    reason = f"AMD's sse kernels differ; it's fine;touch {marker} \"$HOME\" `id` $(shell touch {marker})"
+    result, calls = make(fake_venv, "bless", "PAPER=svarm", f"ALLOW_BREAKING={reason}")
+    assert result.returncode == 0, result.stderr
+    assert calls == [["-m", "common.harness", "bless", "svarm", "--allow-breaking-previous", reason]]
+    assert not marker.exists()
+    result, calls = make(fake_venv, "run", "PAPER=svarm", "ALLOW_BREAKING=why")  # a reason for bless alone
+    assert result.returncode != 0 and "ALLOW_BREAKING is a reason for make bless" in result.stderr and calls == []
+
+
 @pytest.mark.parametrize("command", ["run", "bless", "cite"])
 @pytest.mark.parametrize("slug, message", [("svarm;id", "is not a paper slug"), ("not_a_paper", "not in papers/catalog.yaml")])
 def test_cli_rejects_a_slug_that_is_not_a_catalog_identifier(command, slug, message):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from common.harness import contract, spec
+from common.harness import contract, goldens, spec
+from common.harness.io import read_json
 from common.harness.scoreboard import catalog
 
 PAPERS = spec.list_papers()
@@ -16,6 +17,17 @@ def test_there_is_at_least_one_paper():
 def test_paper_conforms(slug):
     problems = contract.problems(slug)
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("slug", PAPERS)
+def test_goldens_accept_the_earlier_machines_values(slug):
+    """`python -m common.harness goldens-check`: the values other machines gave at earlier blessings (stored
+    under `previous` in expected/ci.json) pass the current goldens. No runs: milliseconds per paper."""
+    path = spec.paper_dir(slug) / "expected" / "ci.json"
+    if not path.is_file():
+        pytest.skip("no goldens (test_paper_conforms reports it)")
+    failures, _ = goldens.check_file(read_json(path))
+    assert not failures, "\n".join(map(str, failures))
 
 
 @pytest.mark.parametrize("slug", PAPERS)

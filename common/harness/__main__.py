@@ -2,7 +2,8 @@
 
     python -m common.harness run svarm [--profile full] [--param seed=3 ...]
     python -m common.harness all [--profile ci] [--papers "svarm umap"] [--jobs 2] [--force] [--backend ray]
-    python -m common.harness bless svarm [--seeds 5]
+    python -m common.harness bless svarm [--seeds 5] [--allow-breaking-previous "reason"]
+    python -m common.harness goldens-check svarm [umap ...] | --all
     python -m common.harness scoreboard [--check]
     python -m common.harness cite svarm
     python -m common.harness new <slug>
@@ -70,6 +71,44 @@ def _all(args) -> int:
     return 0
 
 
+def _goldens_check(args) -> int:
+    """Every stored earlier-machine value of the named papers' goldens against their current entries."""
+    from . import goldens
+    from .io import read_json
+
+    implemented = spec.list_papers(args.papers_root)
+    if args.all == bool(args.papers):
+        print("error: name papers or give --all", file=sys.stderr)
+        return 2
+    slugs = implemented if args.all else args.papers
+    unknown = [s for s in slugs if s not in implemented]
+    if unknown:
+        print(f"error: not implemented papers: {', '.join(unknown)} (`python -m common.harness list`)", file=sys.stderr)
+        return 2
+    failed, total = [], 0
+    for slug in slugs:
+        path = spec.paper_dir(slug, args.papers_root) / "expected" / "ci.json"
+        if not path.is_file():
+            print(f"{slug}: no expected/ci.json (nothing to check)")
+            continue
+        golden = read_json(path)
+        failures, checked = goldens.check_file(golden)
+        total += checked
+        machines = [goldens.machine_label(goldens.machine_key(b)) for b in golden.get(goldens.PREVIOUS) or []]
+        if failures:
+            failed.append(slug)
+            print(f"{slug}: {len(failures)} of {checked} earlier value(s) fail the current goldens:")
+            for failure in failures:
+                print(f"  {failure}")
+        elif machines:
+            print(f"{slug}: ok, {checked} value(s) from {', '.join(machines)}")
+        elif not args.all:
+            print(f"{slug}: no earlier blessings stored (nothing to check)")
+    print(f"{total} earlier value(s) checked in {len(slugs)} paper(s); " +
+          (f"FAILED: {', '.join(failed)}" if failed else "all pass"))
+    return 1 if failed else 0
+
+
 def _slug_problem(slug: str, papers_root: Path | None) -> str | None:
     """Why ``slug`` cannot name a paper (checked before anything runs), or None."""
     if not spec.SLUG_RE.match(slug):
@@ -133,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     bless = sub.add_parser("bless", help="rewrite a paper's goldens from fresh runs")
     bless.add_argument("paper")
     bless.add_argument("--seeds", type=int, default=5)
+    bless.add_argument("--allow-breaking-previous", default=None, metavar="REASON",
+                       help="write goldens that reject values an earlier blessing with the same code and inputs "
+                            "gave (another CPU, or nondeterminism); the reason is recorded in the goldens' provenance")
+    check = sub.add_parser("goldens-check", help="check the values earlier machines gave against the current goldens "
+                                                 "(no runs)")
+    check.add_argument("papers", nargs="*", metavar="paper")
+    check.add_argument("--all", action="store_true", help="every implemented paper")
+    check.add_argument("--papers-root", type=Path, default=None, help=argparse.SUPPRESS)
     board = sub.add_parser("scoreboard", help="regenerate results/README.md, index.json and generated sections")
     board.add_argument("--check", action="store_true", help="fail if a generated section is out of date")
     cite = sub.add_parser("cite", help="BibTeX for a paper and a citation line for our artifact")
@@ -164,12 +211,31 @@ def main(argv: list[str] | None = None) -> int:
             return _all(args)
         if args.command == "bless":
             from .bless import bless as do_bless
+            from .goldens import BreaksEarlierBlessingsError
             from .scoreboard import write
 
-            target = do_bless(args.paper, args.seeds)
+            reason = args.allow_breaking_previous
+            if reason is not None and not reason.strip():
+                print("error: --allow-breaking-previous needs a reason (it is recorded in the goldens' provenance)",
+                      file=sys.stderr)
+                return 2
+            try:
+                target = do_bless(args.paper, args.seeds, allow_breaking_previous=reason)
+            except BreaksEarlierBlessingsError as exc:
+                print(f"error: {args.paper}: {exc}\n"
+                      f"papers/{args.paper}/expected/ci.json is unchanged (results/{args.paper}/ci/ holds the new "
+                      "canonical run, not current for any goldens). These values were blessed with the same code "
+                      "and inputs: find out why they moved (another CPU's kernels, or nondeterminism on this one). "
+                      "If the new goldens are right anyway, bless again with\n"
+                      f"  python -m common.harness bless {args.paper} --allow-breaking-previous \"<reason>\"\n"
+                      "(the reason and the broken metrics go into the goldens' provenance; the earlier values of "
+                      "those metrics are not carried forward)", file=sys.stderr)
+                return 1
             write()
             print(f"goldens written to {target.relative_to(spec.REPO_ROOT)}; review the diff and commit it")
             return 0
+        if args.command == "goldens-check":
+            return _goldens_check(args)
         if args.command == "scoreboard":
             from . import scoreboard
 

@@ -24,6 +24,19 @@ array compares element by element, each element with its own tolerance.
 
 A code change that moves a metric by less than the noise between seeds and machines passes; a real
 regression fails. ``make bless`` rewrites the file with provenance.
+
+**Earlier blessings.** One machine's emulated kernels do not bound another CPU's (goldens blessed on an
+Intel Xeon failed on an AMD EPYC). So a re-bless checks every canonical and kernel-variant value of every
+earlier blessing against the new entries (:func:`review`), and the file keeps, under ``previous``, the values
+each earlier machine gave (:func:`carry_earlier`): one blessing per machine key (CPU and torch's CPU
+capability; the CPU alone for blessings made before the capability was recorded), the newest, other than
+the machine of the file's own blessing, each with its ``code_hash`` and ``input_hash``; per metric the
+canonical value (alone when every kernel variant gave it) or ``{"value": v, "hardware": {variant: w}}``
+with only the variants that differ from it. A failing value blessed with the same code and input hashes
+as the new goldens is a break (refused unless a reason is given); with other hashes it is stale (dropped
+and listed). A file without ``previous`` (blessed before this existed) has no earlier values.
+:func:`check_file` re-checks a file's stored earlier values without running anything
+(``python -m common.harness goldens-check``).
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 SIGMAS = 3.0
@@ -298,6 +312,304 @@ def compare(goldens: dict, metrics: dict, volatile: dict) -> list[str]:
             if problem:
                 problems.append(f"{notebook}: {problem}")
     return problems
+
+
+# --- earlier blessings: what other machines and older code gave, checked on every re-bless ------------
+
+PREVIOUS = "previous"  # the key of a golden file's earlier blessings (absent in files blessed before it existed)
+CANONICAL = "canonical"  # the kernel label of a blessing's canonical value
+
+
+def machine(provenance: dict) -> str:
+    """The CPU a blessing ran on: ``provenance["cpu"]``, else the CPU part of the device label
+    (``"CPU (2 cores): AMD EPYC"`` -> ``"AMD EPYC"``; files blessed before ``cpu`` was recorded)."""
+    cpu = provenance.get("cpu")
+    if cpu:
+        return str(cpu)
+    label = str(provenance.get("device") or "unknown machine")
+    if label.startswith("CPU (") and "): " in label:
+        return label.split("): ", 1)[1]
+    return label
+
+
+def machine_key(blessing_or_provenance: dict) -> tuple[str, str | None]:
+    """(CPU, torch's CPU capability) of a stored blessing (``machine``, ``cpu_capability``) or of a golden
+    file's provenance (``cpu``/``device``, ``cpu_capability``). The capability is None for blessings made
+    before it was recorded: such a key matches any capability of the same CPU (:func:`same_machine`)."""
+    cpu = blessing_or_provenance.get("machine") or machine(blessing_or_provenance)
+    return str(cpu), blessing_or_provenance.get("cpu_capability") or None
+
+
+def same_machine(a: tuple[str, str | None], b: tuple[str, str | None]) -> bool:
+    """Same CPU, and the same torch CPU capability where both are known (old files: the CPU alone)."""
+    return a[0] == b[0] and (a[1] is None or b[1] is None or a[1] == b[1])
+
+
+def machine_label(key: tuple[str, str | None]) -> str:
+    """``"AMD EPYC (torch AVX2)"``, or the CPU alone when the capability is not known."""
+    return f"{key[0]} (torch {key[1]})" if key[1] else key[0]
+
+
+def _stored_values(entry: dict):
+    """What an earlier blessing keeps of a golden entry: the canonical value when every kernel variant gave it,
+    else ``{"value": v, "hardware": {variant: w}}`` with only the variants that differ from ``v``."""
+    value = entry["value"]
+    differ = {k: v for k, v in sorted((entry.get("hardware") or {}).items()) if v != value}
+    return {"value": value, "hardware": differ} if differ else value
+
+
+def _earlier_values(stored) -> list[tuple[str, object]]:
+    """(kernel, value) pairs of one stored metric: the canonical value first, then the differing variants."""
+    if isinstance(stored, dict):
+        return [(CANONICAL, stored.get("value")), *sorted((stored.get("hardware") or {}).items())]
+    return [(CANONICAL, stored)]
+
+
+def _header(key: tuple[str, str | None], prov: dict) -> dict:
+    """A stored blessing's identity: machine key, commit, the code and input hashes it was blessed with, date."""
+    out = {"machine": key[0]}
+    if key[1]:
+        out["cpu_capability"] = key[1]
+    out.update({"commit": prov.get("commit"), "code_hash": prov.get("code_hash"),
+                "input_hash": prov.get("input_hash"), "created": prov.get("created")})
+    return out
+
+
+def blessing(golden: dict) -> dict:
+    """A golden file's own blessing as an earlier one: its machine key, commit, code and input hashes (from
+    the file's provenance), date and stored values."""
+    prov = golden.get("provenance") or {}
+    return {**_header(machine_key(prov), prov),
+            "notebooks": {nb: {name: _stored_values(entry) for name, entry in sorted(entries.items())}
+                          for nb, entries in sorted((golden.get("notebooks") or {}).items())}}
+
+
+def blessings(golden: dict) -> list[dict]:
+    """Every blessing a golden file knows, oldest first: its stored earlier ones, then its own."""
+    return [*(golden.get(PREVIOUS) or []), blessing(golden)]
+
+
+@dataclass(frozen=True)
+class EarlierFailure:
+    """One value an earlier blessing gave that a golden entry no longer accepts."""
+
+    notebook: str
+    metric: str
+    machine: str
+    commit: str | None
+    kernel: str  # "canonical" or the kernel variant's name
+    value: object
+    problem: str  # compare_metric's description: value, golden ± tolerance
+    cpu_capability: str | None = None
+    code_hash: str | None = None
+    input_hash: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return self.machine, self.cpu_capability
+
+    def __str__(self) -> str:
+        commit = f", commit {self.commit[:10]}" if self.commit else ""
+        code = f", code {self.code_hash[:10]}" if self.code_hash else ""
+        return (f"{self.notebook}: {self.problem} [blessed on {machine_label(self.key)}, {self.kernel} kernels"
+                f"{commit}{code}]")
+
+
+def _comparable(golden: dict, notebook: str, name: str) -> dict | None:
+    """The current entry an earlier value is checked against (None: the metric is gone or volatile now)."""
+    if name in (golden.get("volatile") or {}).get(notebook, ()):
+        return None
+    return ((golden.get("notebooks") or {}).get(notebook) or {}).get(name)
+
+
+def check_earlier(earlier: list[dict], golden: dict) -> tuple[list[EarlierFailure], int]:
+    """(failures, number of values checked): every canonical and kernel-variant value ``v`` of the ``earlier``
+    blessings, for each metric that ``golden`` still has and does not declare volatile, against its entry
+    ``(g, atol)`` with :func:`compare_metric`, exactly as a run on that machine would be compared:
+    ``|v - g| <= atol`` per element, ``max(v/g, g/v) <= factor`` on a log scale, ``v == g`` for booleans.
+    Metrics the golden no longer has are skipped (nothing to compare with; :func:`count_gone`)."""
+    failures, checked = [], 0
+    for earlier_blessing in earlier:
+        key = machine_key(earlier_blessing)
+        for notebook, metrics in sorted((earlier_blessing.get("notebooks") or {}).items()):
+            for name, stored in sorted(metrics.items()):
+                entry = _comparable(golden, notebook, name)
+                if entry is None:
+                    continue
+                for kernel, value in _earlier_values(stored):
+                    checked += 1
+                    problem = compare_metric(name, value, entry)
+                    if problem:
+                        failures.append(EarlierFailure(
+                            notebook, name, key[0], earlier_blessing.get("commit"), kernel, value, problem,
+                            key[1], earlier_blessing.get("code_hash"), earlier_blessing.get("input_hash")))
+    return failures, checked
+
+
+def count_gone(earlier: list[dict], golden: dict) -> int:
+    """How many values of the ``earlier`` blessings belong to a notebook or metric ``golden`` no longer has
+    (not checked, not carried; volatile metrics are not counted)."""
+    notebooks = golden.get("notebooks") or {}
+    return sum(len(_earlier_values(stored)) for b in earlier
+               for notebook, metrics in (b.get("notebooks") or {}).items()
+               for name, stored in metrics.items()
+               if name not in (notebooks.get(notebook) or {})
+               and name not in (golden.get("volatile") or {}).get(notebook, ()))
+
+
+def carry_earlier(earlier: list[dict], golden: dict) -> list[dict]:
+    """The ``previous`` list of a new golden file, oldest first: of the ``earlier`` blessings (oldest first),
+    the newest per machine key (:func:`same_machine`), without the machine of ``golden``'s own blessing (its
+    new values supersede that machine's older ones); per blessing only the metrics ``golden`` still compares
+    (present, not volatile) whose every stored value passes its entry, whatever code they were blessed with
+    (each blessing keeps its own code and input hashes); a blessing with nothing left is dropped."""
+    own = machine_key(golden.get("provenance") or {})
+    newest: list[dict] = []
+    for earlier_blessing in earlier:
+        key = machine_key(earlier_blessing)
+        # the newest supersedes: the order stays oldest first, by each machine's newest blessing
+        newest = [b for b in newest if not same_machine(machine_key(b), key)] + [earlier_blessing]
+    carried = []
+    for earlier_blessing in newest:
+        key = machine_key(earlier_blessing)
+        if same_machine(key, own):
+            continue
+        notebooks = {}
+        for notebook, metrics in sorted((earlier_blessing.get("notebooks") or {}).items()):
+            kept = {}
+            for name, stored in sorted(metrics.items()):
+                entry = _comparable(golden, notebook, name)
+                if entry is not None and not any(compare_metric(name, v, entry) for _, v in _earlier_values(stored)):
+                    kept[name] = stored
+            if kept:
+                notebooks[notebook] = kept
+        if notebooks:
+            carried.append({**_header(key, earlier_blessing), "notebooks": notebooks})
+    return carried
+
+
+def check_file(golden: dict) -> tuple[list[EarlierFailure], int]:
+    """A golden file's stored earlier values against its current entries (no run needed)."""
+    return check_earlier(golden.get(PREVIOUS) or [], golden)
+
+
+@dataclass(frozen=True)
+class Review:
+    """What a re-bless finds among the earlier values (:func:`review`)."""
+
+    own: tuple[str, str | None]  # the new blessing's machine key
+    machines: list[str]  # labels of every earlier blessing's machine
+    checked: int
+    same_cpu: list[EarlierFailure]  # same code and inputs, same CPU: nondeterminism (a break)
+    other_cpu: list[EarlierFailure]  # same code and inputs, other CPU: machine dependence (a break)
+    stale: list[EarlierFailure]  # blessed with other code or inputs: dropped, not a refusal
+    gone: int  # values of notebooks or metrics that no longer exist: skipped
+
+    @property
+    def breaks(self) -> list[EarlierFailure]:
+        return [*self.other_cpu, *self.same_cpu]
+
+    def break_lines(self) -> list[str]:
+        """The broken values, one per line, other CPUs first, then this CPU (always listed, never only counted)."""
+        lines = []
+        if self.other_cpu:
+            lines.append(f"{len(self.other_cpu)} value(s) from another CPU, same code and inputs "
+                         "(this machine's kernels do not bound that one's):")
+            lines += [f"  {f}" for f in self.other_cpu]
+        if self.same_cpu:
+            lines.append(f"{len(self.same_cpu)} value(s) from this CPU ({machine_label(self.own)}), same code and "
+                         "inputs (the computation is not deterministic):")
+            lines += [f"  {f}" for f in self.same_cpu]
+        return lines
+
+    def note_lines(self) -> list[str]:
+        """The stale values dropped and the skipped count (printed by every re-bless)."""
+        lines = []
+        if self.stale:
+            lines.append(f"{len(self.stale)} earlier value(s) blessed with other code or inputs fail the new goldens: "
+                         "stale, dropped from 'previous':")
+            lines += [f"  {f}" for f in self.stale]
+        if self.gone:
+            lines.append(f"{self.gone} earlier value(s) skipped: their notebook or metric no longer exists")
+        return lines
+
+
+def review(previous: dict, built: dict) -> Review:
+    """Every value of every blessing ``previous`` knows (its own and its stored ones) against ``built``,
+    sorted by the rule: a failing value blessed with the same ``code_hash`` and ``input_hash`` as ``built``
+    is a break (on another CPU: machine dependence; on the same CPU: nondeterminism); blessed with another
+    code or input hash (or an unknown one), it is stale."""
+    prov = built.get("provenance") or {}
+    own = machine_key(prov)
+    earlier = blessings(previous)
+    failures, checked = check_earlier(earlier, built)
+    code, inputs = prov.get("code_hash"), prov.get("input_hash")
+    breaks, stale = [], []
+    for f in failures:
+        same_code = code is not None and f.code_hash == code and f.input_hash == inputs
+        (breaks if same_code else stale).append(f)
+    return Review(own, sorted({machine_label(machine_key(b)) for b in earlier}), checked,
+                  [f for f in breaks if same_machine(f.key, own)], [f for f in breaks if not same_machine(f.key, own)],
+                  stale, count_gone(earlier, built))
+
+
+class BreaksEarlierBlessingsError(RuntimeError):
+    """New goldens would reject values that an earlier blessing with the same code and inputs gave."""
+
+    def __init__(self, message: str, failures: list[EarlierFailure], stale: list[EarlierFailure] | None = None):
+        super().__init__(message)
+        self.failures = failures
+        self.stale = stale or []
+
+
+def _broken_metrics(failures: list[EarlierFailure], own: tuple[str, str | None]) -> list[str]:
+    """One line per (notebook, metric, machine): which kernels' values fail (for provenance and messages)."""
+    grouped: dict[tuple, list[str]] = {}
+    for f in failures:
+        grouped.setdefault((f.notebook, f.metric, f.key, f.commit), []).append(f.kernel)
+    return [f"{nb}: {name} ({machine_label(key)}{', this CPU' if same_machine(key, own) else ''}, commit "
+            f"{(commit or '?')[:10]}: {', '.join(kernels)})" for (nb, name, key, commit), kernels in grouped.items()]
+
+
+def supersede(previous: dict | None, built: dict, allow_breaking_previous: str | None = None,
+              found: Review | None = None) -> dict:
+    """The golden file to write in place of ``previous`` (None: there was none): ``built`` with the
+    earlier blessings carried under ``previous`` and the check recorded in its provenance.
+
+    Every value of every earlier blessing is checked against ``built`` and sorted by :func:`review`
+    (``found``, when the caller already has it). Breaks (same code and inputs) raise
+    :class:`BreaksEarlierBlessingsError`, listing each, unless ``allow_breaking_previous`` gives the reason;
+    then the reason and the broken metrics go into ``provenance["allow_breaking_previous"]``. Stale values
+    (other code or inputs) are no refusal: they are dropped, and ``previous_check["stale"]`` records how
+    many and from which code hashes. Passing values are carried (:func:`carry_earlier`).
+    """
+    if allow_breaking_previous is not None and not allow_breaking_previous.strip():
+        raise ValueError("allow_breaking_previous needs a reason (it is recorded in the goldens' provenance)")
+    if previous is None:
+        return built
+    found = found or review(previous, built)
+    provenance = dict(built.get("provenance") or {})
+    check = {"machines": found.machines, "values": found.checked, "failed": len(found.breaks)}
+    if found.stale:
+        hashes: dict[str, int] = {}
+        for f in found.stale:
+            hashes[str(f.code_hash)] = hashes.get(str(f.code_hash), 0) + 1
+        check["stale"] = {"dropped": len(found.stale), "code_hashes": dict(sorted(hashes.items()))}
+    if found.gone:
+        check["skipped_gone"] = found.gone
+    provenance["previous_check"] = check
+    if found.breaks and allow_breaking_previous is None:
+        raise BreaksEarlierBlessingsError(
+            f"the new goldens reject {len(found.breaks)} of the {found.checked} value(s) that earlier blessings "
+            "with the same code and inputs gave:\n" + "\n".join(found.break_lines()), found.breaks, found.stale)
+    if found.breaks:
+        provenance["allow_breaking_previous"] = {"reason": allow_breaking_previous.strip(),
+                                                 "broken": _broken_metrics(found.breaks, found.own)}
+    out = {**built, "provenance": provenance}
+    carried = carry_earlier(blessings(previous), out)
+    if carried:
+        out[PREVIOUS] = carried
+    return out
 
 
 def file_hash(path: Path) -> str | None:
