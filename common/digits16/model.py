@@ -52,7 +52,7 @@ from common.digits16.data import DIM16, SIDE16
 CHECKPOINT = "digits16_eps"  # in the model zoo (common/zoo/checkpoints), written by its zoo notebook
 TIME_SCALE = 1000.0  # the UNet's timestep input is 1000 t
 PREDICTIONS = ("epsilon", "x0")  # what the UNet's raw output is read as (module docstring)
-DEFAULT_PREDICTION = "epsilon"  # PROVISIONAL until the attempt-2 probes decide
+DEFAULT_PREDICTION = "x0"  # chosen by the attempt-2 probes (results/zoo/digits16_attempt2/README.md)
 
 DEFAULT_CONFIG = {
     "sample_size": SIDE16,
@@ -106,7 +106,7 @@ def unet_config(**overrides) -> dict:
 
 
 class EpsUNet16(nn.Module):
-    """Noise prediction on flattened 16×16 digits with a class-conditional ``UNet2DModel`` (module docstring).
+    r"""Noise prediction on flattened 16×16 digits with a class-conditional ``UNet2DModel`` (module docstring).
 
     ``prediction`` ("epsilon" or "x0") says what the UNet's raw output is; ``forward``/``eps`` always answer
     :math:`\hat\varepsilon`, :meth:`raw` the UNet's output and :meth:`predict_x0` :math:`\hat x_0`.

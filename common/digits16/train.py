@@ -142,7 +142,7 @@ def train_digits16_eps(cfg: Train16Config, progress: bool = True, log_every: int
 
 @torch.no_grad()
 def heldout_loss16(net: EpsUNet16, n_repeats: int = 4, seed: int = 1234, label_dropout: float = 0.0) -> float:
-    """The eps-prediction loss :math:`\|\varepsilon - \hat\varepsilon\|^2` (unweighted, whatever ``net.prediction``:
+    r"""The eps-prediction loss :math:`\|\varepsilon - \hat\varepsilon\|^2` (unweighted, whatever ``net.prediction``:
     comparable across parameterisations) on the 297 held-out digits (fixed t and noise draws; 0.0 conditional,
     1.0 unconditional), evaluated in batches of 297."""
     split = load_digits16_split()
