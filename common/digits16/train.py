@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from common.diffusion.schedule import VPSchedule
 from common.diffusion.data import NULL_LABEL
+from common.diffusion.schedule import VPSchedule
 from common.diffusion.train import diffusion_loss, ema_update, learning_rate, loss_curve
 from common.digits16.data import load_digits16_split
 from common.digits16.model import DEFAULT_PREDICTION, PREDICTIONS, EpsUNet16, unet_config

@@ -1,4 +1,5 @@
-"""The 16×16 digits package: data, the UNet's model protocol, seeded training, the checkpoint (sha256), DDIM."""
+"""The 16×16 digits package: data, the UNet's model protocol (eps and x0 parameterisations), seeded training, the
+quality gate, the checkpoint (sha256), DDIM, and the committed zoo checkpoint."""
 
 import shutil
 
@@ -69,7 +70,7 @@ def test_training_is_seeded_and_deterministic():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A 3-step tiny model saved as the zoo notebook saves it (no 16×16 checkpoint is committed yet)."""
+    """A 3-step tiny model saved as the zoo notebook saves it, in a temporary directory."""
     directory = tmp_path_factory.mktemp("zoo")
     result = train_digits16_eps(Train16Config(block_out_channels=(8, 16), steps=3, batch_size=8, warmup_steps=1,
                                               seed=0), progress=False)
@@ -222,3 +223,26 @@ def test_the_quality_gate_passes_and_refuses():
         with pytest.raises(QualityGateError, match=failure):
             QualityGate().check({**good, key: value})
     assert QualityGate().check({**good, "fd_to_train.ddim_25": 50.0})["passed"]  # DDIM's FD is not gated
+
+
+def test_the_committed_zoo_checkpoint_loads_verified_and_samples():
+    """The zoo's digits16_eps (attempt 2, x0 parameterisation): sha256-verified, passed its gate, a smoke sample."""
+    import json
+
+    from common.diffusion import dpm_solver_pp_2m, time_grid
+    from common.digits16.data import off_subspace_fractions
+    from common.harness.io import sha256_file
+    from common.zoo import CHECKPOINT_DIR
+
+    manifest = json.loads((CHECKPOINT_DIR / f"{CHECKPOINT}.json").read_text())
+    assert sha256_file(CHECKPOINT_DIR / f"{CHECKPOINT}.safetensors") == manifest["sha256"]
+    model = load_digits16_eps()
+    assert model.net.prediction == manifest["prediction"] == "x0" and manifest["gate"]["passed"] is True
+    assert model.manifest["n_parameters"] == model.net.n_parameters()
+    x_T = torch.randn(20, DIM16, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(20) % 10
+    with torch.no_grad():
+        out = dpm_solver_pp_2m(model, x_T, time_grid(10, "logsnr"), y)
+    assert out.shape == (20, DIM16) and torch.isfinite(out).all()
+    assert (off_subspace_fractions(out) < 0.05).all()  # no sample keeps visible noise (attempt 1: a quarter did)
+    assert out.min() > -1.5 and out.max() < 1.5
