@@ -1,4 +1,4 @@
-r"""The quality gate of the 16×16 digits zoo model: pre-declared before the attempt-2 long run (2026-12-05).
+r"""The quality gate of the 16×16 digits zoo model: pre-declared on 2026-12-04 (commit 7d6dd81), before the attempt-2 probes and long run.
 
 The zoo notebook evaluates the trained EMA network **before** it saves anything and refuses to save
 (:class:`QualityGateError`) unless every check below holds. The thresholds were written down before the long
