@@ -7,32 +7,41 @@ r"""16×16 digits for the papers that need spatial structure: data, a class-cond
 * :mod:`common.digits16.model`: ``EpsUNet16``, a ``diffusers.UNet2DModel`` built from an explicit config
   (block_out_channels (32, 64, 64), one ResNet layer per block, 11 class embeddings: 0..9 and the null label
   10), behind the model protocol ``eps(x, t, y)`` of ``common.diffusion.views`` with the same VP schedule and
-  continuous time t in [1e-3, 1] as ``digits_eps_ci``; ``load_digits16_eps(dtype)`` returns a ``Denoiser``.
-* :mod:`common.digits16.train`: the seeded training loop (the 8×8 model's loss, optimiser, label dropout 0.1
-  and EMA), ``heldout_loss16`` and the manifest.
+  continuous time t in [1e-3, 1] as ``digits_eps_ci``; the UNet's output is read as :math:`\hat x_0` (``prediction="x0"``,
+  the default, :math:`\hat\varepsilon = (x_t - \alpha_t\hat x_0)/\sigma_t`) or :math:`\hat\varepsilon` (``"epsilon"``);
+  ``load_digits16_eps(dtype)`` returns a ``Denoiser``.
+* :mod:`common.digits16.train`: the seeded training loop (the 8×8 model's optimiser, label dropout 0.1 and EMA;
+  the loss of the chosen parameterisation), ``heldout_loss16`` and the manifest.
+* :mod:`common.digits16.evaluate` (the samples' off-subspace share, label accuracy, FD) and
+  :mod:`common.digits16.gate` (the zoo model's pre-declared quality gate); :mod:`common.digits16.probe`
+  (the attempt-2 probes).
 
 The zoo notebook ``common/zoo/notebooks/train_digits16_eps.ipynb`` (``make zoo MODEL=train_digits16_eps``)
 trains the model and writes the checkpoint ``digits16_eps`` to ``common/zoo/checkpoints/``.
 
-**No checkpoint is committed yet.** The first run (2026-12-04, one shared CPU thread; executed notebook and
-sample figure in ``results/zoo/digits16_attempt/``) was not fit for use:
+History:
 
-* 1,063,905 parameters (4.3 MB float32); seed 0, 1200 steps, batch 64, AdamW lr 1e-3 (100 warm-up steps, cosine),
-  EMA 0.995: 1101 s wall clock (627 s CPU); final training loss 0.0235; held-out eps loss 0.0239 conditional,
-  0.0275 unconditional (per pixel; not comparable with the 8×8 model's 0.088: 192 of the 256 directions carry
-  no data, only noise).
-* Samples (DPM-Solver++(2M), 25 steps, n = 500 per mode), 8×8 classifier on ``to_digits8``: FD32 to train 8.8
-  conditional, 38.7 unconditional, 106 guided (w = 3) (noise floor 4.67 at n = 297); label accuracy 0.896
-  conditional, 0.988 guided.
-* **About a quarter of the samples keep visible noise** (25/100 with DPM-Solver++(2M), 29/100 with DDIM have over
-  5 % of their energy outside the data's 64-dim subspace, :func:`off_subspace_fraction`; 0 for real digits).
-  Diagnosis: off the subspace the network should output exactly :math:`\hat\varepsilon = x/\sigma_t`; its gain
-  there tracks the typical noise norm instead (correlation with the input's off-subspace norm -0.92; gain 0.93
-  for the larger-norm half at t = 0.4), so an x_T with a larger-than-typical off-subspace part keeps and
-  amplifies it along the ODE.
-* Next (not tried): many more steps and a larger batch (a GPU run), and/or full-rank 16×16 data (a small dither,
-  or a non-linear upsampler), and a gate in the notebook that refuses to save a model whose samples' off-subspace
-  fraction exceeds real data's by more than a set margin.
+* **Attempt 1 (2026-12-04), rejected, not committed** (executed notebook and samples in
+  ``results/zoo/digits16_attempt/``): ``prediction="epsilon"``, seed 0, 1200 steps, batch 64, AdamW lr 1e-3
+  (100 warm-up steps, cosine), EMA 0.995; 1,063,905 parameters. Held-out eps loss 0.0239 conditional, 0.0275
+  unconditional; DPM-Solver++(2M) 25 steps, n = 500: FD32 to train 8.8 conditional (floor 4.67 at n = 297),
+  label accuracy 0.896. **About a quarter of the samples kept visible noise** (25/100 with DPM-Solver++(2M),
+  29/100 with DDIM over 5 % of their energy outside the data's 64-dim subspace, :func:`off_subspace_fraction`).
+  Diagnosis: off the subspace the exact answer is :math:`\hat\varepsilon = x/\sigma_t`; the network's gain there
+  tracked the typical noise norm instead (a GroupNorm UNet is nearly scale-invariant in its input), so an x_T
+  with a larger-than-typical off-subspace part kept it along the ODE.
+* **Attempt 2 (2026-12-05), the zoo checkpoint** ``digits16_eps`` (``results/zoo/train_digits16_eps.ipynb``;
+  probes, decision rule and gate in ``results/zoo/digits16_attempt2/``): the UNet predicts
+  :math:`\hat x_0` and :math:`\hat\varepsilon = (x_t - \alpha_t\hat x_0)/\sigma_t` (``prediction="x0"``, the default;
+  ``"epsilon"`` stays available), loss :math:`\min(\mathrm{SNR}_t, 5)\,\|x_0 - \hat x_0\|^2`; off the subspace
+  the identity then holds as soon as :math:`\hat x_0` has no off-subspace part. Two 300-step probes at equal budget
+  chose x0 by a pre-declared rule (off-subspace share 0.00 vs 0.46, accuracy 0.82 vs 0.65, FD32 22 vs 1123).
+  Long run: seed 0, 3500 steps, batch 64, same optimiser and EMA, one thread, 1261 s wall clock (0.36 s/step,
+  1034 s CPU); final training loss 0.0113; held-out eps loss 0.0249 conditional, 0.0287 unconditional.
+  The notebook's **pre-declared quality gate** (:mod:`common.digits16.gate`, checked before saving) passed on
+  n = 500 conditional samples: off-subspace share 0.000 (DPM-Solver++(2M) 25 steps) and 0.000 (DDIM 25 steps),
+  label accuracy 0.966 and 0.976, FD32 to train 2.90 = 0.62 × the real-vs-real floor. Also: FD32 18.0
+  unconditional, 33.1 guided (w = 3, accuracy 1.000).
 
 The 8×8 ``digits_eps_ci`` stays the ci model.
 """
@@ -43,6 +52,7 @@ from common.digits16.data import (
     Digits16Split,
     load_digits16_split,
     off_subspace_fraction,
+    off_subspace_fractions,
     to_digits8,
     to_images16,
     upsample8to16,
@@ -51,13 +61,18 @@ from common.digits16.data import (
 from common.digits16.model import (
     CHECKPOINT,
     DEFAULT_CONFIG,
+    DEFAULT_PREDICTION,
+    PREDICTIONS,
     EpsUNet16,
+    eps_from_x0,
     load_digits16_eps,
     unet_config,
+    x0_from_eps,
 )
 from common.digits16.train import (
     Train16Config,
     Train16Result,
+    diffusion_loss16,
     heldout_loss16,
     train_digits16_eps,
     training_manifest,
@@ -66,16 +81,21 @@ from common.digits16.train import (
 __all__ = [
     "CHECKPOINT",
     "DEFAULT_CONFIG",
+    "DEFAULT_PREDICTION",
     "DIM16",
+    "PREDICTIONS",
     "SIDE16",
     "Digits16Split",
     "EpsUNet16",
     "Train16Config",
     "Train16Result",
+    "diffusion_loss16",
+    "eps_from_x0",
     "heldout_loss16",
     "load_digits16_eps",
     "load_digits16_split",
     "off_subspace_fraction",
+    "off_subspace_fractions",
     "to_digits8",
     "to_images16",
     "train_digits16_eps",
@@ -83,4 +103,5 @@ __all__ = [
     "unet_config",
     "upsample8to16",
     "upsampling_matrix",
+    "x0_from_eps",
 ]

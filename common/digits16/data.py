@@ -87,3 +87,13 @@ def to_images16(x: torch.Tensor) -> np.ndarray:
     """[N, 256] in [-1, 1] -> [N, 16, 16] in [0, 1] for plotting (values clamped)."""
     x = torch.as_tensor(x).detach().cpu().double().reshape(-1, SIDE16, SIDE16)
     return ((x.clamp(-1, 1) + 1) / 2).numpy()
+
+
+def off_subspace_fractions(x16: torch.Tensor) -> torch.Tensor:
+    """Per sample: ||x_i - U U^+ x_i||^2 / ||x_i||^2 [N] (float64), the share of each sample's energy outside
+    the data's 64-dim subspace (0 for real digits; E = 0.75 for white noise, 192 of 256 directions)."""
+    x = torch.as_tensor(x16).double()
+    if x.ndim != 2 or x.shape[1] != DIM16:
+        raise ValueError(f"expected x of shape [N, {DIM16}], got {tuple(x.shape)}")
+    residual = x - to_digits8(x) @ upsampling_matrix().T
+    return (residual**2).sum(1) / (x**2).sum(1).clamp(min=torch.finfo(torch.float64).tiny)

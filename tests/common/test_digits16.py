@@ -1,4 +1,5 @@
-"""The 16×16 digits package: data, the UNet's model protocol, seeded training, the checkpoint (sha256), DDIM."""
+"""The 16×16 digits package: data, the UNet's model protocol (eps and x0 parameterisations), seeded training, the
+quality gate, the checkpoint (sha256), DDIM, and the committed zoo checkpoint."""
 
 import shutil
 
@@ -69,7 +70,7 @@ def test_training_is_seeded_and_deterministic():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A 3-step tiny model saved as the zoo notebook saves it (no 16×16 checkpoint is committed yet)."""
+    """A 3-step tiny model saved as the zoo notebook saves it, in a temporary directory."""
     directory = tmp_path_factory.mktemp("zoo")
     result = train_digits16_eps(Train16Config(block_out_channels=(8, 16), steps=3, batch_size=8, warmup_steps=1,
                                               seed=0), progress=False)
@@ -113,3 +114,135 @@ def test_the_zoo_notebook_is_stripped_and_parameterised():
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and not c.get("execution_count") for c in code)
     assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in code) == 1
+
+
+def test_per_sample_off_subspace_fractions():
+    from common.digits16.data import off_subspace_fractions, upsample8to16
+
+    real = load_digits16_split().x_heldout[:5]
+    noise = torch.randn(3, DIM16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fractions = off_subspace_fractions(torch.cat([real.double(), noise]))
+    assert fractions.shape == (8,) and (fractions[:5] < 1e-10).all() and (fractions[5:] > 0.5).all()
+    mixed = upsample8to16(torch.randn(2, 64, dtype=torch.float64)) + 0.0
+    assert torch.allclose(off_subspace_fractions(mixed), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    with pytest.raises(ValueError):
+        off_subspace_fractions(torch.randn(2, 64))
+
+
+def test_x0_and_eps_conversions_are_inverse():
+    from common.digits16.model import eps_from_x0, x0_from_eps
+
+    g = torch.Generator().manual_seed(1)
+    x, x0 = torch.randn(6, DIM16, generator=g, dtype=torch.float64), torch.randn(6, DIM16, generator=g, dtype=torch.float64)
+    t = torch.tensor([1e-3, 0.01, 0.2, 0.5, 0.9, 1.0], dtype=torch.float64)
+    assert torch.allclose(x0_from_eps(x, eps_from_x0(x, x0, t), t), x0, rtol=1e-10, atol=1e-10)
+    torch.manual_seed(0)
+    for prediction in ("epsilon", "x0"):
+        net = EpsUNet16(unet_config(**TINY), prediction=prediction).eval()
+        with torch.no_grad():
+            eps, x0_hat = net.eps(x.float(), t, torch.arange(6)), net.predict_x0(x.float(), t, torch.arange(6))
+            raw = net.raw(x.float(), t, torch.arange(6))
+        assert torch.equal(raw, eps if prediction == "epsilon" else x0_hat)
+        assert torch.allclose(x0_from_eps(x.float(), eps, t), x0_hat, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError):
+        EpsUNet16(unet_config(**TINY), prediction="v")
+
+
+def test_x0_network_answers_the_exact_off_subspace_noise():
+    """x0-param: an x0-hat inside the data subspace makes P_perp eps_hat = P_perp x / sigma_t exactly, at any
+    input scale (the identity an eps-network has to learn as a gain, the failure of attempt 1)."""
+    from common.digits16.data import to_digits8, upsampling_matrix
+
+    torch.manual_seed(0)
+    net = EpsUNet16(unet_config(**TINY), prediction="x0").eval()
+    with torch.no_grad():
+        net.unet.conv_out.weight.zero_()
+        net.unet.conv_out.bias.zero_()  # raw output x0_hat = 0, in the subspace
+        net = net.double()
+        x = 3.0 * torch.randn(4, DIM16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        t = torch.tensor([1e-3, 0.1, 0.5, 1.0], dtype=torch.float64)
+        eps = net.eps(x, t)
+    sigma = net.schedule.sigma(t)[:, None]
+    perp = lambda v: v - to_digits8(v) @ upsampling_matrix().T  # noqa: E731
+    assert torch.allclose(perp(eps), perp(x) / sigma, rtol=1e-12, atol=1e-12)
+
+
+def test_x0_loss_is_the_min_snr_weighted_data_loss_and_eps_loss_is_unchanged():
+    from common.diffusion import VPSchedule
+    from common.diffusion.train import diffusion_loss
+    from common.digits16.train import diffusion_loss16
+
+    schedule, split = VPSchedule(), load_digits16_split()
+    x0, y = split.x_train[:16], split.y_train[:16]
+    torch.manual_seed(0)
+    eps_net = EpsUNet16(unet_config(**TINY), prediction="epsilon")
+    cfg = Train16Config(prediction="epsilon")
+    a = diffusion_loss16(eps_net, x0, y, schedule, torch.Generator().manual_seed(3), cfg)
+    assert torch.equal(a, diffusion_loss(eps_net, x0, y, schedule, torch.Generator().manual_seed(3), cfg))
+    x0_net = EpsUNet16(unet_config(**TINY), prediction="x0")
+    cfg = Train16Config(prediction="x0", min_snr_gamma=5.0, label_dropout=0.0)
+    loss = diffusion_loss16(x0_net, x0, y, schedule, torch.Generator().manual_seed(3), cfg)
+    g = torch.Generator().manual_seed(3)  # the same draws, by hand
+    t = schedule.t_min + (1.0 - schedule.t_min) * torch.rand(16, generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g)
+    torch.rand(16, generator=g)
+    x_t = schedule.add_noise(x0, t, noise)
+    snr = schedule.alpha(t) ** 2 / schedule.sigma(t) ** 2
+    eps_err = ((x0_net(x_t, t, y) - noise) ** 2).double().mean(1)  # min(SNR, 5)/SNR ||eps - eps_hat||^2
+    assert torch.allclose(loss.double(), (torch.clamp(snr, max=5.0) / snr * eps_err).mean(), rtol=1e-3)
+    with pytest.raises(ValueError, match="prediction"):
+        diffusion_loss16(eps_net, x0, y, schedule, torch.Generator().manual_seed(3), cfg)
+
+
+def test_the_loader_reads_the_parameterisation_from_the_manifest(tmp_path):
+    result = train_digits16_eps(Train16Config(block_out_channels=(8, 16), steps=2, batch_size=8, warmup_steps=1,
+                                              prediction="x0"), progress=False)
+    state = {k: v.detach().float().contiguous() for k, v in result.ema.state_dict().items()}
+    manifest = training_manifest(result)
+    assert manifest["prediction"] == "x0" and manifest["training"]["prediction"] == "x0"
+    save_checkpoint(CHECKPOINT, state, manifest, directory=tmp_path)
+    model = load_digits16_eps(directory=tmp_path)
+    x = torch.randn(3, DIM16, generator=torch.Generator().manual_seed(0))
+    assert model.net.prediction == "x0"
+    with torch.no_grad():
+        assert torch.equal(model.eps(x, 0.4, torch.arange(3)), result.ema.eps(x, 0.4, torch.arange(3)))
+
+
+def test_the_quality_gate_passes_and_refuses():
+    from common.digits16.gate import QualityGate, QualityGateError
+
+    good = {"fd_floor": 4.67}
+    for s in ("dpm_solver_pp_2m_25", "ddim_25"):
+        good.update({f"n.{s}": 500, f"off_subspace_share.{s}": 0.01, f"label_accuracy.{s}": 0.97, f"fd_to_train.{s}": 5.0})
+    record = QualityGate().check(good)
+    assert record["passed"] and len(record["checks"]) == 7
+    for key, value, failure in [("off_subspace_share.ddim_25", 0.25, "off_subspace_share.ddim_25"),
+                                ("label_accuracy.dpm_solver_pp_2m_25", 0.9, "label_accuracy.dpm_solver_pp_2m_25"),
+                                ("fd_to_train.dpm_solver_pp_2m_25", 9.5, "fd_over_floor.dpm_solver_pp_2m_25"),
+                                ("n.ddim_25", 100, "n_samples.ddim_25")]:
+        with pytest.raises(QualityGateError, match=failure):
+            QualityGate().check({**good, key: value})
+    assert QualityGate().check({**good, "fd_to_train.ddim_25": 50.0})["passed"]  # DDIM's FD is not gated
+
+
+def test_the_committed_zoo_checkpoint_loads_verified_and_samples():
+    """The zoo's digits16_eps (attempt 2, x0 parameterisation): sha256-verified, passed its gate, a smoke sample."""
+    import json
+
+    from common.diffusion import dpm_solver_pp_2m, time_grid
+    from common.digits16.data import off_subspace_fractions
+    from common.harness.io import sha256_file
+    from common.zoo import CHECKPOINT_DIR
+
+    manifest = json.loads((CHECKPOINT_DIR / f"{CHECKPOINT}.json").read_text())
+    assert sha256_file(CHECKPOINT_DIR / f"{CHECKPOINT}.safetensors") == manifest["sha256"]
+    model = load_digits16_eps()
+    assert model.net.prediction == manifest["prediction"] == "x0" and manifest["gate"]["passed"] is True
+    assert model.manifest["n_parameters"] == model.net.n_parameters()
+    x_T = torch.randn(20, DIM16, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(20) % 10
+    with torch.no_grad():
+        out = dpm_solver_pp_2m(model, x_T, time_grid(10, "logsnr"), y)
+    assert out.shape == (20, DIM16) and torch.isfinite(out).all()
+    assert (off_subspace_fractions(out) < 0.05).all()  # no sample keeps visible noise (attempt 1: a quarter did)
+    assert out.min() > -1.5 and out.max() < 1.5
