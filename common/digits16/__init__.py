@@ -41,7 +41,22 @@ History:
   The notebook's **pre-declared quality gate** (:mod:`common.digits16.gate`, checked before saving) passed on
   n = 500 conditional samples: off-subspace share 0.000 (DPM-Solver++(2M) 25 steps) and 0.000 (DDIM 25 steps),
   label accuracy 0.966 and 0.976, FD32 to train 2.90 = 0.62 × the real-vs-real floor. Also: FD32 18.0
-  unconditional, 33.1 guided (w = 3, accuracy 1.000).
+  unconditional, 33.1 guided (w = 3, accuracy 1.000). FD32 to *held-out* 6.60 (1.41 × that floor).
+
+  **Independent review (2026-12-05), what a user must know:**
+
+  * FD below the floor is a sample-size artefact, not better-than-data: the floor is one draw of the 297
+    held-out digits; the referee measured FD to train of random real train subsets of 500 at 3.2–5.1 (of 297:
+    4.9–12.8), so FD32 at these sizes is noisy, and the gate's 2 × floor would have passed attempt 1's 8.8 (only
+    the off-subspace check caught its noise). No copying: median nearest-neighbour distance to train 2.14 for
+    samples, 2.07 for held-out digits.
+  * **ε̂ is poor at very small t** (held-out eps MSE per pixel 3.13 at t = 1e-3, 1.44 at 2e-3, 0.51 at 5e-3, 0.25
+    at 0.01; the 8×8 ci model ≈ 1.0 at 1e-3): x̂0 is off by ≈ 0.018 rms there and σ_t ≈ 0.01 divides it (the
+    min-SNR cap barely penalises it). Samplers, CFG and DDIM inversion are unaffected (DDIM round-trip error
+    0.081 vs 0.074 for the 8×8 model); consumers that read ε̂ itself (SDS/DDS/PDS, score-based probes) should
+    draw t ≥ 0.01. EDM-style preconditioning (c_skip) would be the longer-term fix.
+  * Not recorded in the manifest: the diffusers version (0.42.1 when trained) and the code commit (the merge that
+    added the checkpoint is b457bbc).
 
 The 8×8 ``digits_eps_ci`` stays the ci model.
 """

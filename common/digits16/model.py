@@ -16,7 +16,9 @@ projection off :math:`S`, the exact noise predictor satisfies :math:`P_\perp\var
 P_\perp x_t/\sigma_t` (the data have no component there), a gain :math:`1/\sigma_t` on the input's
 off-subspace part whatever its norm. A GroupNorm UNet is nearly invariant to its input's scale, so an
 eps-network learns a gain matched to the *typical* noise norm (attempt 1's diagnosis). With ``"x0"`` the
-identity holds exactly as soon as :math:`P_\perp \hat x_0 = 0`, an output that needs no scale tracking:
+identity holds exactly as soon as :math:`P_\perp \hat x_0 = 0` (in practice up to the small residual
+:math:`\alpha_t P_\perp \hat x_0/\sigma_t`, which matters only at very small t: see the package docstring), an output
+that needs no scale tracking:
 :math:`P_\perp\hat\varepsilon = (P_\perp x_t - \alpha_t P_\perp\hat x_0)/\sigma_t = P_\perp x_t/\sigma_t`.
 
 Other conventions:

@@ -16,7 +16,7 @@ The recipe of the 8×8 model (``common.diffusion.train``), on the 16×16 split a
     .. math:: L = \min(\mathrm{SNR}_t, \gamma)\,\|x_0 - \hat x_0(x_t, t, y)\|^2
               = \frac{\min(\mathrm{SNR}_t, \gamma)}{\mathrm{SNR}_t}\,\|\varepsilon - \hat\varepsilon\|^2,
 
-    ``min_snr_gamma`` :math:`\gamma = 5`. Where :math:`\mathrm{SNR}_t \le \gamma` (t ≳ 0.3) this *is* the eps-loss;
+    ``min_snr_gamma`` :math:`\gamma = 5`. Where :math:`\mathrm{SNR}_t \le \gamma` (t ≳ 0.13) this *is* the eps-loss;
     at small t the eps-loss would weight the x0 error by SNR (up to ~1e4 at t_min) and let a few
     low-noise draws dominate every gradient; the truncation caps that weight at :math:`\gamma`.
 * AdamW, linear warm-up then cosine decay to 0 (``common.diffusion.train.learning_rate``), gradient
