@@ -56,6 +56,15 @@ def digits_problem(model, vae, operator, x_true: torch.Tensor, sigma_y: float, s
     return Problem(model, vae.decode, vae.encode, operator, y, sigma_y)
 
 
+def starting_noise(vae, x_true: torch.Tensor, seed: int) -> torch.Tensor:
+    """The shared starting noise [B, d] of a seed for the images x_true [B, n] (d the VAE's latent dimension:
+    8 at 8×8, 32 at 16×16)."""
+    from papers.stsl.latent import latent_dim
+
+    d = latent_dim(vae, x_true)
+    return torch.randn(x_true.shape[0], d, generator=torch.Generator().manual_seed(40_000 + seed))
+
+
 def run_digits(
     model, vae, operator, x_true: torch.Tensor, sigma_y: float, seed: int, methods: dict, eta: float = 0.0
 ) -> dict:
@@ -65,7 +74,7 @@ def run_digits(
     from papers.stsl.stsl import per_image_psnr
 
     problem = digits_problem(model, vae, operator, x_true, sigma_y, seed)
-    noise = torch.randn(x_true.shape[0], 8, generator=torch.Generator().manual_seed(40_000 + seed))
+    noise = starting_noise(vae, x_true, seed)
     with torch.no_grad():
         out = {
             "measurement": per_image_psnr(operator.pinv(problem.y.double()), x_true),
@@ -101,7 +110,7 @@ def trace_drift_check(model, vae, operator, x_true, sigma_y: float, seed: int, t
     from papers.stsl.stsl import _coeffs, rademacher
 
     problem = digits_problem(model, vae, operator, x_true, sigma_y, seed)
-    noise = torch.randn(x_true.shape[0], 8, generator=torch.Generator().manual_seed(40_000 + seed))
+    noise = starting_noise(vae, x_true, seed)
     alpha, sigma = _coeffs(model.schedule, t)
     weight = sigma**4 / alpha**2
     z = (alpha * vae.encode(operator.pinv(problem.y)).detach() + sigma * noise).detach()
@@ -167,14 +176,20 @@ def digits_task(
     gamma: float,
     stsl_t_start: float,
     latents: torch.Tensor | None = None,
+    side: int = 8,
 ) -> dict:
     """Claim 1 / claim 2 on one task: tune ζ on x_tune (same grid for every method), then PSLD at nfe,
     STSL and STSL-without-trace at nfe // 4, all from the same noise, over ``seeds``; per-image PSNRs
     concatenated over seeds (pairs are image × seed). With ``latents`` (the training latents), also the
-    trace-drift check at STSL's start t₀ (``trace_drift_check``, per image × seed)."""
+    trace-drift check at STSL's start t₀ (``trace_drift_check``, per image × seed). ``side``: the image side
+    (8 or 16; the operator is ``make_operator(task, side)`` and must match the VAE's images)."""
     from papers.stsl.operators import make_operator
 
-    op = make_operator(task)
+    op = make_operator(task, side)
+    if x_test.shape[1] != op.shape[1] or x_tune.shape[1] != op.shape[1]:
+        raise ValueError(
+            f"images have {x_test.shape[1]} pixels, the {side}x{side} operator takes {op.shape[1]}"
+        )
     quarter = nfe // 4
     stsl_kw = dict(gamma=gamma, t_start=stsl_t_start, init="measurement")
     configs = {
