@@ -73,3 +73,38 @@ def test_digits_task_rejects_a_side_mismatch():
     x = s8.x_heldout[:2]
     with pytest.raises(ValueError, match="operator"):
         digits_task(s8.model, s8.vae, "sr", x, x, 0.05, 4, [0], [0.1], 0.1, 0.6, side=16)
+
+
+def test_subspace_lsq_recovers_upsampled_digits_without_noise():
+    """x̂ = U (A U)⁺ A x = x for x = U x₈ when A U has full column rank (×2 pooling, blur at side 16); inpainting's
+    A U has rank 60 of 64, so there it recovers only the part of x₈ the kept pixels determine (and is the exact
+    least-squares fit: A x̂ = A x)."""
+    from common.digits16.data import upsampling_matrix
+    from papers.stsl.experiments import subspace_lsq
+
+    u = upsampling_matrix()
+    x8 = torch.randn(4, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = x8 @ u.T
+    for task in ("sr", "blur"):
+        op = make_operator(task, 16)
+        assert torch.linalg.matrix_rank(op.matrix @ u) == 64
+        assert torch.allclose(subspace_lsq(op, op.forward(x), u), x, atol=1e-8)
+    op = make_operator("inpaint", 16)
+    assert torch.linalg.matrix_rank(op.matrix @ u) == 60
+    xh = subspace_lsq(op, op.forward(x), u)
+    assert torch.allclose(op.forward(xh), op.forward(x), atol=1e-10)
+    with pytest.raises(ValueError, match="basis"):
+        subspace_lsq(op, op.forward(x), u[:64])
+
+
+def test_run_digits_adds_the_subspace_baseline_only_when_asked():
+    from common.digits16.data import upsampling_matrix
+    from papers.stsl.experiments import run_digits
+
+    s16 = load_setting(16)
+    x = s16.x_heldout[:3]
+    op = make_operator("sr", 16)
+    out = run_digits(s16.model, s16.vae, op, x, 0.0, 0, {}, subspace=upsampling_matrix())
+    # exact up to the float32 measurement
+    assert out["subspace_lsq"].shape == (3,) and bool((out["subspace_lsq"] > 100).all())
+    assert "subspace_lsq" not in run_digits(s16.model, s16.vae, op, x, 0.0, 0, {})
