@@ -56,21 +56,57 @@ def digits_problem(model, vae, operator, x_true: torch.Tensor, sigma_y: float, s
     return Problem(model, vae.decode, vae.encode, operator, y, sigma_y)
 
 
+def starting_noise(vae, x_true: torch.Tensor, seed: int) -> torch.Tensor:
+    """The shared starting noise [B, d] of a seed for the images x_true [B, n] (d the VAE's latent dimension:
+    8 at 8×8, 32 at 16×16)."""
+    from papers.stsl.latent import latent_dim
+
+    d = latent_dim(vae, x_true)
+    return torch.randn(x_true.shape[0], d, generator=torch.Generator().manual_seed(40_000 + seed))
+
+
+def subspace_lsq(operator: LinearOperator, y: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    r"""The least-squares reconstruction inside a known linear subspace, with no learned prior:
+    :math:`\hat x = U (A U)^+ y` for rows y [B, m] -> [B, n] (float64), U = ``basis`` [n, k].
+
+    At 16×16 the digits are bilinear upsamplings of 8×8 digits, x = U x₈ with U the upsampling matrix
+    (``common.digits16.data.upsampling_matrix``, 256 × 64); restricted to its range, ×2 pooling and the blur are
+    injective (A U has full column rank 64) and inpainting nearly so, so this baseline is what the measurement alone
+    determines for this data (exact, x̂ = x, for y = A U x₈ without noise when A U has full column rank)."""
+    if basis.ndim != 2 or basis.shape[0] != operator.shape[1]:
+        raise ValueError(f"basis must be [{operator.shape[1]}, k], got {tuple(basis.shape)}")
+    u = basis.to(torch.float64)
+    au = operator.matrix.to(torch.float64) @ u
+    return y.to(torch.float64) @ torch.linalg.pinv(au).T @ u.T
+
+
 def run_digits(
-    model, vae, operator, x_true: torch.Tensor, sigma_y: float, seed: int, methods: dict, eta: float = 0.0
+    model,
+    vae,
+    operator,
+    x_true: torch.Tensor,
+    sigma_y: float,
+    seed: int,
+    methods: dict,
+    eta: float = 0.0,
+    subspace: torch.Tensor | None = None,
 ) -> dict:
     """Every method on the same images, measurement and starting noise (seed); per-image PSNR arrays.
 
-    ``methods``: name -> (sampler, nfe, kwargs). Also returns the A⁺y baseline and the VAE ceiling."""
+    ``methods``: name -> (sampler, nfe, kwargs). Also returns the A⁺y baseline and the VAE ceiling, and with
+    ``subspace`` (a basis U [n, k] of the data's subspace) the prior-free ``subspace_lsq`` baseline U (A U)⁺ y on
+    the same y."""
     from papers.stsl.stsl import per_image_psnr
 
     problem = digits_problem(model, vae, operator, x_true, sigma_y, seed)
-    noise = torch.randn(x_true.shape[0], 8, generator=torch.Generator().manual_seed(40_000 + seed))
+    noise = starting_noise(vae, x_true, seed)
     with torch.no_grad():
         out = {
             "measurement": per_image_psnr(operator.pinv(problem.y.double()), x_true),
             "ceiling": per_image_psnr(vae.decode(vae.encode(x_true)), x_true),
         }
+        if subspace is not None:
+            out["subspace_lsq"] = per_image_psnr(subspace_lsq(operator, problem.y, subspace), x_true)
     for name, (sampler, nfe, kwargs) in methods.items():
         res = SAMPLERS[sampler](
             problem, noise, nfe, eta=eta, generator=torch.Generator().manual_seed(50_000 + seed), **kwargs
@@ -101,7 +137,7 @@ def trace_drift_check(model, vae, operator, x_true, sigma_y: float, seed: int, t
     from papers.stsl.stsl import _coeffs, rademacher
 
     problem = digits_problem(model, vae, operator, x_true, sigma_y, seed)
-    noise = torch.randn(x_true.shape[0], 8, generator=torch.Generator().manual_seed(40_000 + seed))
+    noise = starting_noise(vae, x_true, seed)
     alpha, sigma = _coeffs(model.schedule, t)
     weight = sigma**4 / alpha**2
     z = (alpha * vae.encode(operator.pinv(problem.y)).detach() + sigma * noise).detach()
@@ -167,14 +203,22 @@ def digits_task(
     gamma: float,
     stsl_t_start: float,
     latents: torch.Tensor | None = None,
+    side: int = 8,
 ) -> dict:
     """Claim 1 / claim 2 on one task: tune ζ on x_tune (same grid for every method), then PSLD at nfe,
     STSL and STSL-without-trace at nfe // 4, all from the same noise, over ``seeds``; per-image PSNRs
     concatenated over seeds (pairs are image × seed). With ``latents`` (the training latents), also the
-    trace-drift check at STSL's start t₀ (``trace_drift_check``, per image × seed)."""
+    trace-drift check at STSL's start t₀ (``trace_drift_check``, per image × seed). ``side``: the image side
+    (8 or 16; the operator is ``make_operator(task, side)`` and must match the VAE's images). At side 16 also the
+    prior-free least-squares baseline inside the data's 64-dim upsampling subspace (``subspace_lsq``, key
+    ``"subspace_lsq"``; not computed at side 8, whose images span all of ℝ⁶⁴)."""
     from papers.stsl.operators import make_operator
 
-    op = make_operator(task)
+    op = make_operator(task, side)
+    if x_test.shape[1] != op.shape[1] or x_tune.shape[1] != op.shape[1]:
+        raise ValueError(
+            f"images have {x_test.shape[1]} pixels, the {side}x{side} operator takes {op.shape[1]}"
+        )
     quarter = nfe // 4
     stsl_kw = dict(gamma=gamma, t_start=stsl_t_start, init="measurement")
     configs = {
@@ -188,8 +232,14 @@ def digits_task(
             model, vae, op, x_tune, sigma_y, sampler, budget, grid, **kw
         )
     methods = {name: (s, b, dict(kw, step_size=steps[name])) for name, (s, b, kw) in configs.items()}
-    per_seed = [run_digits(model, vae, op, x_test, sigma_y, s, methods) for s in seeds]
-    out = {k: torch.cat([r[k] for r in per_seed]).numpy() for k in ("measurement", "ceiling", *methods)}
+    subspace = None
+    if side == 16:
+        from common.digits16.data import upsampling_matrix
+
+        subspace = upsampling_matrix()
+    per_seed = [run_digits(model, vae, op, x_test, sigma_y, s, methods, subspace=subspace) for s in seeds]
+    baselines = ("measurement", "ceiling") + (("subspace_lsq",) if subspace is not None else ())
+    out = {k: torch.cat([r[k] for r in per_seed]).numpy() for k in (*baselines, *methods)}
     out["nfe"] = {name: per_seed[0][f"{name}.nfe"] for name in methods}
     out["step_size"] = steps
     out["tuning"] = tuning

@@ -1,14 +1,16 @@
-r"""Linear measurement operators on 8×8 images, as explicit matrices (so the adjoint is exact).
+r"""Linear measurement operators on side×side images (8×8 at ci, 16×16 in full), as explicit matrices (so the
+adjoint is exact).
 
-An image is a flat vector :math:`x \in \mathbb R^{64}` (row-major 8×8). Each operator is a matrix
-:math:`A \in \mathbb R^{m\times 64}`: ``forward(x) = x A^T`` (batched rows), ``adjoint(y) = y A``, and
+An image is a flat vector :math:`x \in \mathbb R^{n}`, n = side² (row-major; 64 at side 8). Each operator is a matrix
+:math:`A \in \mathbb R^{m\times n}`: ``forward(x) = x A^T`` (batched rows), ``adjoint(y) = y A``, and
 ``pinv(y) = y (A^+)^T`` (Moore-Penrose; the "plain measurement" baseline :math:`A^+ y`: zero-filling for
 inpainting, nearest-neighbour upsampling for average-pool super-resolution). Measurements are
 :math:`y = A x + \sigma_y n`, :math:`n \sim \mathcal N(0, I)`.
 
-* ``inpaint``: centre-box inpainting, the centre ``box × box`` pixels are removed (m = 64 − box²);
-* ``sr``: ×2 average pooling, 8×8 → 4×4 (m = 16);
-* ``blur``: Gaussian blur σ = 1 (5×5 kernel, normalised, zero padding; m = 64).
+* ``inpaint``: centre-box inpainting, the centre ``box × box`` pixels are removed, box = side/2 (the box scales
+  with the image: 4×4 at side 8, 8×8 at side 16; m = n − box²);
+* ``sr``: ×2 average pooling, side → side/2 (m = n/4; 16 at side 8, 64 at side 16);
+* ``blur``: Gaussian blur σ = 1 pixel (5×5 kernel, normalised, zero padding; m = n), the same kernel at every side.
 """
 
 from __future__ import annotations
@@ -97,12 +99,15 @@ def blur_matrix(sigma: float = 1.0, radius: int = 2, side: int = SIDE) -> torch.
     return a
 
 
-def make_operator(task: str) -> LinearOperator:
-    """The operator of a task: ``"inpaint"`` (4×4 centre box), ``"sr"`` (×2 avg-pool) or ``"blur"`` (σ = 1)."""
+def make_operator(task: str, side: int = SIDE) -> LinearOperator:
+    """The operator of a task on side×side images: ``"inpaint"`` (centre box of side/2: 4×4 at side 8, 8×8 at 16),
+    ``"sr"`` (×2 avg-pool) or ``"blur"`` (σ = 1 pixel, 5×5)."""
+    if side < 4 or side % 4:
+        raise ValueError(f"side must be a positive multiple of 4, got {side}")
     if task == "inpaint":
-        return LinearOperator(task, inpaint_matrix())
+        return LinearOperator(task, inpaint_matrix(box=side // 2, side=side))
     if task == "sr":
-        return LinearOperator(task, avgpool_matrix())
+        return LinearOperator(task, avgpool_matrix(factor=2, side=side))
     if task == "blur":
-        return LinearOperator(task, blur_matrix())
+        return LinearOperator(task, blur_matrix(side=side))
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
