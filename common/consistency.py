@@ -21,9 +21,11 @@ consistency trajectory variants):
   averaged over elements, against the *EMA target network* :math:`f_{\theta^-}(\hat z_{t_n}, t_n)`
   (:math:`\theta^- \leftarrow \mu\theta^- + (1 - \mu)\theta`, μ = 0.95).
 * **Conditioning-scalar embedding**: LCM feeds the guidance scale through a sinusoidal embedding
-  (``guidance_scale_embedding``, scale 1000) projected by a bias-free, zero-initialised linear layer and
-  added to the timestep embedding (diffusers' ``TimestepEmbedding.cond_proj``); SLAM feeds its sub-path
-  position γ through the same slot. :class:`CondEpsMLP` adds that slot to
+  (``guidance_scale_embedding``, scale 1000) projected by a bias-free linear layer and added to the timestep
+  embedding (diffusers' ``TimestepEmbedding.cond_proj``); SLAM feeds its sub-path position γ through the same
+  slot. We zero-initialise that layer so that the student starts as the teacher exactly; diffusers and the
+  official SPLAM script keep its default random initialisation (``papers/slam/README.md``, audit of
+  2026-12-05: the random initialisation does not change SLAM's collapse there). :class:`CondEpsMLP` adds that slot to
   :class:`~common.diffusion.model.EpsMLP`; at initialisation it is the teacher exactly.
 * **Multistep consistency sampler** (LCM Alg. 3): evaluate :math:`f_\theta` at the first inference
   timestep, re-noise the estimate to the next one with fresh noise, repeat; the inference timesteps
