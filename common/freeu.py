@@ -22,9 +22,13 @@ the two coarsest, ``up_blocks[0]`` and ``up_blocks[1]``) read, at inference, wit
 Within a stage both maps apply to every ResNet's input: the stage's own backbone input for the first ResNet,
 the previous ResNet's output for the next ones (as in diffusers' ``UpBlock2D`` with ``apply_freeu``, where the
 stage is the block's ``resolution_idx``). DreamCatalyst's HQ mode uses b1 = b2 = 1.1, s1 = 0.9, s2 = 0.2
-(official ``nerfstudio/dc/utils/free_lunch.py``, read, not copied: there the stage is found from the channel
-count of Stable Diffusion's U-Net, 1280 and 640, which does not transfer to a U-Net whose first two decoder
-stages have the same width, as ``EpsUNet16``'s (64, 64, 32) do; we key on the block index, as diffusers does).
+(official ``nerfstudio/dc/utils/free_lunch.py``, read, not copied). **Stage assignment: diffusers', not the
+official code's.** The official code picks the factors by the backbone features' channel count: Stable Diffusion's
+1280-channel features (its first two decoder stages, both 1280 wide) get b1/s1, the 640-channel ones (the third
+stage) get b2/s2 = 0.2. ``EpsUNet16``'s decoder widths (64, 64, 32) follow the same pattern, so the official rule
+would transfer (b1/s1 on ``up_blocks[0]`` and ``[1]``, b2/s2 on ``up_blocks[2]``, the 16×16 stage). We key on
+the block index, as diffusers does (``resolution_idx`` 0 → b1/s1, 1 → b2/s2): s2 = 0.2 lands on ``up_blocks[1]``,
+the 8×8 stage. The DC + FreeU arm is therefore "FreeU (diffusers' stage assignment)", not the official mapping.
 
 It lives in ``common/`` rather than ``common/digits16/``: it works on any ``UNet2DModel``-style network with
 ``up_blocks`` of ``resnets``, and a new file in the ``common.digits16`` package would change the code hash of every
