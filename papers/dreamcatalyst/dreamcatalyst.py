@@ -16,13 +16,16 @@ random (the optimisation then follows a reverse process from noisy to clean):
 Constants are those of the official ``dc.py`` (δ = 0.2, γ = 0.8, ψ = 0.075; the paper's Sec. 4 and its
 appendix describe the same shape: a large editability weight at large t, an identity weight). The official
 code normalises i by a hard-coded 3000; here i/N uses the run's own budget N (a deviation, see the README).
-The official FreeU (U-Net skip rescaling) has no analogue in the repository's MLP denoiser.
+The official HQ mode also applies FreeU to the U-Net (``common.freeu``; only with the 16×16 UNet prior,
+the 8×8 prior is an MLP without skip connections).
 
-The proxy: a canonical 8×8 image θ (the "scene"), initialised at a held-out digit of the source class a,
-seen through K random affine views per iteration (rotation ±10°, shift ±1 px; the same views warp the
-source image), edited towards class b by SDS, DDS, PDS or DreamCatalyst with one Adam optimiser, one
-learning rate, one iteration budget and one noise stream for every method. Editability is the digits
-classifier's P(b | θ); identity is SSIM (and MSE) of θ to the source digit.
+The proxy: a canonical image θ (the "scene": 8×8 with the ci MLP prior, 16×16 with the full profile's UNet
+prior), initialised at a held-out digit of the source class a, seen through K random affine views per
+iteration (rotation ±10°, shift ±1 px at 8×8, ±2 px at 16×16: the same fraction of the image; the same
+views warp the source image), edited towards class b by SDS, DDS, PDS or DreamCatalyst with one Adam
+optimiser, one learning rate, one iteration budget and one noise stream for every method. Editability is
+the 8×8 digits classifier's P(b | θ) (a 16×16 θ enters through its least-squares 8×8 preimage,
+``common.digits16.to_digits8``); identity is SSIM (and MSE) of θ to the source digit at θ's own resolution.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.diffusion.data import IMAGE_SIDE
+from common.digits16.data import SIDE16, to_digits8
 from common.score_distillation import (
     affine_thetas,
     affine_views,
@@ -120,24 +124,37 @@ def method_gradient(method: str, model, views_tgt, views_src, y_tgt, y_src, iter
     return dc_grad(model, views_tgt, views_src, y_tgt, y_src, t, eps=eps, cfg=cfg), t
 
 
+def image_side(dim: int) -> int:
+    """The side of a flattened square image of ``dim`` pixels: 8 (64, the ci prior) or 16 (256, the UNet prior)."""
+    side = {IMAGE_SIDE * IMAGE_SIDE: IMAGE_SIDE, SIDE16 * SIDE16: SIDE16}.get(int(dim))
+    if side is None:
+        raise ValueError(f"images must have {IMAGE_SIDE ** 2} (8×8) or {SIDE16 ** 2} (16×16) pixels, got {dim}")
+    return side
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 3) -> torch.Tensor:
-    """Per-image SSIM of flattened 8×8 images in [−1, 1] (pytorch-msssim, Gaussian window 3, data range 2)."""
+    """Per-image SSIM of flattened 8×8 or 16×16 images in [−1, 1] (pytorch-msssim, Gaussian window 3, data
+    range 2), at the images' own resolution."""
     from pytorch_msssim import ssim as _ssim
 
-    shape = (-1, 1, IMAGE_SIDE, IMAGE_SIDE)
+    side = image_side(a.shape[-1])
+    shape = (-1, 1, side, side)
     return _ssim(a.reshape(shape).double(), b.reshape(shape).double(), data_range=2.0, win_size=win_size,
                  size_average=False)
 
 
 @torch.no_grad()
 def target_probability(classifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Classifier probability P(y | x) per image."""
+    """Classifier probability P(y | x) per image; 16×16 images enter the 8×8 classifier through
+    ``to_digits8`` (the least-squares preimage under the bilinear upsampling, exact on upsampled digits)."""
+    if image_side(x.shape[-1]) == SIDE16:
+        x = to_digits8(x)
     return torch.softmax(classifier(x.float()), dim=1).gather(1, y[:, None])[:, 0].double()
 
 
 @dataclass
 class EditResult:
-    final: torch.Tensor  # [B, 64] edited canonical images
+    final: torch.Tensor  # [B, side²] edited canonical images
     p_target: np.ndarray  # [N, B] P(b | θ_i) after each iteration
     ssim: np.ndarray  # [N, B] SSIM(θ_i, source)
     mse: np.ndarray  # [B] final MSE to the source
@@ -156,7 +173,7 @@ def edit(method: str, model, classifier, sources: torch.Tensor, y_src: torch.Ten
         raise ValueError(f"need n_iters, n_views, lr > 0, got {n_iters}, {n_views}, {lr}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    b = sources.shape[0]
+    b, side = sources.shape[0], image_side(sources.shape[1])
     if y_src.shape != (b,) or y_tgt.shape != (b,):
         raise ValueError("y_src and y_tgt must have one label per source image")
     gen = torch.Generator().manual_seed(int(seed))
@@ -165,11 +182,11 @@ def edit(method: str, model, classifier, sources: torch.Tensor, y_src: torch.Ten
     yt, ys = y_tgt.repeat_interleave(n_views), y_src.repeat_interleave(n_views)
     hist, ts = torch.zeros(n_iters, b, sources.shape[1]), np.zeros(n_iters)
     for i in tqdm(range(n_iters), disable=not progress, desc=method, leave=False):
-        mats = affine_thetas(b * n_views, max_angle_deg=max_angle_deg, max_shift_px=max_shift_px,
+        mats = affine_thetas(b * n_views, max_angle_deg=max_angle_deg, max_shift_px=max_shift_px, side=side,
                              generator=gen).reshape(b, n_views, 2, 3)
-        v_tgt = affine_views(theta, mats)
+        v_tgt = affine_views(theta, mats, side=side)
         with torch.no_grad():
-            v_src = affine_views(sources.float(), mats)
+            v_src = affine_views(sources.float(), mats, side=side)
         grad, ts[i] = method_gradient(method, model, v_tgt.detach(), v_src, yt, ys, i, n_iters, gen, cfg)
         opt.zero_grad()
         (apply_render_gradient(v_tgt, grad) / n_views).backward()

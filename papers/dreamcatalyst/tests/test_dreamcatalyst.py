@@ -14,10 +14,12 @@ from papers.dreamcatalyst.dreamcatalyst import (
     dc_timestep,
     dc_weights,
     edit,
+    image_side,
     iterations_to_success,
     method_gradient,
     select_sources,
     ssim,
+    target_probability,
 )
 
 
@@ -109,3 +111,38 @@ def test_ssim_of_identical_images_is_one_and_sources_are_selected():
     assert ys.tolist() == [1, 1, 3, 3, 5, 5, 0, 0] and yt.tolist() == [7, 7, 8, 8, 6, 6, 8, 8]
     with pytest.raises(ValueError):
         select_sources(x, torch.tensor([1, 1, 1]), 2)
+
+
+def test_16x16_path_ssim_classifier_and_views():
+    """16×16 images: SSIM at their own resolution, the 8×8 classifier through to_digits8, views of side 16."""
+    from common.diffusion import load_digits_split
+    from common.digits16 import upsample8to16
+
+    assert image_side(64) == 8 and image_side(256) == 16
+    with pytest.raises(ValueError):
+        image_side(100)
+    x8 = load_digits_split().x_heldout[:4]
+    x16 = upsample8to16(x8)
+    torch.testing.assert_close(ssim(x16, x16), torch.ones(4, dtype=torch.float64))
+    assert float(ssim(x16[:1], x16[1:2])) < 0.99
+
+    class Probe(torch.nn.Module):  # a classifier that reads its input: logit of class 7 = the pixel sum
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 10, dtype=x.dtype)
+            out[:, 7] = x.sum(1) / 64
+            return out
+
+    y = torch.full((4,), 7)
+    # exact on upsampled digits: the 16×16 probability equals the 8×8 one
+    torch.testing.assert_close(target_probability(Probe(), x16, y), target_probability(Probe(), x8, y))
+
+    class LinearEps16(LinearEps):
+        pass
+
+    src = x16[:2]
+    r = edit("dc", LinearEps16(), ConstClassifier(), src, torch.tensor([1, 1]), torch.tensor([7, 7]), n_iters=3,
+             n_views=1, seed=0, max_shift_px=2.0)
+    assert r.final.shape == (2, 256) and r.ssim.shape == (3, 2)
+    r = edit("dds", LinearEps16(), ConstClassifier(), src, torch.tensor([1, 1]), torch.tensor([1, 1]), n_iters=2,
+             n_views=2, seed=0, max_shift_px=2.0)
+    torch.testing.assert_close(r.final, src)
