@@ -124,3 +124,15 @@ def test_digits_task_arms_wiring():
         digits_task(st.model, st.vae, "sr", x_test, x_tune, 0.05, 8, [0], [1.0], 0.1, 0.6, arms=("p2l",))
     with pytest.raises(ValueError, match="latents"):
         digits_task(st.model, st.vae, "sr", x_test, x_tune, 0.05, 8, [0], [1.0], 0.1, 0.6, arms=("oracle",))
+
+
+def test_blur_adj_backprojects_with_the_adjoint():
+    """blur_adj: the same matrix as blur, pinv replaced by Aᵀ (the official PSLD code's back-projection)."""
+    blur, adj = make_operator("blur", 16), make_operator("blur_adj", 16)
+    assert torch.equal(blur.matrix, adj.matrix)
+    y = torch.randn(3, 256, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(adj.pinv(y), adj.adjoint(y))
+    assert not torch.allclose(adj.pinv(y), blur.pinv(y))
+    assert torch.equal(adj.forward(y), blur.forward(y))
+    with pytest.raises(ValueError, match="blur_adj"):
+        make_operator("jpeg", 16)
