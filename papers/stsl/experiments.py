@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from papers.stsl import gmm as gmm_lib
@@ -126,6 +127,16 @@ def empirical_noised_score(z: torch.Tensor, t: float, latents: torch.Tensor, sch
     d = z.to(torch.float64)[:, None, :] - alpha * latents.to(torch.float64)[None]
     resp = torch.softmax(-(d**2).sum(-1) / (2 * sigma**2), -1)
     return -(resp[..., None] * d).sum(1) / sigma**2
+
+
+def per_digit(values, n_seeds: int) -> np.ndarray:
+    """Per-image values of ``digits_task`` (seed-major: the images of seed 0, then of seed 1, ...) averaged over the
+    seeds, one value per test digit [n_images]. The seeds re-draw y and the noise for the *same* digits, so the
+    images x seeds values are not independent; an interval over the digits (n = n_images) is the honest one."""
+    arr = np.asarray(values, dtype=float)
+    if n_seeds < 1 or arr.ndim != 1 or arr.size % n_seeds:
+        raise ValueError(f"need a 1-D array whose length is a multiple of n_seeds = {n_seeds}, got shape {arr.shape}")
+    return arr.reshape(n_seeds, -1).mean(0)
 
 
 def responsibilities(z: torch.Tensor, t: float, latents: torch.Tensor, schedule) -> torch.Tensor:

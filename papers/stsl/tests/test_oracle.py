@@ -136,3 +136,51 @@ def test_blur_adj_backprojects_with_the_adjoint():
     assert torch.equal(adj.forward(y), blur.forward(y))
     with pytest.raises(ValueError, match="blur_adj"):
         make_operator("jpeg", 16)
+
+
+def test_blur_adj_gluing_target_and_start_use_the_adjoint():
+    """With blur_adj, PSLD's gluing target is Aᵀy + (I − AᵀA) x̂ and STSL's start is α E(Aᵀy) + σ ε (not A⁺)."""
+    from papers.stsl.stsl import gluing_target
+
+    g = torch.Generator().manual_seed(3)
+    d = 8
+    codec = LinearCodec(torch.randn(64, d, generator=g, dtype=torch.float64) / d**0.5)
+    adj, blur = make_operator("blur_adj", 8), make_operator("blur", 8)
+    a = adj.matrix.to(torch.float64)
+    x = codec.decode(torch.randn(2, d, generator=g, dtype=torch.float64))
+    y = adj.measure(x, 0.05, g)
+    x_hat = torch.randn(2, 64, generator=g, dtype=torch.float64)
+    problem = Problem(None, codec.decode, codec.encode, adj, y, 0.05)
+    expected = y @ a + x_hat - (x_hat @ a.T) @ a  # rows: Aᵀy + (I − AᵀA) x̂
+    assert torch.allclose(gluing_target(problem, x_hat), expected, atol=1e-10)
+    pinv_problem = Problem(None, codec.decode, codec.encode, blur, y, 0.05)
+    assert not torch.allclose(gluing_target(pinv_problem, x_hat), expected, atol=1e-3)
+
+    class Zero:  # a network that predicts ε = 0: the start is then visible in the encoder's first input
+        schedule = VPSchedule()
+
+        def eps(self, z, t):
+            return torch.zeros_like(z)
+
+    seen = []
+
+    def encode(xx):
+        seen.append(xx.detach().clone())
+        return codec.encode(xx)
+
+    noise = torch.randn(2, d, generator=g, dtype=torch.float64)
+    problem = Problem(Zero(), codec.decode, encode, adj, y, 0.05)
+    sample(problem, "stsl_no_trace", noise, 1, init="measurement", t_start=0.6, step_size=0.0, gamma=0.0)
+    assert torch.allclose(seen[0], y @ a, atol=1e-12)  # E is applied to Aᵀy
+
+
+def test_per_digit_averages_the_seeds_of_each_digit():
+    """digits_task's arrays are seed-major (images of seed 0, then seed 1): per_digit averages each digit's seeds."""
+    import numpy as np
+
+    from papers.stsl.experiments import per_digit
+
+    vals = np.array([1.0, 2.0, 3.0, 3.0, 4.0, 5.0])  # 3 digits x 2 seeds
+    assert np.allclose(per_digit(vals, 2), [2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="multiple"):
+        per_digit(vals, 4)
