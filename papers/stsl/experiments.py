@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from papers.stsl import gmm as gmm_lib
@@ -113,6 +114,7 @@ def run_digits(
         )
         out[name] = per_image_psnr(res.x, x_true)
         out[f"{name}.nfe"] = res.nfe
+        out[f"{name}.oracle_evals"] = res.oracle_evals
     return out
 
 
@@ -127,6 +129,61 @@ def empirical_noised_score(z: torch.Tensor, t: float, latents: torch.Tensor, sch
     return -(resp[..., None] * d).sum(1) / sigma**2
 
 
+def per_digit(values, n_seeds: int) -> np.ndarray:
+    """Per-image values of ``digits_task`` (seed-major: the images of seed 0, then of seed 1, ...) averaged over the
+    seeds, one value per test digit [n_images]. The seeds re-draw y and the noise for the *same* digits, so the
+    images x seeds values are not independent; an interval over the digits (n = n_images) is the honest one."""
+    arr = np.asarray(values, dtype=float)
+    if n_seeds < 1 or arr.ndim != 1 or arr.size % n_seeds:
+        raise ValueError(f"need a 1-D array whose length is a multiple of n_seeds = {n_seeds}, got shape {arr.shape}")
+    return arr.reshape(n_seeds, -1).mean(0)
+
+
+def responsibilities(z: torch.Tensor, t: float, latents: torch.Tensor, schedule) -> torch.Tensor:
+    """The posterior weights w_i(z) ∝ N(z; α_t z_i, σ_t² I) of the training latents under the VP-noised empirical
+    distribution p_t = (1/N) Σ_i N(α_t z_i, σ_t² I); [B, N], rows sum to 1 (float64)."""
+    alpha, sigma = float(schedule.alpha(t)), float(schedule.sigma(t))
+    d = z.to(torch.float64)[:, None, :] - alpha * latents.to(torch.float64)[None]
+    return torch.softmax(-(d**2).sum(-1) / (2 * sigma**2), -1)
+
+
+def effective_components(z: torch.Tensor, t: float, latents: torch.Tensor, schedule) -> torch.Tensor:
+    """exp(H(w(z))), the entropy-effective number of training latents that the empirical score averages at z [B]:
+    N when p_t is flat over the data (α_t z_i indistinguishable at noise σ_t), 1 when it has snapped to the
+    nearest training latent (then ∇ log p_t = −(z − α_t z_i)/σ_t², a memorising score, not the population's)."""
+    w = responsibilities(z, t, latents, schedule)
+    return torch.exp(-(w * torch.log(w.clamp_min(1e-300))).sum(-1))
+
+
+def trace_drift(score_fn, z: torch.Tensor, u: torch.Tensor, weight: float) -> torch.Tensor:
+    r"""STSL's trace drift :math:`\nabla_z\,[w\,u^\top \nabla_z s(z)\,u]` for a score ``score_fn`` (z -> s(z),
+    differentiable), u held fixed, by exact Hessian-vector products (two backward passes); [B, d] float64."""
+    with torch.enable_grad():
+        zz = z.clone().requires_grad_(True)
+        score = score_fn(zz)
+        uu = u.to(score.dtype)
+        (hu,) = torch.autograd.grad((score * uu).sum(), zz, create_graph=True)
+        (drift,) = torch.autograd.grad(weight * (uu * hu).sum(), zz)
+    return drift.double()
+
+
+def _start_and_probe(model, vae, operator, x_true, sigma_y: float, seed: int, t: float):
+    """STSL's starting point z_t = α_t E(A⁺y) + σ_t ε (the y and ε of ``run_digits`` with this seed), its
+    probe direction u = J_Dᵀ Aᵀ v at ẑ0(z_t) (v Rademacher, seed 60 000 + seed) and the weight σ_t⁴/α_t²."""
+    from papers.stsl.stsl import _coeffs, rademacher
+
+    problem = digits_problem(model, vae, operator, x_true, sigma_y, seed)
+    noise = starting_noise(vae, x_true, seed)
+    alpha, sigma = _coeffs(model.schedule, t)
+    z = (alpha * vae.encode(operator.pinv(problem.y)).detach() + sigma * noise).detach()
+    with torch.enable_grad():
+        z0 = ((z - sigma * model.eps(z, t)) / alpha).detach().requires_grad_(True)
+        ax = operator.forward(vae.decode(z0))
+        v = rademacher(ax.shape, torch.Generator().manual_seed(60_000 + seed), ax.dtype)
+        (u,) = torch.autograd.grad((ax * v).sum(), z0)
+    return z, u.detach(), sigma**4 / alpha**2
+
+
 def trace_drift_check(model, vae, operator, x_true, sigma_y: float, seed: int, t: float, latents) -> dict:
     """Can the latent model supply STSL's drift? At STSL's starting point z_t = α_t E(A⁺y) + σ_t ε (the same
     y and ε as ``run_digits`` with this seed) and one Rademacher probe v (u = J_Dᵀ Aᵀ v at ẑ0), the trace
@@ -134,31 +191,40 @@ def trace_drift_check(model, vae, operator, x_true, sigma_y: float, seed: int, t
     difference) and from the exact noised score of the training latents (``empirical_noised_score``).
     Returns per-image arrays: ``net`` and ``exact`` drift norms and ``rel_err`` = ‖g_net − g_exact‖/‖g_exact‖
     (1 means the network's drift is no closer to the exact one than a zero drift)."""
-    from papers.stsl.stsl import _coeffs, rademacher
+    z, u, weight = _start_and_probe(model, vae, operator, x_true, sigma_y, seed, t)
+    sigma = float(model.schedule.sigma(t))
+    g_net = trace_drift(lambda zz: -model.eps(zz, t) / sigma, z, u, weight)
+    g_exact = trace_drift(lambda zz: empirical_noised_score(zz, t, latents, model.schedule), z.double(), u, weight)
+    rel = (g_net - g_exact).norm(dim=-1) / g_exact.norm(dim=-1).clamp_min(1e-12)
+    return {"net": g_net.norm(dim=-1), "exact": g_exact.norm(dim=-1), "rel_err": rel}
 
-    problem = digits_problem(model, vae, operator, x_true, sigma_y, seed)
-    noise = starting_noise(vae, x_true, seed)
-    alpha, sigma = _coeffs(model.schedule, t)
-    weight = sigma**4 / alpha**2
-    z = (alpha * vae.encode(operator.pinv(problem.y)).detach() + sigma * noise).detach()
-    with torch.enable_grad():
-        z0 = ((z - sigma * model.eps(z, t)) / alpha).detach().requires_grad_(True)
-        ax = operator.forward(vae.decode(z0))
-        v = rademacher(ax.shape, torch.Generator().manual_seed(60_000 + seed), ax.dtype)
-        (u,) = torch.autograd.grad((ax * v).sum(), z0)
-        drifts = {}
-        for name in ("net", "exact"):
-            zz = (z.double() if name == "exact" else z).clone().requires_grad_(True)
-            if name == "net":
-                score = -model.eps(zz, t) / sigma
-            else:
-                score = empirical_noised_score(zz, t, latents, model.schedule)
-            uu = u.to(score.dtype)
-            (hu,) = torch.autograd.grad((score * uu).sum(), zz, create_graph=True)
-            (drift,) = torch.autograd.grad(weight * (uu * hu).sum(), zz)
-            drifts[name] = drift.double()
-    rel = (drifts["net"] - drifts["exact"]).norm(dim=-1) / drifts["exact"].norm(dim=-1).clamp_min(1e-12)
-    return {"net": drifts["net"].norm(dim=-1), "exact": drifts["exact"].norm(dim=-1), "rel_err": rel}
+
+def oracle_faithfulness(
+    model, vae, operator, x_true, sigma_y: float, seed: int, ts, latents, split_seed: int = 70_000
+) -> dict:
+    """Where is the empirical (oracle) drift a stand-in for the population's? At each t of ``ts``, at
+    z_t = α_t E(A⁺y) + σ_t ε (STSL's start construction, same y, ε, probe as ``trace_drift_check``), per image:
+
+    * ``eff``: ``effective_components`` of the full training latents (1 = snapped to one latent);
+    * ``split``: ‖g_A − g_B‖ / ‖g‖, the oracle trace drift from two disjoint random halves A, B of the latents
+      against the drift g of all of them. Each half is an independent sample of the population, so a small
+      ``split`` means the empirical drift does not depend on which latents were drawn (it estimates the
+      population's); ``split`` ≳ 1 means it is sampling noise of the training set.
+
+    Returns {"t": list, "eff": [len(ts), B], "split": [len(ts), B]} (float64 tensors)."""
+    perm = torch.randperm(latents.shape[0], generator=torch.Generator().manual_seed(split_seed))
+    half = latents.shape[0] // 2
+    parts = {"all": latents, "a": latents[perm[:half]], "b": latents[perm[half:]]}
+    eff, split = [], []
+    for t in ts:
+        z, u, weight = _start_and_probe(model, vae, operator, x_true, sigma_y, seed, float(t))
+        g = {
+            k: trace_drift(lambda zz, lat=lat: empirical_noised_score(zz, float(t), lat, model.schedule), z.double(), u, weight)
+            for k, lat in parts.items()
+        }
+        eff.append(effective_components(z, float(t), latents, model.schedule))
+        split.append((g["a"] - g["b"]).norm(dim=-1) / g["all"].norm(dim=-1).clamp_min(1e-12))
+    return {"t": [float(t) for t in ts], "eff": torch.stack(eff), "split": torch.stack(split)}
 
 
 def tune_step_size(
@@ -204,6 +270,8 @@ def digits_task(
     stsl_t_start: float,
     latents: torch.Tensor | None = None,
     side: int = 8,
+    arms: tuple = (),
+    oracle_t_min: float = 0.0,
 ) -> dict:
     """Claim 1 / claim 2 on one task: tune ζ on x_tune (same grid for every method), then PSLD at nfe,
     STSL and STSL-without-trace at nfe // 4, all from the same noise, over ``seeds``; per-image PSNRs
@@ -211,7 +279,16 @@ def digits_task(
     trace-drift check at STSL's start t₀ (``trace_drift_check``, per image × seed). ``side``: the image side
     (8 or 16; the operator is ``make_operator(task, side)`` and must match the VAE's images). At side 16 also the
     prior-free least-squares baseline inside the data's 64-dim upsampling subspace (``subspace_lsq``, key
-    ``"subspace_lsq"``; not computed at side 8, whose images span all of ℝ⁶⁴)."""
+    ``"subspace_lsq"``; not computed at side 8, whose images span all of ℝ⁶⁴).
+
+    ``arms`` adds methods, each tuned like the others (same grid, tuning images, seed):
+
+    * ``"dps"``: latent DPS (no gluing, from pure noise at t = 1) at the PSLD budget ``nfe``;
+    * ``"oracle"`` (needs ``latents``): ``stsl_oracle`` at STSL's budget nfe // 4 (same steps as STSL, the probe
+      charged, 1 network call per step) with the exact noised empirical score of ``latents`` in the trace term at
+      t >= ``oracle_t_min`` (below it no trace term), and its matching control ``no_trace_matched``: the
+      ablation with as many steps, hence network calls, as the oracle arm (budget (nfe // 4) // 2). The oracle
+      arm's score evaluations are returned under ``"oracle_evals"``."""
     from papers.stsl.operators import make_operator
 
     op = make_operator(task, side)
@@ -226,6 +303,22 @@ def digits_task(
         "stsl": ("stsl", quarter, stsl_kw),
         "stsl_no_trace": ("stsl_no_trace", quarter, stsl_kw),
     }
+    if "dps" in arms:
+        configs["dps"] = ("dps", nfe, {})
+    if "oracle" in arms:
+        if latents is None:
+            raise ValueError("the oracle arm needs the training latents")
+        schedule = model.schedule
+        lat64 = latents.to(torch.float64)
+
+        def oracle_score(z, t):
+            return empirical_noised_score(z, t, lat64, schedule)
+
+        configs["stsl_oracle"] = ("stsl_oracle", quarter, dict(stsl_kw, trace_score=oracle_score, trace_t_min=oracle_t_min))
+        configs["no_trace_matched"] = ("stsl_no_trace", quarter // 2, stsl_kw)
+    unknown = set(arms) - {"dps", "oracle"}
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)}; known: dps, oracle")
     steps, tuning = {}, {}
     for name, (sampler, budget, kw) in configs.items():
         steps[name], tuning[name] = tune_step_size(
@@ -241,6 +334,8 @@ def digits_task(
     baselines = ("measurement", "ceiling") + (("subspace_lsq",) if subspace is not None else ())
     out = {k: torch.cat([r[k] for r in per_seed]).numpy() for k in (*baselines, *methods)}
     out["nfe"] = {name: per_seed[0][f"{name}.nfe"] for name in methods}
+    if "stsl_oracle" in methods:
+        out["oracle_evals"] = per_seed[0]["stsl_oracle.oracle_evals"]
     out["step_size"] = steps
     out["tuning"] = tuning
     if latents is not None:

@@ -11,6 +11,10 @@ inpainting, nearest-neighbour upsampling for average-pool super-resolution). Mea
   with the image: 4×4 at side 8, 8×8 at side 16; m = n − box²);
 * ``sr``: ×2 average pooling, side → side/2 (m = n/4; 16 at side 8, 64 at side 16);
 * ``blur``: Gaussian blur σ = 1 pixel (5×5 kernel, normalised, zero padding; m = n), the same kernel at every side.
+* ``blur_adj`` (a variant, not in ``TASKS``): the same blur with the official PSLD code's back-projection
+  :math:`A^\top y` in place of :math:`A^+ y` (``pinv`` returns the adjoint): the samplers' measurement start
+  E(Aᵀy), PSLD's gluing target Aᵀy + (I − AᵀA) D(ẑ0) and the "plain measurement" baseline use Aᵀ. For the blur,
+  cond(A) = 1626 at side 16, and A⁺y amplifies the noise; Aᵀ = A (a symmetric kernel) does not.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 SIDE = 8
 DIM = SIDE * SIDE
 TASKS = ("inpaint", "sr", "blur")
+VARIANTS = ("blur_adj",)  # operators whose back-projection is Aᵀ instead of A⁺ (see AdjointBackprojection)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,16 @@ class LinearOperator:
             raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
         y = self.forward(x)
         return y + sigma_y * torch.randn(y.shape, generator=generator, dtype=torch.float64).to(y.dtype)
+
+
+@dataclass(frozen=True)
+class AdjointBackprojection(LinearOperator):
+    """A ``LinearOperator`` whose ``pinv`` is the adjoint: y -> Aᵀ y (PSLD's official code back-projects with Aᵀ;
+    not a pseudo-inverse unless A has orthonormal rows, as inpainting masks do)."""
+
+    def pinv(self, y: torch.Tensor) -> torch.Tensor:
+        """Aᵀ y (the back-projection this operator uses in place of A⁺ y) for rows y [B, m] -> [B, n]."""
+        return self.adjoint(y)
 
 
 def inpaint_matrix(box: int = 4, side: int = SIDE) -> torch.Tensor:
@@ -101,7 +116,7 @@ def blur_matrix(sigma: float = 1.0, radius: int = 2, side: int = SIDE) -> torch.
 
 def make_operator(task: str, side: int = SIDE) -> LinearOperator:
     """The operator of a task on side×side images: ``"inpaint"`` (centre box of side/2: 4×4 at side 8, 8×8 at 16),
-    ``"sr"`` (×2 avg-pool) or ``"blur"`` (σ = 1 pixel, 5×5)."""
+    ``"sr"`` (×2 avg-pool), ``"blur"`` (σ = 1 pixel, 5×5) or ``"blur_adj"`` (the same blur, back-projection Aᵀ)."""
     if side < 4 or side % 4:
         raise ValueError(f"side must be a positive multiple of 4, got {side}")
     if task == "inpaint":
@@ -110,4 +125,6 @@ def make_operator(task: str, side: int = SIDE) -> LinearOperator:
         return LinearOperator(task, avgpool_matrix(factor=2, side=side))
     if task == "blur":
         return LinearOperator(task, blur_matrix(side=side))
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "blur_adj":
+        return AdjointBackprojection(task, blur_matrix(side=side))
+    raise ValueError(f"task must be one of {TASKS + VARIANTS}, got {task!r}")

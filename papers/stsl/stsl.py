@@ -35,6 +35,15 @@ the posterior mean and (second order) the posterior covariance of :math:`z_0` gi
   gradient is the new drift. STSL starts from the measurement (:math:`z_{t_0} = \alpha_{t_0}E(A^+y) + \sigma_{t_0}\varepsilon`,
   ``init="measurement"``) and may take ``n_inner`` gradient steps per timestep. Every network evaluation,
   probes included, is one NFE (backward passes are not counted, as for DPS).
+* **STSL with an oracle drift** (``stsl_oracle``, a diagnostic arm, not the paper's method): identical to STSL
+  (same ẑ0 from the network, same probes, δ, loss, gluing, start, step grid) except that the finite difference of
+  the score along u uses a supplied score ``trace_score(z, t)`` (on the digits the exact score of the VP-noised
+  empirical distribution of the latent model's training latents) instead of the network's, and only at
+  ``t >= trace_t_min`` (below it the trace term is dropped, where that oracle is not a stand-in for the
+  population score). Accounting: each probe is *charged* one NFE as in STSL (so the step count equals STSL's at
+  the same budget), but it is not a network call: ``SampleResult.nfe`` counts network calls only (1 per step)
+  and ``SampleResult.oracle_evals`` the oracle's score evaluations (2 per probe and step where it is applied,
+  each a pass over the N training latents, O(N d)).
 * **STSL without the trace term**: the same loop and initialisation with :math:`\ell` minus the trace term,
   1 NFE per step instead of 2, so at equal NFE it takes twice as many steps (the ablation).
 
@@ -57,8 +66,8 @@ import torch
 
 from common.diffusion.samplers import ddim_step, time_grid
 
-METHODS = ("dps", "psld", "stsl", "stsl_no_trace")
-NFE_PER_STEP = {"dps": 1, "psld": 1, "stsl_no_trace": 1}  # stsl: 1 + n_probes
+METHODS = ("dps", "psld", "stsl", "stsl_no_trace", "stsl_oracle")
+NFE_PER_STEP = {"dps": 1, "psld": 1, "stsl_no_trace": 1}  # stsl, stsl_oracle: 1 + n_probes (charged)
 
 
 @dataclass
@@ -79,15 +88,17 @@ class SampleResult:
     x: torch.Tensor  # [B, n] decoded
     nfe: int  # network evaluations per sample path (forward passes of the latent model)
     n_steps: int
+    oracle_evals: int = 0  # stsl_oracle: evaluations of the oracle score (not network calls)
 
 
 def nfe_per_step(method: str, n_probes: int = 1, n_inner: int = 1) -> int:
-    """NFE of one timestep: 1 (the model at z_t), + n_probes (the score at z_t + δu) for STSL, times n_inner."""
+    """NFE of one timestep: 1 (the model at z_t), + n_probes (the score at z_t + δu) for STSL, times n_inner.
+    ``stsl_oracle`` is charged as STSL (its probe is an oracle evaluation, not a network call: see ``sample``)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if n_probes < 1 or n_inner < 1:
         raise ValueError(f"n_probes and n_inner must be >= 1, got {n_probes}, {n_inner}")
-    per = 1 + n_probes if method == "stsl" else 1
+    per = 1 + n_probes if method in ("stsl", "stsl_oracle") else 1
     return per * n_inner
 
 
@@ -139,9 +150,12 @@ def _surrogate(
     n_probes: int,
     fd_scale: float,
     generator: torch.Generator,
+    trace_score=None,
+    trace_t_min: float = 0.0,
 ):
     """Loss per row and what the DDIM step needs. Returns (loss [B], gluing norm [B] or None, residual norm
-    [B], eps, z0, nfe); loss = ‖r‖² (+ the trace term for STSL)."""
+    [B], eps, z0, nfe, oracle_evals); loss = ‖r‖² (+ the trace term for STSL; for ``stsl_oracle`` with the
+    score ``trace_score(z, t)`` in the finite difference, only at t >= ``trace_t_min``)."""
     model, schedule = problem.model, problem.model.schedule
     alpha, sigma = _coeffs(schedule, t)
     eps = model.eps(z, t)
@@ -151,9 +165,12 @@ def _surrogate(
     r = problem.y.to(x0.dtype) - problem.operator.forward(x0)
     loss = (r**2).sum(-1)
     glue = None
-    if method in ("psld", "stsl", "stsl_no_trace") and gamma:
+    if method in ("psld", "stsl", "stsl_no_trace", "stsl_oracle") and gamma:
         glue = gluing_norm(problem, z0, x0)
-    if method == "stsl":
+    oracle = 0
+    if method == "stsl_oracle" and trace_score is None:
+        raise ValueError("stsl_oracle needs trace_score(z, t)")
+    if method == "stsl" or (method == "stsl_oracle" and t >= trace_t_min):
         z0d = z0.detach().requires_grad_(True)
         ax = problem.operator.forward(problem.decode(z0d))
         score = -eps / sigma
@@ -162,11 +179,16 @@ def _surrogate(
             v = rademacher(ax.shape, generator, ax.dtype)
             (u,) = torch.autograd.grad((ax * v).sum(), z0d, retain_graph=True)  # u = J_D^T A^T v
             delta = fd_scale * sigma / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            score_shift = -model.eps(z + delta * u, t) / sigma
-            nfe += 1
-            trace = trace + (u * (score_shift - score)).sum(-1) / delta[:, 0]
+            if method == "stsl":
+                score_shift = -model.eps(z + delta * u, t) / sigma
+                nfe += 1
+                diff = score_shift - score
+            else:  # the oracle's own difference, at the same two points (no network call)
+                diff = (trace_score(z + delta * u, t) - trace_score(z, t)).to(z.dtype)
+                oracle += 2
+            trace = trace + (u * diff).sum(-1) / delta[:, 0]
         loss = loss + (sigma**4 / alpha**2) * trace / n_probes
-    return loss, glue, r.norm(dim=-1).detach(), eps, z0, nfe
+    return loss, glue, r.norm(dim=-1).detach(), eps, z0, nfe, oracle
 
 
 def sample(
@@ -185,6 +207,8 @@ def sample(
     fd_scale: float = 0.1,
     guidance: str = "dps",
     generator: torch.Generator | None = None,
+    trace_score=None,
+    trace_t_min: float = 0.0,
 ) -> SampleResult:
     """Run ``method`` with at most ``nfe`` network evaluations per sample path (see the module docstring).
 
@@ -210,17 +234,18 @@ def sample(
         )
     else:
         z = sigma0 * noise
-    spent = 0
+    spent = oracle_evals = 0
     for i in range(n_steps):
         t, s = ts[i], ts[i + 1]
         alpha_t, sigma_t = _coeffs(schedule, t)
         alpha_s, sigma_s = _coeffs(schedule, s)
         for k in range(n_inner):
             z = z.detach().requires_grad_(True)
-            loss, glue, rnorm, eps, z0, used = _surrogate(
-                problem, method, z, t, gamma, n_probes, fd_scale, generator
+            loss, glue, rnorm, eps, z0, used, used_oracle = _surrogate(
+                problem, method, z, t, gamma, n_probes, fd_scale, generator, trace_score, trace_t_min
             )
             spent += used
+            oracle_evals += used_oracle
             if guidance == "dps":
                 objective = (loss / (2.0 * rnorm.clamp_min(1e-12))).sum()
             else:
@@ -242,7 +267,7 @@ def sample(
             z = z.detach()
     with torch.no_grad():
         x = problem.decode(z)
-    return SampleResult(z=z, x=x, nfe=spent, n_steps=n_steps)
+    return SampleResult(z=z, x=x, nfe=spent, n_steps=n_steps, oracle_evals=oracle_evals)
 
 
 def dps(problem, noise, nfe, **kwargs) -> SampleResult:
@@ -266,7 +291,13 @@ def stsl_no_trace(problem, noise, nfe, **kwargs) -> SampleResult:
     return sample(problem, "stsl_no_trace", noise, nfe, **kwargs)
 
 
-SAMPLERS = {"dps": dps, "psld": psld, "stsl": stsl, "stsl_no_trace": stsl_no_trace}
+def stsl_oracle(problem, noise, nfe, **kwargs) -> SampleResult:
+    """STSL whose trace term uses the oracle score ``trace_score(z, t)`` (at t >= ``trace_t_min``) in place of the
+    network's; ẑ0, probes, loss and step grid as STSL's. ``nfe`` counts network calls only (a diagnostic arm)."""
+    return sample(problem, "stsl_oracle", noise, nfe, **kwargs)
+
+
+SAMPLERS = {"dps": dps, "psld": psld, "stsl": stsl, "stsl_no_trace": stsl_no_trace, "stsl_oracle": stsl_oracle}
 
 
 def per_image_psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
