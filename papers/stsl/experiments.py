@@ -219,7 +219,8 @@ def oracle_faithfulness(
     for t in ts:
         z, u, weight = _start_and_probe(model, vae, operator, x_true, sigma_y, seed, float(t))
         g = {
-            k: trace_drift(lambda zz, lat=lat: empirical_noised_score(zz, float(t), lat, model.schedule), z.double(), u, weight)
+            k: trace_drift(lambda zz, lat=lat, tt=float(t): empirical_noised_score(zz, tt, lat, model.schedule),
+                         z.double(), u, weight)
             for k, lat in parts.items()
         }
         eff.append(effective_components(z, float(t), latents, model.schedule))
