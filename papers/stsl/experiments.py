@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from common import stats
 from papers.stsl import gmm as gmm_lib
 from papers.stsl.operators import LinearOperator
 from papers.stsl.stsl import SAMPLERS, Problem
@@ -137,6 +138,17 @@ def per_digit(values, n_seeds: int) -> np.ndarray:
     if n_seeds < 1 or arr.ndim != 1 or arr.size % n_seeds:
         raise ValueError(f"need a 1-D array whose length is a multiple of n_seeds = {n_seeds}, got shape {arr.shape}")
     return arr.reshape(n_seeds, -1).mean(0)
+
+
+def per_digit_difference(a, b, n_seeds: int, *, confidence: float = 0.95):
+    """Paired difference a − b over the test digits, with a Student-t interval (``common.stats``).
+
+    ``a``, ``b``: per-image values of ``digits_task`` (seed-major, length n_images · n_seeds, the same images,
+    y and noise for both methods). For digit i, d̄_i = (1/S) Σ_s (a_{s,i} − b_{s,i}) (``per_digit`` of each);
+    the interval is d̄ ± t_{n−1,(1+c)/2} · sd(d̄_i) / √n over the n = n_images digits. The seeds re-draw y and the
+    noise for the same digits, so the n_images · n_seeds pairs are not independent draws and an interval over them
+    (n = n_images · n_seeds) is too narrow; averaging first keeps the digit the unit of replication."""
+    return stats.paired_difference(per_digit(a, n_seeds), per_digit(b, n_seeds), confidence=confidence)
 
 
 def responsibilities(z: torch.Tensor, t: float, latents: torch.Tensor, schedule) -> torch.Tensor:

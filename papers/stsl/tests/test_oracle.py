@@ -184,3 +184,30 @@ def test_per_digit_averages_the_seeds_of_each_digit():
     assert np.allclose(per_digit(vals, 2), [2.0, 3.0, 4.0])
     with pytest.raises(ValueError, match="multiple"):
         per_digit(vals, 4)
+
+
+def test_per_digit_difference_is_over_the_digits_not_the_pairs():
+    """The paired intervals (README open (j)) are over the digits: n = n_images, the per-digit mean differences by
+    hand, and duplicating the seeds (the same values again, as if each seed were re-drawn identically) leaves the
+    interval unchanged, where an interval over the images x seeds pairs would shrink by about sqrt(2)."""
+    import numpy as np
+
+    from common import stats
+    from papers.stsl.experiments import per_digit_difference
+
+    rng = np.random.default_rng(0)
+    n_images, n_seeds = 5, 2
+    a = rng.normal(size=n_images * n_seeds)
+    b = rng.normal(size=n_images * n_seeds)
+    iv = per_digit_difference(a, b, n_seeds)
+    d = (a - b).reshape(n_seeds, n_images).mean(0)  # seed-major: digit i's seeds are i, i + n_images, ...
+    ref = stats.paired_difference(d, np.zeros(n_images))
+    assert iv.n == n_images
+    assert np.isclose(iv.estimate, d.mean()) and np.isclose(iv.lo, ref.lo) and np.isclose(iv.hi, ref.hi)
+    twice = per_digit_difference(np.tile(a, 2), np.tile(b, 2), 2 * n_seeds)
+    assert twice.n == n_images
+    assert np.isclose(twice.lo, iv.lo) and np.isclose(twice.hi, iv.hi)
+    pairs = stats.paired_difference(np.tile(a, 2), np.tile(b, 2))  # the old definition: shrinks with duplicates
+    assert pairs.hi - pairs.lo < iv.hi - iv.lo
+    with pytest.raises(ValueError, match="multiple"):
+        per_digit_difference(a, b, 3)
