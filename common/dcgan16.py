@@ -86,7 +86,7 @@ class MappingDCGenerator(DCGenerator):
 
 
 def train_digits16_gan(seed: int, steps: int = 4000, batch_size: int = 64, lr: float = 2e-4, z_dim: int = 32,
-                       mapping_layers: int = 2, width: int = 32, d_width: int = 32, r1_gamma: float = 1.0,
+                       mapping_layers: int = 2, width: int = 32, d_width: int = 32, r1_gamma: float = 10.0,
                        progress: bool = False, data: torch.Tensor | None = None, threads: int | None = None,
                        callback=None, callback_every: int = 0) -> tuple[MappingDCGenerator, dict]:
     r"""Train the 16×16 mapping DCGAN; returns (G in eval mode, frozen; history).

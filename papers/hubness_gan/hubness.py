@@ -125,3 +125,21 @@ def recall_at_matched_precision(hub_precision: float, trunc_precision, trunc_rec
     p, r = np.asarray(trunc_precision, dtype=float), np.asarray(trunc_recall, dtype=float)
     order = np.argsort(p)
     return float(np.interp(hub_precision, p[order], r[order]))
+
+
+def best_recall_at_precision(hub_precision: float, trunc_precision, trunc_recall, tol: float = 0.01) -> float:
+    r"""Truncation's best recall among its own points as sharp as the hubs (no interpolation, no clipping).
+
+    With :math:`p^* = \min(p_\text{hubs}, \max_\psi p_\psi)` (the hubs' precision, or the sharpest point of the
+    curve when the hubs lie above it), returns :math:`\max \{ r_\psi : p_\psi \ge p^* - \text{tol} \}`: the
+    most diverse ψ whose precision reaches the matchable one up to ``tol``. The set is never empty (the curve's
+    sharpest point belongs to it). Unlike :func:`recall_at_matched_precision` it never moves along a
+    non-monotone curve towards a point that is both less sharp and less diverse (ψ = 0.5 against ψ = 0.7).
+    """
+    p, r = np.asarray(trunc_precision, dtype=float), np.asarray(trunc_recall, dtype=float)
+    if p.shape != r.shape or p.ndim != 1 or p.size == 0:
+        raise ValueError(f"need equal-length non-empty 1-D precision and recall, got {p.shape} and {r.shape}")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    target = min(float(hub_precision), float(p.max()))
+    return float(r[p >= target - tol].max())

@@ -35,6 +35,20 @@ def test_recall_at_matched_precision_interpolates_and_clips():
     assert H.recall_at_matched_precision(0.1, p, r) == pytest.approx(0.5)
 
 
+def test_best_recall_at_precision_takes_the_most_diverse_point_as_sharp_as_the_hubs():
+    p, r = [0.6, 0.7, 0.757, 0.758], [0.9, 0.8, 0.44, 0.76]   # random, psi 0.9, psi 0.5, psi 0.7 (non-monotone)
+    assert H.best_recall_at_precision(0.9, p, r) == pytest.approx(0.76)    # above the curve: psi 0.7, not 0.5
+    assert H.best_recall_at_precision(0.9, p, r, tol=0.0) == pytest.approx(0.76)
+    assert H.best_recall_at_precision(0.65, p, r) == pytest.approx(0.8)    # inside: psi 0.9 (p 0.7 >= 0.64)
+    assert H.best_recall_at_precision(0.5, p, r) == pytest.approx(0.9)
+    assert H.best_recall_at_precision(0.8, [0.79, 0.8], [0.7, 0.1], tol=0.01) == pytest.approx(0.7)
+    assert H.best_recall_at_precision(0.8, [0.79, 0.8], [0.7, 0.1], tol=0.0) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        H.best_recall_at_precision(0.5, [0.1, 0.2], [0.3])
+    with pytest.raises(ValueError):
+        H.best_recall_at_precision(0.5, p, r, tol=-0.1)
+
+
 def test_central_clustering_on_gaussians_and_an_exact_case():
     out = H.gaussian_hubness(64, 500, 5, random_state=0)
     assert out["spearman"] > 0.5 and out["dist_ratio"] < 1 and out["skewness"] > 0.5
