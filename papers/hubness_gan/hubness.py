@@ -21,7 +21,11 @@ of the hubs' central clustering, and that hub sampling trades less diversity for
 (``common.mlp_gan.MappingGenerator``), trained with the non-saturating loss and StyleGAN2's R1 penalty
 (γ = 10, Adam; ``common.gan.train_gan`` has no R1 and collapses here) by the zoo notebook
 ``common/zoo/notebooks/train_digits_gan.ipynb``: the zoo checkpoints ``digits_gan_seed{0,1,2}`` are only loaded
-(sha256-verified, :func:`load_digits_gan`) by the ci and full notebooks.
+(sha256-verified, :func:`load_digits_gan`) by the ci notebook (and by the full one before issue 17). The full
+profile uses the 16×16 member of the family (:func:`gan_family` ``"dcgan16"``): a DCGAN behind the same kind of
+mapping MLP (``common.dcgan16.MappingDCGenerator``, zoo checkpoints ``digits16_gan_seed{0,1,2}``, zoo notebook
+``train_digits16_gan.ipynb``), trained on the 16×16 digits; its samples are scored on their least-squares 8×8
+preimages ``common.digits16.to_digits8`` by the same classifier.
 Quality and diversity are precision / recall / density / coverage (``common.gen_metrics.prdc``) of the
 zoo digits classifier's 32-D features against the 1500 real training digits, and the classifier's
 mean confidence (max softmax) on the generated digits.
@@ -35,6 +39,29 @@ import torch
 from common.gen_metrics import hubness_skewness, k_occurrence
 from common.mlp_gan import MappingGenerator, image_quality, load_digits_gan  # noqa: F401  (load_digits_gan re-exported)
 from papers.hubness_gan.gaussian import central_clustering, gaussian_hubness  # noqa: F401  (re-exported)
+
+# ----------------------------------------------------------------------------------------- GAN families
+GAN_FAMILIES = ("mlp8", "dcgan16")
+
+
+def gan_family(name: str) -> dict:
+    """What part B needs from a GAN family: ``load(seed)`` (a zoo generator, sha256-verified), ``quality`` (the
+    image scorer for :func:`compare_samplers`) and ``to_images`` (``(N, side, side)`` in [0, 1] for plots).
+
+    * ``mlp8``: the 8×8 mapping-MLP GANs ``digits_gan_seed<s>`` (``common.mlp_gan``), scored directly;
+    * ``dcgan16``: the 16×16 mapping DCGANs ``digits16_gan_seed<s>`` (``common.dcgan16``), scored on their
+      least-squares 8×8 preimages ``common.digits16.to_digits8`` by the same 8×8 classifier.
+    """
+    if name == "mlp8":
+        from common.diffusion.data import to_images
+
+        return {"load": load_digits_gan, "quality": image_quality, "to_images": to_images}
+    if name == "dcgan16":
+        from common.dcgan16 import image_quality16, load_digits16_gan
+        from common.digits16 import to_images16
+
+        return {"load": load_digits16_gan, "quality": image_quality16, "to_images": to_images16}
+    raise ValueError(f"gan_family must be one of {GAN_FAMILIES}, got {name!r}")
 
 
 # ----------------------------------------------------------------------------------------- sampling
@@ -64,13 +91,16 @@ def truncate(w: torch.Tensor, w_mean: torch.Tensor, psi: float) -> torch.Tensor:
 @torch.no_grad()
 def compare_samplers(gen: MappingGenerator, classifier, real_features: np.ndarray, n_latents: int,
                      bank_seed: int, k: int = 5, fraction: float = 0.1, psis=(0.5, 0.7, 0.9),
-                     paper_t: int = 50, prdc_k: int = 5) -> dict:
+                     paper_t: int = 50, prdc_k: int = 5, quality=None) -> dict:
     """One latent bank: hubs in w space vs random latents of equal count vs truncated random latents.
 
     Returns per-method metric dicts (``hubs``, ``random``, ``trunc_0.5``, ...) plus ``t``, ``n_hubs``,
     the hubs' and the bank's central clustering in w space, and the count the paper's fixed ``paper_t``
-    would select (self-inclusive counting, as in the official code).
+    would select (self-inclusive counting, as in the official code). ``gen`` is any generator with
+    ``z_dim``, ``mapping`` and ``synthesis`` (the 8×8 MLP GAN or the 16×16 DCGAN, :func:`gan_family`);
+    ``quality(images, classifier, real_features, k)`` scores the images (None: :func:`image_quality`, the 8×8 one).
     """
+    image_quality_ = image_quality if quality is None else quality
     z = torch.randn(n_latents, gen.z_dim, generator=torch.Generator().manual_seed(bank_seed))
     w = gen.mapping(z)
     n_k = k_occurrence(w.double().numpy(), k)
@@ -82,10 +112,10 @@ def compare_samplers(gen: MappingGenerator, classifier, real_features: np.ndarra
     out = {"t": t, "n_hubs": m, "n_k": n_k, "nk_skewness": hubness_skewness(n_k),
            "paper_t_count": int(np.sum(1 + k_occurrence(w.double().numpy(), k - 1) >= paper_t)),
            "w_clustering": central_clustering(w.double().numpy(), n_k)}
-    out["hubs"] = image_quality(gen.synthesis(w[torch.from_numpy(hubs)]), classifier, real_features, prdc_k)
-    out["random"] = image_quality(gen.synthesis(w[rand]), classifier, real_features, prdc_k)
+    out["hubs"] = image_quality_(gen.synthesis(w[torch.from_numpy(hubs)]), classifier, real_features, prdc_k)
+    out["random"] = image_quality_(gen.synthesis(w[rand]), classifier, real_features, prdc_k)
     for psi in psis:
-        out[f"trunc_{psi}"] = image_quality(gen.synthesis(truncate(w[rand], w_mean, psi)), classifier,
+        out[f"trunc_{psi}"] = image_quality_(gen.synthesis(truncate(w[rand], w_mean, psi)), classifier,
                                             real_features, prdc_k)
     return out
 
@@ -95,3 +125,21 @@ def recall_at_matched_precision(hub_precision: float, trunc_precision, trunc_rec
     p, r = np.asarray(trunc_precision, dtype=float), np.asarray(trunc_recall, dtype=float)
     order = np.argsort(p)
     return float(np.interp(hub_precision, p[order], r[order]))
+
+
+def best_recall_at_precision(hub_precision: float, trunc_precision, trunc_recall, tol: float = 0.01) -> float:
+    r"""Truncation's best recall among its own points as sharp as the hubs (no interpolation, no clipping).
+
+    With :math:`p^* = \min(p_\text{hubs}, \max_\psi p_\psi)` (the hubs' precision, or the sharpest point of the
+    curve when the hubs lie above it), returns :math:`\max \{ r_\psi : p_\psi \ge p^* - \text{tol} \}`: the
+    most diverse ψ whose precision reaches the matchable one up to ``tol``. The set is never empty (the curve's
+    sharpest point belongs to it). Unlike :func:`recall_at_matched_precision` it never moves along a
+    non-monotone curve towards a point that is both less sharp and less diverse (ψ = 0.5 against ψ = 0.7).
+    """
+    p, r = np.asarray(trunc_precision, dtype=float), np.asarray(trunc_recall, dtype=float)
+    if p.shape != r.shape or p.ndim != 1 or p.size == 0:
+        raise ValueError(f"need equal-length non-empty 1-D precision and recall, got {p.shape} and {r.shape}")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    target = min(float(hub_precision), float(p.max()))
+    return float(r[p >= target - tol].max())
