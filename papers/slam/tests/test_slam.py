@@ -15,9 +15,11 @@ from papers.slam.slam import (
     sub_path_sigma,
 )
 
+SCHEDULES = {"ddpm_linear": VPSchedule(), "sd_scaled_linear": VPSchedule(0.00085, 0.012, beta_schedule="scaled_linear")}
 
-def test_sigma_end_points():
-    sch = VPSchedule()
+
+@pytest.mark.parametrize("sch", SCHEDULES.values(), ids=SCHEDULES.keys())
+def test_sigma_end_points(sch):
     a_f, s_f = alpha_sigma_discrete(sch, torch.tensor([519, 999]))
     a_t, s_t = alpha_sigma_discrete(sch, torch.tensor([499, 979]))
     assert torch.allclose(sub_path_sigma(torch.ones(2), a_f, a_t, s_t), s_f)
@@ -26,9 +28,9 @@ def test_sigma_end_points():
         sub_path_sigma(torch.tensor([1.5, 0.0]), a_f, a_t, s_t)
 
 
-def test_sub_path_point_has_the_stated_noise_level():
+@pytest.mark.parametrize("sch", SCHEDULES.values(), ids=SCHEDULES.keys())
+def test_sub_path_point_has_the_stated_noise_level(sch):
     """z_from = a z_to + sqrt(1 - a^2) xi (forward transition): z_gamma - alpha_from x0 has std sigma_gamma."""
-    sch = VPSchedule()
     gen = torch.Generator().manual_seed(0)
     n = 50_000
     x0 = torch.randn(n, 1, generator=gen, dtype=torch.float64)
