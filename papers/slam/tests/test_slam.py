@@ -109,3 +109,27 @@ def test_self_consistency_error_probe():
     with pytest.raises(ValueError):
         self_consistency_error(net, teacher, split.x_train, split.y_train, "lcm", n=0)
     assert first_step_spread(net, 4, 32, teacher.schedule, 0) > 0
+
+
+def test_official_arm_embeds_ten_minus_ten_gamma_with_a_random_slot():
+    """slam_official = SLAM's input with the official slot: embedding of 10 - 10γ, default-initialised projection."""
+    from common.consistency import CondEpsMLP, DistillConfig
+    from common.diffusion.model import EpsMLP
+    from papers.slam.slam import OFFICIAL_ARMS
+
+    torch.manual_seed(0)
+    net = EpsMLP(width=16, n_blocks=1, cond_dim=8)
+    ours = CondEpsMLP.from_teacher(net)
+    official = CondEpsMLP.from_teacher(net, cond_map="splam", zero_init=False)
+    assert torch.count_nonzero(ours.cond_proj.weight) == 0 and torch.count_nonzero(official.cond_proj.weight) > 0
+    official.cond_proj.weight.data = torch.randn_like(official.cond_proj.weight)
+    same = CondEpsMLP.from_teacher(net, cond_map="identity", zero_init=False)
+    same.cond_proj.weight.data = official.cond_proj.weight.data.clone()
+    x, y = torch.randn(3, 64), torch.arange(3)
+    with torch.no_grad():  # official(γ) == identity-slot network evaluated at 10 - 10γ
+        for g in (0.0, 0.25, 1.0):
+            assert torch.allclose(official(x, 0.4, y, g), same(x, 0.4, y, 10.0 - 10.0 * g), atol=1e-6)
+    assert OFFICIAL_ARMS["slam_official"] == ("slam", {"cond_map": "splam", "cond_zero_init": False})
+    assert DistillConfig().cond_map == "identity" and DistillConfig().cond_zero_init
+    with pytest.raises(ValueError, match="cond_map"):
+        CondEpsMLP(net, cond_map="w")
