@@ -106,6 +106,11 @@ def scalar_embedding(value: torch.Tensor, dim: int = 64, scale: float = 1000.0) 
 
 
 # --- the student --------------------------------------------------------------------------------------
+#: What the conditioning slot embeds: the scalar itself, or the official SPLAM script's 10 - 10γ (so the γ = 1
+#: used for targets and sampling embeds as 0, the "guidance scale" LCMScheduler passes for guidance_scale = 1).
+COND_MAPS = {"identity": lambda c: c, "splam": lambda c: 10.0 - 10.0 * c}
+
+
 class CondEpsMLP(nn.Module):
     """An :class:`EpsMLP` with LCM's extra conditioning slot (a zero-initialised ``cond_proj``).
 
@@ -114,20 +119,27 @@ class CondEpsMLP(nn.Module):
     ``CondEpsMLP.from_teacher(net)`` answers exactly like ``net`` for every ``cond``.
     """
 
-    def __init__(self, net: EpsMLP, cond_embed_dim: int = 64):
+    def __init__(self, net: EpsMLP, cond_embed_dim: int = 64, cond_map: str = "identity", zero_init: bool = True):
         super().__init__()
         if cond_embed_dim % 2:
             raise ValueError("cond_embed_dim must be even")
+        if cond_map not in COND_MAPS:
+            raise ValueError(f"cond_map must be one of {sorted(COND_MAPS)}, got {cond_map!r}")
         self.net = net
         self.cond_embed_dim = int(cond_embed_dim)
+        self.cond_map = cond_map
         self.cond_proj = nn.Linear(cond_embed_dim, net.config["t_embed_dim"], bias=False)
-        nn.init.zeros_(self.cond_proj.weight)
+        if zero_init:
+            nn.init.zeros_(self.cond_proj.weight)
 
     @classmethod
-    def from_teacher(cls, teacher_net: EpsMLP, cond_embed_dim: int = 64) -> "CondEpsMLP":
+    def from_teacher(cls, teacher_net: EpsMLP, cond_embed_dim: int = 64, cond_map: str = "identity",
+                     zero_init: bool = True) -> "CondEpsMLP":
+        """A trainable copy of ``teacher_net`` with the slot; ``zero_init=False`` keeps nn.Linear's default
+        (Kaiming-uniform) draw for ``cond_proj``, as diffusers and the official SPLAM script do."""
         net = EpsMLP(**teacher_net.config)
         net.load_state_dict(teacher_net.state_dict())
-        return cls(net.train().requires_grad_(True), cond_embed_dim)
+        return cls(net.train().requires_grad_(True), cond_embed_dim, cond_map, zero_init)
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor, cond) -> torch.Tensor:
         net = self.net
@@ -137,7 +149,7 @@ class CondEpsMLP(nn.Module):
         if cond.numel() == 1:
             cond = cond.expand(x.shape[0])
         emb = timestep_embedding(t, net.config["t_embed_dim"]).to(dtype)
-        emb = emb + self.cond_proj(scalar_embedding(cond, self.cond_embed_dim).to(dtype))
+        emb = emb + self.cond_proj(scalar_embedding(COND_MAPS[self.cond_map](cond), self.cond_embed_dim).to(dtype))
         c = net.time_mlp(emb) + net.label_embedding(y)
         h = net.input(x.to(dtype))
         for block in net.blocks:
@@ -227,6 +239,8 @@ class DistillConfig:
     huber_c: float = 1e-3
     n_original: int = 50
     cond_embed_dim: int = 64
+    cond_map: str = "identity"  # what the slot embeds (COND_MAPS): the scalar, or SPLAM's official 10 - 10γ
+    cond_zero_init: bool = True  # zero-initialised slot (ours: the student starts as the teacher); False: default init
     seed: int = 0
 
     def validate(self) -> None:
@@ -267,7 +281,7 @@ def consistency_distill(teacher, x_data: torch.Tensor, y_data: torch.Tensor, cfg
     generator = torch.Generator().manual_seed(int(cfg.seed))
     hook_generator = torch.Generator().manual_seed(int(cfg.seed) + HOOK_SEED_OFFSET)
     torch.manual_seed(int(cfg.seed))
-    student = CondEpsMLP.from_teacher(teacher.net, cfg.cond_embed_dim)
+    student = CondEpsMLP.from_teacher(teacher.net, cfg.cond_embed_dim, cfg.cond_map, cfg.cond_zero_init)
     target = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     grid = torch.from_numpy(skipping_timesteps(cfg.n_original, schedule.num_train_timesteps))

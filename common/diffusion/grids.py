@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from common.diffusion.schedule import VPSchedule
+
 N_TRAIN = 1000
 SD_BETA_START, SD_BETA_END = 0.00085, 0.012
 # SDXL's scheduler config (stabilityai/stable-diffusion-xl-base-1.0, scheduler/scheduler_config.json), written
@@ -48,8 +50,7 @@ SD15_SCHEDULER_CONFIG = {
 
 def sd_alphas_cumprod() -> torch.Tensor:
     """SD's :math:`\\bar\\alpha_n`, n = 0..999 (scaled-linear betas), float64."""
-    betas = torch.linspace(SD_BETA_START ** 0.5, SD_BETA_END ** 0.5, N_TRAIN, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
+    return VPSchedule(SD_BETA_START, SD_BETA_END, N_TRAIN, beta_schedule="scaled_linear").alphas_cumprod
 
 
 def sd_timesteps(n_steps: int, solver: str = "ddim") -> torch.Tensor:

@@ -124,13 +124,17 @@ def build_denoiser(net: EpsMLP, schedule: VPSchedule | None = None) -> Denoiser:
 
 
 def load_eps_checkpoint(name: str, dtype: torch.dtype = torch.float32, directory: Path | None = None) -> Denoiser:
-    """Load a zoo checkpoint of an EpsMLP (sha256-verified: a tampered file raises ChecksumError)."""
+    """Load a zoo checkpoint of an EpsMLP (sha256-verified: a tampered file raises ChecksumError).
+
+    The Denoiser gets the schedule the manifest records (``"schedule"``, see ``VPSchedule.config``); manifests
+    written before schedules were recorded are DDPM linear, the default.
+    """
     from common.zoo import load_checkpoint
 
     tensors, manifest = load_checkpoint(name, directory)
     net = EpsMLP(**manifest["config"])
     net.load_state_dict(tensors)
-    denoiser = build_denoiser(net.to(dtype))
+    denoiser = build_denoiser(net.to(dtype), VPSchedule.from_config(manifest.get("schedule")))
     denoiser.manifest = manifest
     return denoiser
 

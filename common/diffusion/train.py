@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from common.diffusion.data import NULL_LABEL, load_digits_split
 from common.diffusion.model import EpsMLP
-from common.diffusion.schedule import VPSchedule
+from common.diffusion.schedule import BETA_END, BETA_START, VPSchedule
 from common.harness.seeding import seeded_training
 
 
@@ -52,9 +52,15 @@ class TrainConfig:
     eval_every: int = 0  # evaluate the EMA's held-out loss every eval_every steps (0: never)
     keep_best: bool = False  # early stopping: return the EMA with the lowest held-out (validation-draw) loss
     snapshot_steps: tuple = ()  # keep copies of the EMA weights after these steps (1-based step counts)
+    beta_schedule: str = "linear"  # the VP schedule (VPSchedule): DDPM "linear" or SD's "scaled_linear"
+    beta_start: float = BETA_START
+    beta_end: float = BETA_END
 
     def model_config(self) -> dict:
         return EpsMLP(width=self.width, n_blocks=self.n_blocks, cond_dim=self.cond_dim).config
+
+    def schedule(self) -> VPSchedule:
+        return VPSchedule(self.beta_start, self.beta_end, beta_schedule=self.beta_schedule)
 
 
 @dataclass
@@ -105,7 +111,7 @@ def train_digits_eps(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         raise ValueError("steps and batch_size must be positive")
     generator = seeded_training(cfg.seed)
     split = load_digits_split(cfg.data_random_state)
-    schedule = VPSchedule()
+    schedule = cfg.schedule()
     net = EpsMLP(width=cfg.width, n_blocks=cfg.n_blocks, cond_dim=cfg.cond_dim)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -130,7 +136,7 @@ def train_digits_eps(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         if done in wanted:
             snapshots[done] = {k: v.detach().clone() for k, v in ema.state_dict().items()}
         if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
-            value = heldout_loss(ema, seed=VALIDATION_SEED)
+            value = heldout_loss(ema, seed=VALIDATION_SEED, schedule=schedule)
             curve["step"].append(done)
             curve["loss"].append(round(value, 6))
             if cfg.keep_best and value < best[0]:
@@ -147,14 +153,16 @@ VALIDATION_SEED = 4321  # noise draws of the held-out loss used to select weight
 
 
 @torch.no_grad()
-def heldout_loss(net: EpsMLP, n_repeats: int = 8, seed: int = 1234, label_dropout: float = 0.0) -> float:
-    """The eps-prediction loss on the held-out split (fixed t and noise draws; conditional by default)."""
+def heldout_loss(net: EpsMLP, n_repeats: int = 8, seed: int = 1234, label_dropout: float = 0.0,
+                 schedule: VPSchedule | None = None) -> float:
+    """The eps-prediction loss on the held-out split (fixed t and noise draws; conditional by default) under
+    ``schedule`` (default: the DDPM linear one; pass the model's own)."""
     split = load_digits_split()
     cfg = TrainConfig(label_dropout=label_dropout)
     generator = torch.Generator().manual_seed(seed)
     x0 = split.x_heldout.repeat(n_repeats, 1).to(net.input.weight.dtype)
     y = split.y_heldout.repeat(n_repeats)
-    return float(diffusion_loss(net, x0, y, VPSchedule(), generator, cfg))
+    return float(diffusion_loss(net, x0, y, schedule if schedule is not None else VPSchedule(), generator, cfg))
 
 
 def loss_curve(losses: list, n_points: int = 200) -> dict:
@@ -164,13 +172,21 @@ def loss_curve(losses: list, n_points: int = 200) -> dict:
     return {"every": every, "mean_loss": [round(m, 6) for m in means]}
 
 
+def parameterisation(schedule: VPSchedule) -> str:
+    """The manifest's one-line description of the prediction target and the schedule."""
+    name = {"linear": "DDPM linear", "scaled_linear": "scaled-linear (Stable Diffusion's)"}[schedule.beta_schedule]
+    return (f"epsilon; VP {name} beta {schedule.beta_start:g}..{schedule.beta_end:g}, T={schedule.num_train_timesteps}; "
+            "continuous t ~ U[1e-3, 1]")
+
+
 def training_manifest(result: TrainResult, notebook: str = "train_digits_eps.ipynb") -> dict:
     """The zoo manifest fields for a trained model (evaluation is added by the notebook)."""
     cfg = result.config
     return {
         "config": result.ema.config,
         "architecture": "EpsMLP (common/diffusion/model.py): residual MLP, additive time+label conditioning",
-        "parameterisation": "epsilon; VP DDPM linear beta 1e-4..0.02, T=1000; continuous t ~ U[1e-3, 1]",
+        "parameterisation": parameterisation(cfg.schedule()),
+        "schedule": cfg.schedule().config(),
         "training": {
             **asdict(cfg),
             "final_loss": result.final_loss(),

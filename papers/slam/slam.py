@@ -32,6 +32,8 @@ Everything else (teacher solver, boundary scalings, EMA target, sampler) is shar
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -47,6 +49,9 @@ from common.consistency import (
 )
 
 METHODS = ("lcm", "slam")
+#: Diagnostic arms: SLAM with the official script's γ slot (embedding of 10 - 10γ, default-initialised projection)
+#: instead of ours (embedding of γ, zero-initialised); the student input is SLAM's.
+OFFICIAL_ARMS = {"slam_official": ("slam", {"cond_map": "splam", "cond_zero_init": False})}
 
 
 def sub_path_sigma(gamma: torch.Tensor, alpha_from: torch.Tensor, alpha_to: torch.Tensor,
@@ -91,7 +96,12 @@ def student_input_for(method: str):
 
 def distill(teacher, x_data, y_data, method: str, cfg: DistillConfig, eval_fn=None, eval_every: int = 0,
             progress: bool = True):
-    """Distil ``teacher`` into a student with ``method`` ("lcm" or "slam"), everything else fixed by ``cfg``."""
+    """Distil ``teacher`` into a student with ``method`` ("lcm", "slam" or the diagnostic "slam_official"),
+    everything else fixed by ``cfg``."""
+    if method in OFFICIAL_ARMS:
+        base, overrides = OFFICIAL_ARMS[method]
+        return distill(teacher, x_data, y_data, base, dataclasses.replace(cfg, **overrides), eval_fn, eval_every,
+                       progress)
     return consistency_distill(teacher, x_data, y_data, cfg, student_input=student_input_for(method),
                                eval_fn=eval_fn, eval_every=eval_every, progress=progress, desc=f"{method} seed {cfg.seed}")
 

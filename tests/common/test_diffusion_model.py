@@ -5,6 +5,7 @@ import torch
 
 from common.diffusion.data import NULL_LABEL
 from common.diffusion.model import EpsMLP, build_denoiser, load_digits_eps, load_eps_checkpoint
+from common.diffusion.schedule import VPSchedule
 from common.diffusion.train import TrainConfig, train_digits_eps, training_manifest
 from common.zoo import ChecksumError, load_manifest, save_checkpoint
 
@@ -40,6 +41,20 @@ def test_training_smoke(tmp_path):
     assert load_manifest("smoke_eps", tmp_path)["training"]["final_loss"] == pytest.approx(result.final_loss())
 
 
+def test_checkpoint_carries_its_schedule(tmp_path):
+    """A model trained on another schedule is loaded with it (the manifest's "schedule"); old manifests are DDPM."""
+    cfg = TrainConfig(width=16, n_blocks=1, cond_dim=8, steps=3, batch_size=8, warmup_steps=1,
+                      beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    result = train_digits_eps(cfg, progress=False)
+    manifest = training_manifest(result)
+    assert manifest["schedule"]["beta_schedule"] == "scaled_linear" and "scaled-linear" in manifest["parameterisation"]
+    save_checkpoint("sd_eps", result.ema.state_dict(), manifest, directory=tmp_path)
+    assert load_eps_checkpoint("sd_eps", directory=tmp_path).schedule.beta_schedule == "scaled_linear"
+    old = {key: value for key, value in manifest.items() if key != "schedule"}
+    save_checkpoint("old_eps", result.ema.state_dict(), old, directory=tmp_path)
+    assert load_eps_checkpoint("old_eps", directory=tmp_path).schedule.config() == VPSchedule().config()
+
+
 def test_tampered_checkpoint_is_refused(tmp_path):
     net = EpsMLP(width=16, n_blocks=1, cond_dim=8)
     save_checkpoint("tamper_eps", net.state_dict(), {"config": net.config}, directory=tmp_path)
@@ -72,6 +87,17 @@ def test_committed_checkpoints(size, width):
     assert eps64.dtype == torch.float64 and (eps32.double() - eps64).abs().max() < 1e-4
     with pytest.raises(ValueError):
         load_digits_eps("huge")
+
+
+def test_committed_sd_schedule_checkpoint():
+    """digits_eps_sd: the ci recipe on SD's scaled-linear schedule (the SLAM full profile's teacher)."""
+    manifest = load_manifest("digits_eps_sd")
+    assert manifest["schedule"] == {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                                    "num_train_timesteps": 1000}
+    assert manifest["size_bytes"] < 10_000_000 and manifest["training"]["seed"] == 0
+    model = load_eps_checkpoint("digits_eps_sd")
+    assert 1 / model.schedule.alpha(1.0).item() == pytest.approx(14.65, abs=0.01)
+    assert manifest["evaluation"]["heldout_loss_conditional"] < 0.2
 
 
 def test_heldout_evaluation_snapshots_and_early_stopping_leave_training_unchanged():

@@ -51,6 +51,31 @@ def test_add_noise_batched_times(schedule):
 def test_bad_schedule_is_refused():
     with pytest.raises(ValueError):
         VPSchedule(beta_start=0.02, beta_end=1e-4)
+    with pytest.raises(ValueError, match="beta_schedule"):
+        VPSchedule(beta_schedule="cosine")
+
+
+def test_scaled_linear_is_stable_diffusions_schedule():
+    """sqrt(beta) linear (diffusers' "scaled_linear"); terminal 1/alpha about 14.6 against 157 for the default."""
+    sd = VPSchedule(0.00085, 0.012, beta_schedule="scaled_linear")
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    assert torch.equal(sd.alphas_cumprod, torch.cumprod(1 - betas, 0))
+    assert 1 / sd.alpha(1.0).item() == pytest.approx(14.65, abs=0.01)
+    assert 1 / VPSchedule().alpha(1.0).item() == pytest.approx(157.4, abs=0.1)
+    t = torch.linspace(sd.t_min, 1.0, 101, dtype=torch.float64)
+    assert torch.allclose(sd.t_from_lambda(sd.lambda_(t)), t, atol=1e-12)
+    diffusers = pytest.importorskip("diffusers")
+    ref = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                  beta_end=0.012)
+    assert torch.allclose(sd.alphas_cumprod.float(), ref.alphas_cumprod, atol=1e-6)
+
+
+def test_config_round_trip_and_default():
+    sd = VPSchedule(0.00085, 0.012, beta_schedule="scaled_linear")
+    assert torch.equal(VPSchedule.from_config(sd.config()).alphas_cumprod, sd.alphas_cumprod)
+    assert torch.equal(VPSchedule.from_config(None).alphas_cumprod, VPSchedule().alphas_cumprod)
+    assert VPSchedule().config() == {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+                                     "num_train_timesteps": 1000}
 
 
 def test_digits_split_is_fixed_and_scaled():

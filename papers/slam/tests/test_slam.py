@@ -15,9 +15,11 @@ from papers.slam.slam import (
     sub_path_sigma,
 )
 
+SCHEDULES = {"ddpm_linear": VPSchedule(), "sd_scaled_linear": VPSchedule(0.00085, 0.012, beta_schedule="scaled_linear")}
 
-def test_sigma_end_points():
-    sch = VPSchedule()
+
+@pytest.mark.parametrize("sch", SCHEDULES.values(), ids=SCHEDULES.keys())
+def test_sigma_end_points(sch):
     a_f, s_f = alpha_sigma_discrete(sch, torch.tensor([519, 999]))
     a_t, s_t = alpha_sigma_discrete(sch, torch.tensor([499, 979]))
     assert torch.allclose(sub_path_sigma(torch.ones(2), a_f, a_t, s_t), s_f)
@@ -26,9 +28,9 @@ def test_sigma_end_points():
         sub_path_sigma(torch.tensor([1.5, 0.0]), a_f, a_t, s_t)
 
 
-def test_sub_path_point_has_the_stated_noise_level():
+@pytest.mark.parametrize("sch", SCHEDULES.values(), ids=SCHEDULES.keys())
+def test_sub_path_point_has_the_stated_noise_level(sch):
     """z_from = a z_to + sqrt(1 - a^2) xi (forward transition): z_gamma - alpha_from x0 has std sigma_gamma."""
-    sch = VPSchedule()
     gen = torch.Generator().manual_seed(0)
     n = 50_000
     x0 = torch.randn(n, 1, generator=gen, dtype=torch.float64)
@@ -107,3 +109,27 @@ def test_self_consistency_error_probe():
     with pytest.raises(ValueError):
         self_consistency_error(net, teacher, split.x_train, split.y_train, "lcm", n=0)
     assert first_step_spread(net, 4, 32, teacher.schedule, 0) > 0
+
+
+def test_official_arm_embeds_ten_minus_ten_gamma_with_a_random_slot():
+    """slam_official = SLAM's input with the official slot: embedding of 10 - 10γ, default-initialised projection."""
+    from common.consistency import CondEpsMLP, DistillConfig
+    from common.diffusion.model import EpsMLP
+    from papers.slam.slam import OFFICIAL_ARMS
+
+    torch.manual_seed(0)
+    net = EpsMLP(width=16, n_blocks=1, cond_dim=8)
+    ours = CondEpsMLP.from_teacher(net)
+    official = CondEpsMLP.from_teacher(net, cond_map="splam", zero_init=False)
+    assert torch.count_nonzero(ours.cond_proj.weight) == 0 and torch.count_nonzero(official.cond_proj.weight) > 0
+    official.cond_proj.weight.data = torch.randn_like(official.cond_proj.weight)
+    same = CondEpsMLP.from_teacher(net, cond_map="identity", zero_init=False)
+    same.cond_proj.weight.data = official.cond_proj.weight.data.clone()
+    x, y = torch.randn(3, 64), torch.arange(3)
+    with torch.no_grad():  # official(γ) == identity-slot network evaluated at 10 - 10γ
+        for g in (0.0, 0.25, 1.0):
+            assert torch.allclose(official(x, 0.4, y, g), same(x, 0.4, y, 10.0 - 10.0 * g), atol=1e-6)
+    assert OFFICIAL_ARMS["slam_official"] == ("slam", {"cond_map": "splam", "cond_zero_init": False})
+    assert DistillConfig().cond_map == "identity" and DistillConfig().cond_zero_init
+    with pytest.raises(ValueError, match="cond_map"):
+        CondEpsMLP(net, cond_map="w")
