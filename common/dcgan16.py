@@ -52,6 +52,8 @@ import numpy as np
 import torch
 
 from common.gan import DCDiscriminator, DCGenerator, latent_bank  # noqa: F401  (latent_bank re-exported)
+from common.mlp_gan import load_generator as _load_generator
+from common.mlp_gan import save_generator  # noqa: F401  (re-exported: the zoo notebook saves through this module)
 
 SEEDS = (0, 1, 2)  # the committed zoo generators
 IMAGE_SIZE = 16
@@ -154,27 +156,10 @@ def train_digits16_gan(seed: int, steps: int = 4000, batch_size: int = 64, lr: f
 
 
 # ----------------------------------------------------------------------------------------- the zoo
-def save_generator(gen: MappingDCGenerator, name: str, manifest: dict, directory: Path | None = None) -> Path:
-    """Save the generator (weights and BatchNorm buffers) as ``<name>.safetensors`` + ``<name>.json`` in the zoo
-    (``directory`` None) or in ``directory``; the manifest gains ``config``."""
-    from common.zoo import save_checkpoint
-
-    tensors = {key: val.detach().contiguous() for key, val in gen.state_dict().items()}
-    return save_checkpoint(name, tensors, {"config": gen.config, **manifest}, directory=directory)
-
-
 def load_generator(name: str, directory: Path | None = None) -> MappingDCGenerator:
-    """A generator from the zoo (or ``directory``), sha256-verified by ``common.zoo.load_checkpoint`` (a tampered
-    file raises ``common.zoo.ChecksumError``), frozen, in eval mode; ``.manifest`` holds its manifest."""
-    from common.zoo import load_checkpoint
-
-    tensors, manifest = load_checkpoint(name, directory)
-    gen = MappingDCGenerator(**manifest["config"])
-    gen.load_state_dict(tensors)
-    gen.eval()
-    gen.requires_grad_(False)
-    gen.manifest = manifest
-    return gen
+    """A 16×16 generator from the zoo (or ``directory``): ``common.mlp_gan.load_generator`` with this class
+    (sha256-verified, frozen, eval mode, ``.manifest``). Saving is ``common.mlp_gan.save_generator``."""
+    return _load_generator(name, directory, MappingDCGenerator)
 
 
 def load_digits16_gan(seed: int, directory: Path | None = None) -> MappingDCGenerator:

@@ -149,22 +149,24 @@ def train_digits_gan(seed: int, steps: int = 6000, batch_size: int = 64, lr: flo
 
 
 # ----------------------------------------------------------------------------------------- the zoo
-def save_generator(gen: MappingGenerator, name: str, manifest: dict, directory: Path | None = None) -> Path:
-    """Save the generator as ``<name>.safetensors`` + ``<name>.json`` (with the file's sha256) in the zoo
-    (``directory`` None) or in ``directory``; the manifest gains ``config``."""
+def save_generator(gen: nn.Module, name: str, manifest: dict, directory: Path | None = None) -> Path:
+    """Save a generator with a ``config`` (this module's or ``common.dcgan16``'s; weights and buffers) as
+    ``<name>.safetensors`` + ``<name>.json`` (with the file's sha256) in the zoo (``directory`` None) or in
+    ``directory``; the manifest gains ``config``."""
     from common.zoo import save_checkpoint
 
     tensors = {key: val.detach().contiguous() for key, val in gen.state_dict().items()}
     return save_checkpoint(name, tensors, {"config": gen.config, **manifest}, directory=directory)
 
 
-def load_generator(name: str, directory: Path | None = None) -> MappingGenerator:
+def load_generator(name: str, directory: Path | None = None, generator_cls: type | None = None) -> nn.Module:
     """A generator from the zoo (or ``directory``), sha256-verified by ``common.zoo.load_checkpoint`` (a tampered
-    file raises ``common.zoo.ChecksumError``), frozen, in eval mode; ``.manifest`` holds its manifest."""
+    file raises ``common.zoo.ChecksumError``), frozen, in eval mode; ``.manifest`` holds its manifest.
+    ``generator_cls`` (default :class:`MappingGenerator`) is built from the manifest's ``config``."""
     from common.zoo import load_checkpoint
 
     tensors, manifest = load_checkpoint(name, directory)
-    gen = MappingGenerator(**manifest["config"])
+    gen = (generator_cls or MappingGenerator)(**manifest["config"])
     gen.load_state_dict(tensors)
     gen.eval()
     gen.requires_grad_(False)
