@@ -97,15 +97,16 @@ def student_input_for(method: str):
 
 
 def distill(teacher, x_data, y_data, method: str, cfg: DistillConfig, eval_fn=None, eval_every: int = 0,
-            progress: bool = True):
+            progress: bool = True, desc: str | None = None):
     """Distil ``teacher`` into a student with ``method`` ("lcm", "slam" or the diagnostic "slam_official"),
-    everything else fixed by ``cfg``."""
+    everything else fixed by ``cfg``; ``desc`` labels the progress bar (default: the method and seed)."""
+    desc = f"{method} seed {cfg.seed}" if desc is None else desc
     if method in OFFICIAL_ARMS:
         base, overrides = OFFICIAL_ARMS[method]
         return distill(teacher, x_data, y_data, base, dataclasses.replace(cfg, **overrides), eval_fn, eval_every,
-                       progress)
+                       progress, desc)
     return consistency_distill(teacher, x_data, y_data, cfg, student_input=student_input_for(method),
-                               eval_fn=eval_fn, eval_every=eval_every, progress=progress, desc=f"{method} seed {cfg.seed}")
+                               eval_fn=eval_fn, eval_every=eval_every, progress=progress, desc=desc)
 
 
 def balanced_labels(n: int) -> torch.Tensor:
@@ -191,6 +192,8 @@ def train_and_evaluate(teacher, split, arm: str, cfg: DistillConfig, classifier,
     first-step spread, and FD, KID and class accuracy of ``n_samples`` class-balanced samples at each step count in
     ``steps`` (noise stream ``1_000 + seed``, shared by every arm of the seed). Returns a dict of plain numbers
     (``fd``, ``kid``, ``acc`` keyed by step count; ``consistency``, ``consistency_high`` keyed by probe input).
+    The probes and KID are cheap next to the training (a few seconds per arm), so every caller gets all of them,
+    whether it records them or not.
     """
     seed = int(cfg.seed)
 

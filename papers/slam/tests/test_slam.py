@@ -137,8 +137,8 @@ def test_official_arm_embeds_ten_minus_ten_gamma_with_a_random_slot():
 
 
 def test_iteration_ratio_first_crossing_after_iteration_zero():
-    lcm = {0: 30.0, 200: 10.0, 400: 5.0}
-    # iteration 0 (both students are the teacher) is below LCM's final value here but never counts
+    # iteration 0 (both students are the teacher, the same value) is below LCM's final value here but never counts
+    lcm = {0: 4.0, 200: 6.0, 400: 5.0}
     assert iteration_ratio(lcm, {0: 4.0, 200: 6.0, 400: 5.0}, 400) == 1.0
-    assert iteration_ratio(lcm, {0: 30.0, 200: 4.9, 400: 7.0}, 400) == 0.5
-    assert iteration_ratio(lcm, {0: 30.0, 200: 40.0, 400: 50.0}, 400) == 2.0  # never reached
+    assert iteration_ratio(lcm, {0: 4.0, 200: 4.9, 400: 7.0}, 400) == 0.5
+    assert iteration_ratio(lcm, {0: 4.0, 200: 40.0, 400: 50.0}, 400) == 2.0  # never reached after iteration 0
