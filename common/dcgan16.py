@@ -53,7 +53,10 @@ import torch
 
 from common.gan import DCDiscriminator, DCGenerator, latent_bank  # noqa: F401  (latent_bank re-exported)
 from common.mlp_gan import load_generator as _load_generator
-from common.mlp_gan import save_generator  # noqa: F401  (re-exported: the zoo notebook saves through this module)
+from common.mlp_gan import (
+    save_generator,  # noqa: F401  (re-exported: the zoo notebook saves through this module)
+    train_r1_gan,
+)
 
 SEEDS = (0, 1, 2)  # the committed zoo generators
 IMAGE_SIZE = 16
@@ -101,8 +104,6 @@ def train_digits16_gan(seed: int, steps: int = 4000, batch_size: int = 64, lr: f
     (after that many steps, with ``gen`` in eval mode and switched back to training after; it must not draw from
     torch's global RNG if the run is to stay identical to one without it): a quality trajectory.
     """
-    import torch.nn.functional as F
-
     from common.harness.seeding import seeded_training
 
     if steps < 1 or batch_size < 2 or r1_gamma < 0:
@@ -117,41 +118,9 @@ def train_digits16_gan(seed: int, steps: int = 4000, batch_size: int = 64, lr: f
     if data.ndim != 2 or data.shape[1] != IMAGE_SIZE * IMAGE_SIZE:
         raise ValueError(f"expected data of shape [N, 256], got {tuple(data.shape)}")
     data = data.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.99))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.99))
-    hist = {"d_loss": [], "g_loss": [], "r1": []}
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="GAN16", leave=False, mininterval=10.0)
-    gen.train()
-    for _ in it:
-        x = data[torch.randint(len(data), (batch_size,), generator=rng)].requires_grad_(True)
-        z = torch.randn(batch_size, z_dim, generator=rng)
-        d_real = disc(x)
-        grad, = torch.autograd.grad(d_real.sum(), x, create_graph=True)
-        r1 = grad.square().sum(dim=(1, 2, 3)).mean()
-        with torch.no_grad():
-            x_fake = gen(z).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
-        d_loss = F.softplus(-d_real).mean() + F.softplus(disc(x_fake)).mean() + 0.5 * r1_gamma * r1
-        opt_d.zero_grad()
-        d_loss.backward()
-        opt_d.step()
-        z = torch.randn(batch_size, z_dim, generator=rng)
-        g_loss = F.softplus(-disc(gen(z).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE))).mean()
-        opt_g.zero_grad()
-        g_loss.backward()
-        opt_g.step()
-        hist["d_loss"].append(float(d_loss.detach()))
-        hist["g_loss"].append(float(g_loss.detach()))
-        hist["r1"].append(float(r1.detach()))
-        if callback is not None and callback_every > 0 and len(hist["r1"]) % callback_every == 0:
-            gen.eval()
-            with torch.no_grad():
-                callback(len(hist["r1"]), gen)
-            gen.train()
-    gen.eval()
-    gen.requires_grad_(False)
+    hist = train_r1_gan(gen, disc, data, rng, steps=steps, batch_size=batch_size, lr=lr, z_dim=z_dim,
+                        r1_gamma=r1_gamma, progress=progress, desc="GAN16", mininterval=10.0, callback=callback,
+                        callback_every=callback_every)
     return gen, hist
 
 

@@ -63,8 +63,27 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MLPVAE(nn.Module):
-    """The VAE; ``encode``/``decode`` work in the scaled latent space of the diffusion model."""
+class ScaledLatentVAE(nn.Module):
+    """The scaled latent maps shared by the digits VAEs (this module's :class:`MLPVAE` and
+    ``common.latent_digits16.ConvVAE16``). A subclass defines ``posterior`` (x ↦ (μ(x), log σ²(x)), unscaled),
+    ``decoder`` and the buffer ``scale``; ``encode``/``decode`` then work in the scaled latent space of the
+    diffusion model, E(x) = μ(x) / scale and D(z) = decoder(scale · z), computed in the dtype of ``scale``
+    and returned in the dtype of their input."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The scaled posterior mean E(x) = μ(x) / scale."""
+        dtype = self.scale.dtype
+        return (self.posterior(x.to(dtype))[0] / self.scale).to(x.dtype)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """D(z) = decoder(scale · z)."""
+        dtype = self.scale.dtype
+        return self.decoder(z.to(dtype) * self.scale).to(z.dtype)
+
+
+class MLPVAE(ScaledLatentVAE):
+    """The VAE; ``encode``/``decode`` (:class:`ScaledLatentVAE`) work in the scaled latent space of the diffusion
+    model."""
 
     def __init__(self, dim: int = 64, latent_dim: int = LATENT_DIM, hidden: int = 256):
         super().__init__()
@@ -77,16 +96,6 @@ class MLPVAE(nn.Module):
         """(μ(x), log σ²(x)) of q(z|x), unscaled."""
         h = self.encoder(x)
         return h.chunk(2, dim=-1)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The scaled posterior mean E(x) = μ(x) / scale."""
-        dtype = self.scale.dtype
-        return (self.posterior(x.to(dtype))[0] / self.scale).to(x.dtype)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """D(z) = decoder(scale · z)."""
-        dtype = self.scale.dtype
-        return self.decoder(z.to(dtype) * self.scale).to(z.dtype)
 
 
 def negative_elbo(
@@ -129,6 +138,39 @@ def _train_loop(
     return losses
 
 
+def fit_vae(
+    vae: nn.Module,
+    x_train: torch.Tensor,
+    generator: torch.Generator,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    x_sigma: float = X_SIGMA,
+    desc: str | None = None,
+) -> list[float]:
+    r"""Fit a VAE (this module's :class:`MLPVAE` or ``common.latent_digits16.ConvVAE16``: anything with
+    ``posterior``, ``decoder`` and a ``scale`` buffer) in place; the one training recipe of both digits VAEs.
+
+    Each step draws a batch of ``batch_size`` rows of ``x_train`` with replacement (``torch.randint`` on
+    ``generator``) and minimises the batch mean of :func:`negative_elbo` (σ_x = ``x_sigma``, its reparameterisation
+    noise from the same ``generator``), :math:`\frac1B \sum_b -\mathrm{ELBO}(x_b)`, by :func:`_train_loop` (Adam,
+    cosine learning rate, ``desc`` a progress bar). Then the VAE goes to eval mode, its ``scale`` is set to the
+    standard deviation of the unscaled posterior means μ(x) over all of ``x_train`` (all coordinates), and it is
+    frozen. Draws nothing from torch's global RNG. Returns the per-step losses.
+    """
+
+    def loss_fn(_step: int) -> torch.Tensor:
+        idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=generator)
+        return negative_elbo(vae, x_train[idx], generator, x_sigma=x_sigma).mean()
+
+    losses = _train_loop(vae.parameters(), loss_fn, steps, lr, desc)
+    vae.eval()
+    with torch.no_grad():
+        vae.scale.fill_(float(vae.posterior(x_train)[0].std()))
+    vae.requires_grad_(False)
+    return losses
+
+
 def train_vae(
     x_train: torch.Tensor,
     seed: int = 0,
@@ -138,23 +180,15 @@ def train_vae(
     progress: bool = False,
 ) -> tuple[MLPVAE, list[float]]:
     """Train the VAE on the rows of ``x_train`` by minimising the batch mean of :func:`negative_elbo` (Adam,
-    cosine learning rate, batches drawn with replacement); then set ``scale`` to the std of the train means.
+    cosine learning rate, batches drawn with replacement: :func:`fit_vae`); then set ``scale`` to the std of the train
+    means.
 
     Seeded by :func:`common.harness.seeding.seeded_training` (one thread): the initialisation comes from torch's
     global RNG, the batches and the reparameterisation noise from one generator. Returns (frozen VAE, losses).
     """
     g = seeded_training(seed, threads=1)
     vae = MLPVAE(dim=x_train.shape[1])
-
-    def loss_fn(_step: int) -> torch.Tensor:
-        idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=g)
-        return negative_elbo(vae, x_train[idx], g).mean()
-
-    losses = _train_loop(vae.parameters(), loss_fn, steps, lr, "vae" if progress else None)
-    vae.eval()
-    with torch.no_grad():
-        vae.scale.fill_(float(vae.posterior(x_train)[0].std()))
-    vae.requires_grad_(False)
+    losses = fit_vae(vae, x_train, g, steps, batch_size, lr, X_SIGMA, "vae" if progress else None)
     return vae, losses
 
 
@@ -223,31 +257,44 @@ def eps_loss(net: EpsMLP, z: torch.Tensor, seed: int = 0, n_draws: int = 8) -> f
     return total / n_draws
 
 
-def save_digits_vae(vae: MLPVAE, manifest: dict, name: str = VAE_NAME, directory: Path | None = None) -> Path:
-    """Write the VAE (with its ``scale``) to the zoo; the manifest gains ``config``."""
+def save_with_config(
+    model: nn.Module, manifest: dict, name: str, directory: Path | None = None
+) -> Path:
+    """Write ``model``'s state dict (buffers included) to the zoo (or ``directory``) as ``name``; the manifest
+    gains the model's ``config``. The one writer of the digits VAEs and latent diffusion models (8×8 and 16×16)."""
     from common.zoo import save_checkpoint
 
-    return save_checkpoint(name, vae.state_dict(), {"config": vae.config, **manifest}, directory=directory)
+    return save_checkpoint(name, model.state_dict(), {"config": model.config, **manifest}, directory=directory)
+
+
+def load_frozen_vae(vae_cls: type, name: str, directory: Path | None = None) -> nn.Module:
+    """A VAE of class ``vae_cls`` built from the manifest's ``config`` and loaded from the zoo checkpoint ``name``
+    (sha256-verified: a tampered file raises ``common.zoo.ChecksumError``), frozen, in eval mode; ``.manifest``
+    holds its manifest. The one loader of the 8×8 and 16×16 digits VAEs."""
+    from common.zoo import load_checkpoint
+
+    tensors, manifest = load_checkpoint(name, directory)
+    vae = vae_cls(**manifest["config"])
+    vae.load_state_dict(tensors)
+    vae.eval().requires_grad_(False)
+    vae.manifest = manifest
+    return vae
+
+
+def save_digits_vae(vae: MLPVAE, manifest: dict, name: str = VAE_NAME, directory: Path | None = None) -> Path:
+    """Write the VAE (with its ``scale``) to the zoo; the manifest gains ``config``."""
+    return save_with_config(vae, manifest, name, directory)
 
 
 def save_digits_ldm(net: EpsMLP, manifest: dict, name: str = LDM_NAME, directory: Path | None = None) -> Path:
     """Write the latent EpsMLP (EMA weights) to the zoo; the manifest gains ``config``."""
-    from common.zoo import save_checkpoint
-
-    return save_checkpoint(name, net.state_dict(), {"config": net.config, **manifest}, directory=directory)
+    return save_with_config(net, manifest, name, directory)
 
 
 def load_digits_vae(name: str = VAE_NAME, directory: Path | None = None) -> MLPVAE:
     """The digits VAE from the zoo (sha256-verified: a tampered file raises ``common.zoo.ChecksumError``),
     frozen, in eval mode; ``.manifest`` holds its manifest."""
-    from common.zoo import load_checkpoint
-
-    tensors, manifest = load_checkpoint(name, directory)
-    vae = MLPVAE(**manifest["config"])
-    vae.load_state_dict(tensors)
-    vae.eval().requires_grad_(False)
-    vae.manifest = manifest
-    return vae
+    return load_frozen_vae(MLPVAE, name, directory)
 
 
 def load_digits_ldm(name: str = LDM_NAME, directory: Path | None = None) -> Denoiser:

@@ -99,7 +99,17 @@ from torch import nn
 from common.diffusion.model import EpsMLP, load_eps_checkpoint
 from common.diffusion.views import Denoiser
 from common.harness.seeding import seeded_training
-from common.latent_digits import X_SIGMA, _train_loop, eps_loss, negative_elbo, reconstruction_psnr, train_ldm
+from common.latent_digits import (
+    X_SIGMA,
+    ScaledLatentVAE,
+    eps_loss,
+    fit_vae,
+    load_frozen_vae,
+    negative_elbo,
+    reconstruction_psnr,
+    save_with_config,
+    train_ldm,
+)
 
 SIDE = 16  # image side
 LATENT_SIDE = 4  # two stride-2 downsamplings
@@ -135,8 +145,9 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
 
 
-class ConvVAE16(nn.Module):
-    """The convolutional VAE on flattened 16×16 images; ``encode``/``decode`` work in the scaled latent space.
+class ConvVAE16(ScaledLatentVAE):
+    """The convolutional VAE on flattened 16×16 images; ``encode``/``decode`` work in the scaled latent space
+    (:class:`common.latent_digits.ScaledLatentVAE`: E(x) = μ(x) / scale, D(z) = decoder(scale · z)).
 
     ``encoder``: [B, 256] → [B, 2c·16] (μ then log σ², each channel-major c×4×4, flattened); ``decoder``:
     [B, 16c] → [B, 256]. Both are ``nn.Sequential`` (reshapes included), so ``negative_elbo`` of
@@ -191,17 +202,13 @@ class ConvVAE16(nn.Module):
         self._check(x)
         return self.encoder(x).chunk(2, dim=-1)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The scaled posterior mean E(x) = μ(x) / scale, [B, 256] → [B, 16c] (dtype in, dtype out)."""
-        dtype = self.scale.dtype
-        return (self.posterior(x.to(dtype))[0] / self.scale).to(x.dtype)
+    # encode (inherited): the scaled posterior mean E(x) = μ(x) / scale, [B, 256] → [B, 16c] (dtype in, dtype out)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """D(z) = decoder(scale · z), [B, 16c] → [B, 256] (differentiable in z)."""
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"expected latents of shape [B, {self.latent_dim}], got {tuple(z.shape)}")
-        dtype = self.scale.dtype
-        return self.decoder(z.to(dtype) * self.scale).to(z.dtype)
+        return super().decode(z)
 
 
 def train_vae16(
@@ -218,7 +225,8 @@ def train_vae16(
 ) -> tuple[ConvVAE16, list[float]]:
     """Train the VAE on the rows of ``x_train`` ([N, 256]) by minimising the batch mean of
     :func:`common.latent_digits.negative_elbo` (Adam, cosine learning rate, batches drawn with replacement:
-    the 8×8 module's ``_train_loop``); then set ``scale`` to the std of the train posterior means (all coordinates).
+    by :func:`common.latent_digits.fit_vae`, the 8×8 VAE's recipe); then set ``scale`` to the std of the train posterior
+    means (all coordinates).
 
     Seeded by :func:`common.harness.seeding.seeded_training` (one thread): the initialisation comes from torch's global
     RNG, the batches and the reparameterisation noise from one generator. Returns (frozen VAE in eval mode, losses).
@@ -228,44 +236,24 @@ def train_vae16(
         raise ValueError(f"x_train must be [N, {SIDE * SIDE}], got {tuple(x_train.shape)}")
     g = seeded_training(seed, threads=1)
     vae = ConvVAE16(latent_channels=latent_channels, hidden=hidden, upsample=upsample)
-
-    def loss_fn(_step: int) -> torch.Tensor:
-        idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=g)
-        return negative_elbo(vae, x_train[idx], g, x_sigma=x_sigma).mean()
-
-    losses = _train_loop(vae.parameters(), loss_fn, steps, lr, "vae16" if progress else None)
-    vae.eval()
-    with torch.no_grad():
-        vae.scale.fill_(float(vae.posterior(x_train)[0].std()))
-    vae.requires_grad_(False)
+    losses = fit_vae(vae, x_train, g, steps, batch_size, lr, x_sigma, "vae16" if progress else None)
     return vae, losses
 
 
 def save_digits16_vae(vae: ConvVAE16, manifest: dict, name: str = VAE_NAME, directory: Path | None = None) -> Path:
     """Write the VAE (with its ``scale``) to the zoo; the manifest gains ``config``."""
-    from common.zoo import save_checkpoint
-
-    return save_checkpoint(name, vae.state_dict(), {"config": vae.config, **manifest}, directory=directory)
+    return save_with_config(vae, manifest, name, directory)
 
 
 def save_digits16_ldm(net: EpsMLP, manifest: dict, name: str = LDM_NAME, directory: Path | None = None) -> Path:
     """Write the latent EpsMLP (EMA weights) to the zoo; the manifest gains ``config``."""
-    from common.zoo import save_checkpoint
-
-    return save_checkpoint(name, net.state_dict(), {"config": net.config, **manifest}, directory=directory)
+    return save_with_config(net, manifest, name, directory)
 
 
 def load_digits16_vae(name: str = VAE_NAME, directory: Path | None = None) -> ConvVAE16:
     """The 16×16 digits VAE from the zoo (sha256-verified: a tampered file raises ``common.zoo.ChecksumError``),
     frozen, in eval mode; ``.manifest`` holds its manifest."""
-    from common.zoo import load_checkpoint
-
-    tensors, manifest = load_checkpoint(name, directory)
-    vae = ConvVAE16(**manifest["config"])
-    vae.load_state_dict(tensors)
-    vae.eval().requires_grad_(False)
-    vae.manifest = manifest
-    return vae
+    return load_frozen_vae(ConvVAE16, name, directory)
 
 
 def load_digits16_ldm(name: str = LDM_NAME, directory: Path | None = None) -> Denoiser:

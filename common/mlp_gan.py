@@ -108,8 +108,6 @@ def train_digits_gan(seed: int, steps: int = 6000, batch_size: int = 64, lr: flo
     (tests); ``threads`` is passed to :func:`common.harness.seeding.seeded_training` (the zoo uses 1). The history
     holds the per-step ``d_loss``, ``g_loss`` and ``r1``.
     """
-    import torch.nn.functional as F
-
     from common.diffusion.data import load_digits_split
     from common.harness.seeding import seeded_training
 
@@ -118,34 +116,71 @@ def train_digits_gan(seed: int, steps: int = 6000, batch_size: int = 64, lr: flo
     rng = seeded_training(seed, threads=threads)
     gen, disc = MappingGenerator(z_dim=z_dim, hidden=hidden), MLPDiscriminator(hidden=hidden)
     data = load_digits_split().x_train if data is None else data
+    hist = train_r1_gan(gen, disc, data, rng, steps=steps, batch_size=batch_size, lr=lr, z_dim=z_dim,
+                        r1_gamma=r1_gamma, progress=progress, desc="GAN", mininterval=5.0)
+    return gen, hist
+
+
+def train_r1_gan(gen: nn.Module, disc: nn.Module, data: torch.Tensor, rng: torch.Generator, steps: int,
+                 batch_size: int, lr: float, z_dim: int, r1_gamma: float, progress: bool = False, desc: str = "GAN",
+                 mininterval: float = 5.0, callback=None, callback_every: int = 0) -> dict:
+    r"""The R1-regularised non-saturating GAN loop of :func:`train_digits_gan` and
+    ``common.dcgan16.train_digits16_gan``; trains ``gen`` and ``disc`` in place, then puts ``gen`` in eval mode
+    and freezes it. Returns the history (per-step ``d_loss``, ``g_loss``, ``r1``).
+
+    Per step: real rows ``x = data[randint(len(data), (batch_size,), rng)]`` and ``z ~ N(0, I_{z_dim})`` from
+    ``rng``; the discriminator loss (Mescheder et al. 2018, R1 on real data)
+
+    .. math:: L_D = \mathbb E_x[\mathrm{softplus}(-D(x))] + \mathbb E_z[\mathrm{softplus}(D(G(z)))]
+              + \frac{\gamma}{2}\, \mathbb E_x \lVert \nabla_x D(x) \rVert^2,
+
+    the squared gradient norm summed over every non-batch axis of ``data``, G(z) computed without gradients and
+    reshaped to ``data``'s row shape; one Adam step on D; fresh ``z`` from ``rng`` and one Adam step on G for
+    :math:`L_G = \mathbb E_z[\mathrm{softplus}(-D(G(z)))]`. Both Adams have learning rate ``lr`` and betas
+    (0.5, 0.99). ``callback(step, gen)`` runs every ``callback_every`` steps (``callback_every`` > 0), with
+    ``gen`` in eval mode and without gradients, and ``gen`` back in training mode after; it must not draw from
+    torch's global RNG or ``rng`` if the run is to stay identical to one without it. ``progress`` shows a bar
+    labelled ``desc``, refreshed at most every ``mininterval`` s.
+    """
+    import torch.nn.functional as F
+
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.99))
     hist = {"d_loss": [], "g_loss": [], "r1": []}
     it = range(steps)
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(it, desc="GAN", leave=False, mininterval=5.0)  # a short log in the executed notebook
+        it = tqdm(it, desc=desc, leave=False, mininterval=mininterval)  # a short log in the executed notebook
+    row_shape = tuple(data.shape[1:])
+    gen.train()
     for _ in it:
         x = data[torch.randint(len(data), (batch_size,), generator=rng)].requires_grad_(True)
         z = torch.randn(batch_size, z_dim, generator=rng)
         d_real = disc(x)
         grad, = torch.autograd.grad(d_real.sum(), x, create_graph=True)
-        r1 = grad.square().sum(dim=1).mean()
-        d_loss = F.softplus(-d_real).mean() + F.softplus(disc(gen(z).detach())).mean() + 0.5 * r1_gamma * r1
+        r1 = grad.square().sum(dim=tuple(range(1, grad.ndim))).mean()
+        with torch.no_grad():
+            x_fake = gen(z).reshape(-1, *row_shape)
+        d_loss = F.softplus(-d_real).mean() + F.softplus(disc(x_fake)).mean() + 0.5 * r1_gamma * r1
         opt_d.zero_grad()
         d_loss.backward()
         opt_d.step()
         z = torch.randn(batch_size, z_dim, generator=rng)
-        g_loss = F.softplus(-disc(gen(z))).mean()
+        g_loss = F.softplus(-disc(gen(z).reshape(-1, *row_shape))).mean()
         opt_g.zero_grad()
         g_loss.backward()
         opt_g.step()
         hist["d_loss"].append(float(d_loss.detach()))
         hist["g_loss"].append(float(g_loss.detach()))
         hist["r1"].append(float(r1.detach()))
+        if callback is not None and callback_every > 0 and len(hist["r1"]) % callback_every == 0:
+            gen.eval()
+            with torch.no_grad():
+                callback(len(hist["r1"]), gen)
+            gen.train()
     gen.eval()
     gen.requires_grad_(False)
-    return gen, hist
+    return hist
 
 
 # ----------------------------------------------------------------------------------------- the zoo

@@ -105,34 +105,60 @@ def ema_update(ema: EpsMLP, net: EpsMLP, step: int, decay: float) -> None:
         p_ema.lerp_(p, 1.0 - d)
 
 
-def train_digits_eps(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train an EpsMLP on the digits train split; returns the EMA network and the per-step losses."""
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise ValueError("steps and batch_size must be positive")
-    generator = seeded_training(cfg.seed)
-    split = load_digits_split(cfg.data_random_state)
-    schedule = cfg.schedule()
-    net = EpsMLP(width=cfg.width, n_blocks=cfg.n_blocks, cond_dim=cfg.cond_dim)
+def train_ema_loop(net, x_train: torch.Tensor, y_train: torch.Tensor, schedule: VPSchedule,
+                   generator: torch.Generator, cfg, loss_fn=None, progress: bool = True, desc: str = "train",
+                   after_step=None) -> tuple[torch.nn.Module, list]:
+    r"""The optimisation loop of the digits diffusion trainers (this module's 8×8 :class:`EpsMLP` and
+    ``common.digits16.train``'s 16×16 UNet); returns (EMA network, per-step losses).
+
+    ``cfg`` supplies ``steps``, ``batch_size``, ``lr``, ``warmup_steps``, ``weight_decay``, ``grad_clip`` and
+    ``ema_decay`` (a :class:`TrainConfig` or ``Train16Config``). Step k = 0, 1, ... draws ``batch_size`` indices
+    with replacement from ``generator``, sets the learning rate :func:`learning_rate` (linear warm-up, cosine
+    decay), evaluates ``loss_fn(net, x_train[idx], y_train[idx], schedule, generator, cfg)`` (default
+    :func:`diffusion_loss`, the ε-loss :math:`\|\varepsilon - \hat\varepsilon(\alpha_t x_0 + \sigma_t\varepsilon,
+    t, y)\|^2`), takes an AdamW step after clipping the gradient norm at ``grad_clip``, and updates the EMA
+    :math:`\theta_{ema} \leftarrow d\,\theta_{ema} + (1-d)\,\theta`, :math:`d = \min(\text{ema\_decay}, (1+k)/(10+k))`
+    (:func:`ema_update`). ``after_step(done, ema, losses)`` (``done`` = k + 1) runs after each step; it must not
+    draw from ``generator`` or torch's global RNG if the weights are to stay those of a run without it.
+    ``desc`` labels the progress bar (shown if ``progress``).
+    """
+    loss_fn = diffusion_loss if loss_fn is None else loss_fn
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.keep_best and cfg.eval_every < 1:
-        raise ValueError("keep_best needs eval_every > 0")
-    losses, start = [], time.perf_counter()
-    curve = {"step": [], "loss": []}
-    best = (math.inf, None, None)
-    snapshots, wanted = {}, {int(s) for s in cfg.snapshot_steps}
-    for step in tqdm(range(cfg.steps), disable=not progress, desc=f"train width {cfg.width}", mininterval=20.0):
-        idx = torch.randint(0, split.x_train.shape[0], (cfg.batch_size,), generator=generator)
+    losses = []
+    for step in tqdm(range(cfg.steps), disable=not progress, desc=desc, mininterval=20.0):
+        idx = torch.randint(0, x_train.shape[0], (cfg.batch_size,), generator=generator)
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        loss = diffusion_loss(net, split.x_train[idx], split.y_train[idx], schedule, generator, cfg)
+        loss = loss_fn(net, x_train[idx], y_train[idx], schedule, generator, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         ema_update(ema, net, step, cfg.ema_decay)
         losses.append(loss.item())
-        done = step + 1
+        if after_step is not None:
+            after_step(step + 1, ema, losses)
+    return ema, losses
+
+
+def train_digits_eps(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train an EpsMLP on the digits train split (:func:`train_ema_loop`); returns the EMA network and the
+    per-step losses (and, by ``cfg``, the held-out curve, the early-stopped weights and snapshots)."""
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ValueError("steps and batch_size must be positive")
+    generator = seeded_training(cfg.seed)
+    split = load_digits_split(cfg.data_random_state)
+    schedule = cfg.schedule()
+    net = EpsMLP(width=cfg.width, n_blocks=cfg.n_blocks, cond_dim=cfg.cond_dim)
+    if cfg.keep_best and cfg.eval_every < 1:
+        raise ValueError("keep_best needs eval_every > 0")
+    start = time.perf_counter()
+    curve = {"step": [], "loss": []}
+    best = [math.inf, None, None]
+    snapshots, wanted = {}, {int(s) for s in cfg.snapshot_steps}
+
+    def watch(done: int, ema: EpsMLP, _losses: list) -> None:
         if done in wanted:
             snapshots[done] = {k: v.detach().clone() for k, v in ema.state_dict().items()}
         if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
@@ -140,7 +166,10 @@ def train_digits_eps(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             curve["step"].append(done)
             curve["loss"].append(round(value, 6))
             if cfg.keep_best and value < best[0]:
-                best = (value, done, {k: v.detach().clone() for k, v in ema.state_dict().items()})
+                best[:] = [value, done, {k: v.detach().clone() for k, v in ema.state_dict().items()}]
+
+    ema, losses = train_ema_loop(net, split.x_train, split.y_train, schedule, generator, cfg, diffusion_loss,
+                                 progress=progress, desc=f"train width {cfg.width}", after_step=watch)
     best_step = None
     if cfg.keep_best:
         ema.load_state_dict(best[2])

@@ -22,7 +22,8 @@ The recipe of the 8×8 model (``common.diffusion.train``), on the 16×16 split a
 * AdamW, linear warm-up then cosine decay to 0 (``common.diffusion.train.learning_rate``), gradient
   clipping at 1, and an EMA of the weights with decay :math:`\min(d, (1+k)/(10+k))` at step k, d = ``ema_decay``
   = 0.995 (0.999 for the 8×8 model: this run is 10× shorter, so the EMA window is shorter too)
-  (``common.diffusion.train.ema_update``). The EMA weights are the model.
+  (``common.diffusion.train.ema_update``). The EMA weights are the model. The loop itself is the 8×8 model's,
+  ``common.diffusion.train.train_ema_loop``, with :func:`diffusion_loss16` as its loss.
 
 Every draw comes from one ``torch.Generator`` and the initialisation from ``torch.manual_seed``, both set by
 :func:`common.harness.seeding.seeded_training`, so with one CPU thread a seed gives bit-identical weights.
@@ -30,16 +31,14 @@ Every draw comes from one ``torch.Generator`` and the initialisation from ``torc
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from common.diffusion.data import NULL_LABEL
 from common.diffusion.schedule import VPSchedule
-from common.diffusion.train import diffusion_loss, ema_update, learning_rate, loss_curve
+from common.diffusion.train import TrainResult, diffusion_loss, loss_curve, train_ema_loop
 from common.digits16.data import load_digits16_split
 from common.digits16.model import DEFAULT_PREDICTION, PREDICTIONS, EpsUNet16, unet_config
 from common.harness.seeding import seeded_training
@@ -74,10 +73,7 @@ class Train16Result:
     cpu_seconds: float = 0.0  # CPU time of this process (the budget on a shared machine: wall clock counts waiting)
     config: Train16Config | None = None
 
-    def final_loss(self, window: int = 200) -> float:
-        """Mean training loss over the last ``window`` steps (the per-step loss is noisy)."""
-        tail = self.losses[-window:]
-        return float(sum(tail) / len(tail))
+    final_loss = TrainResult.final_loss  # mean training loss over the last ``window`` (200) steps, as the 8×8 result
 
 
 def diffusion_loss16(net: EpsUNet16, x0: torch.Tensor, y: torch.Tensor, schedule: VPSchedule,
@@ -118,24 +114,16 @@ def train_digits16_eps(cfg: Train16Config, progress: bool = True, log_every: int
     split = load_digits16_split(cfg.data_random_state)
     schedule = VPSchedule()
     net = EpsUNet16(cfg.model_config(), prediction=cfg.prediction)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    losses, start, cpu_start = [], time.perf_counter(), time.process_time()
-    for step in tqdm(range(cfg.steps), disable=not progress, desc="train digits16", mininterval=20.0):
-        idx = torch.randint(0, split.x_train.shape[0], (cfg.batch_size,), generator=generator)
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, cfg)
-        loss = diffusion_loss16(net, split.x_train[idx], split.y_train[idx], schedule, generator, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        ema_update(ema, net, step, cfg.ema_decay)
-        losses.append(loss.item())
-        if log_every > 0 and (step + 1) % log_every == 0:
+    start, cpu_start = time.perf_counter(), time.process_time()
+
+    def log(done: int, _ema: EpsUNet16, losses: list) -> None:
+        if log_every > 0 and done % log_every == 0:
             window = losses[-log_every:]
-            print(f"step {step + 1}/{cfg.steps}: loss {sum(window) / len(window):.5f}, "
-                  f"{(time.perf_counter() - start) / (step + 1):.3f} s/step", flush=True)
+            print(f"step {done}/{cfg.steps}: loss {sum(window) / len(window):.5f}, "
+                  f"{(time.perf_counter() - start) / done:.3f} s/step", flush=True)
+
+    ema, losses = train_ema_loop(net, split.x_train, split.y_train, schedule, generator, cfg, diffusion_loss16,
+                                 progress=progress, desc="train digits16", after_step=log)
     return Train16Result(ema=ema.eval(), losses=losses, seconds=time.perf_counter() - start,
                          cpu_seconds=time.process_time() - cpu_start, config=cfg)
 
