@@ -47,6 +47,8 @@ from common.consistency import (
     lcm_student_input,
     skipping_timesteps,
 )
+from common.diffusion import ddim, ddim_timesteps, dpm_solver_pp_2m
+from common.diffusion.metrics import fd_to_train, kid_to_train
 
 METHODS = ("lcm", "slam")
 #: Diagnostic arms: SLAM with the official script's γ slot (embedding of 10 - 10γ, default-initialised projection)
@@ -95,15 +97,16 @@ def student_input_for(method: str):
 
 
 def distill(teacher, x_data, y_data, method: str, cfg: DistillConfig, eval_fn=None, eval_every: int = 0,
-            progress: bool = True):
+            progress: bool = True, desc: str | None = None):
     """Distil ``teacher`` into a student with ``method`` ("lcm", "slam" or the diagnostic "slam_official"),
-    everything else fixed by ``cfg``."""
+    everything else fixed by ``cfg``; ``desc`` labels the progress bar (default: the method and seed)."""
+    desc = f"{method} seed {cfg.seed}" if desc is None else desc
     if method in OFFICIAL_ARMS:
         base, overrides = OFFICIAL_ARMS[method]
         return distill(teacher, x_data, y_data, base, dataclasses.replace(cfg, **overrides), eval_fn, eval_every,
-                       progress)
+                       progress, desc)
     return consistency_distill(teacher, x_data, y_data, cfg, student_input=student_input_for(method),
-                               eval_fn=eval_fn, eval_every=eval_every, progress=progress, desc=f"{method} seed {cfg.seed}")
+                               eval_fn=eval_fn, eval_every=eval_every, progress=progress, desc=desc)
 
 
 def balanced_labels(n: int) -> torch.Tensor:
@@ -177,3 +180,65 @@ def first_step_spread(student, n_steps: int, n_samples: int, schedule, random_st
     _, trajectory = lcm_sample(student, noise, balanced_labels(n_samples), n_steps, schedule, generator=gen,
                                return_trajectory=True)
     return float(trajectory[0].std())
+
+
+def train_and_evaluate(teacher, split, arm: str, cfg: DistillConfig, classifier, *, steps=(1, 2, 4),
+                       n_samples: int, n_curve_samples: int, eval_every: int, progress: bool = True) -> dict:
+    """Distil one student (``arm``, seed ``cfg.seed``) and measure it: the protocol of every seed and arm.
+
+    Training curve: every ``eval_every`` iterations the EMA student's 4-step FD on ``n_curve_samples`` samples
+    (noise stream ``10_000 + seed``). After training: the mean of the first and last 10 iteration losses, the
+    self-consistency error at each method's input (:func:`self_consistency_error`, probe batch of the seed), the
+    first-step spread, and FD, KID and class accuracy of ``n_samples`` class-balanced samples at each step count in
+    ``steps`` (noise stream ``1_000 + seed``, shared by every arm of the seed). Returns a dict of plain numbers
+    (``fd``, ``kid``, ``acc`` keyed by step count; ``consistency``, ``consistency_high`` keyed by probe input).
+    The probes and KID are cheap next to the training (a few seconds per arm), so every caller gets all of them,
+    whether it records them or not.
+    """
+    seed = int(cfg.seed)
+
+    def evaluate(target, step):
+        x, _ = sample_student(target.eval(), 4, n_curve_samples, teacher.schedule, 10_000 + seed)
+        target.train()
+        return fd_to_train(x)
+
+    res = distill(teacher, split.x_train, split.y_train, arm, cfg, eval_fn=evaluate, eval_every=eval_every,
+                  progress=progress)
+    out = {"curve": res.evaluations, "initial_loss": float(np.mean(res.losses[:10])),
+           "final_loss": float(np.mean(res.losses[-10:])), "consistency": {}, "consistency_high": {},
+           "fd": {}, "kid": {}, "acc": {}}
+    for probe_input in METHODS:  # the sampled (EMA) network, probed at the γ = 1 input and at SLAM's input
+        err = self_consistency_error(res.target, teacher, split.x_train, split.y_train, probe_input, random_state=seed)
+        out["consistency"][probe_input], out["consistency_high"][probe_input] = err["all"], err["high"]
+    out["spread"] = first_step_spread(res.target, 4, n_curve_samples, teacher.schedule, 10_000 + seed)
+    for n in steps:
+        x, y = sample_student(res.target, n, n_samples, teacher.schedule, 1_000 + seed)
+        out["fd"][n], out["kid"][n] = fd_to_train(x), kid_to_train(x)
+        out["acc"][n] = float((classifier.predict(x) == y).float().mean())
+    return out
+
+
+@torch.no_grad()
+def teacher_solver_fd(teacher, steps, n_samples: int, random_state: int, reference_steps: int | None = None) -> dict:
+    """FD of the teacher's DDIM and DPM-Solver++(2M) at each step count in ``steps`` ("trailing" grid from t = 1),
+    started from the same class-balanced noise as the students sampled with ``random_state``; with
+    ``reference_steps``, also the FD of DDIM at that many steps (key ``"reference"``)."""
+    gen = torch.Generator().manual_seed(int(random_state))
+    noise, y = torch.randn(n_samples, 64, generator=gen), balanced_labels(n_samples)
+    out = {"ddim": {}, "dpmpp": {}}
+    for n in steps:
+        ts = ddim_timesteps(n, spacing="trailing")
+        out["ddim"][n] = fd_to_train(ddim(teacher, noise, ts, y))
+        out["dpmpp"][n] = fd_to_train(dpm_solver_pp_2m(teacher, noise, ts, y))
+    if reference_steps:
+        out["reference"] = fd_to_train(ddim(teacher, noise, ddim_timesteps(reference_steps, spacing="trailing"), y))
+    return out
+
+
+def iteration_ratio(curve_lcm: dict, curve_slam: dict, train_steps: int) -> float:
+    """Training speed of one seed: the first evaluated iteration at which SLAM's 4-step curve reaches LCM's final
+    value, as a fraction of ``train_steps``; 2.0 when never reached. Iteration 0, where both students are still the
+    teacher, is never a crossing."""
+    its = [i for i in sorted(curve_slam) if i > 0]
+    hit = first_crossing(its, [curve_slam[i] for i in its], curve_lcm[max(curve_lcm)])
+    return hit / train_steps if np.isfinite(hit) else 2.0

@@ -9,6 +9,7 @@ from common.diffusion import VPSchedule
 from papers.slam.slam import (
     balanced_labels,
     first_crossing,
+    iteration_ratio,
     slam_student_input,
     student_input_for,
     sub_path_point,
@@ -133,3 +134,11 @@ def test_official_arm_embeds_ten_minus_ten_gamma_with_a_random_slot():
     assert DistillConfig().cond_map == "identity" and DistillConfig().cond_zero_init
     with pytest.raises(ValueError, match="cond_map"):
         CondEpsMLP(net, cond_map="w")
+
+
+def test_iteration_ratio_first_crossing_after_iteration_zero():
+    # iteration 0 (both students are the teacher, the same value) is below LCM's final value here but never counts
+    lcm = {0: 4.0, 200: 6.0, 400: 5.0}
+    assert iteration_ratio(lcm, {0: 4.0, 200: 6.0, 400: 5.0}, 400) == 1.0
+    assert iteration_ratio(lcm, {0: 4.0, 200: 4.9, 400: 7.0}, 400) == 0.5
+    assert iteration_ratio(lcm, {0: 4.0, 200: 40.0, 400: 50.0}, 400) == 2.0  # never reached after iteration 0
