@@ -106,8 +106,6 @@ def train_digits16_gan(seed: int, steps: int = 4000, batch_size: int = 64, lr: f
     """
     from common.harness.seeding import seeded_training
 
-    if steps < 1 or batch_size < 2 or r1_gamma < 0:
-        raise ValueError(f"need steps >= 1, batch_size >= 2, r1_gamma >= 0, got {steps}, {batch_size}, {r1_gamma}")
     rng = seeded_training(seed, threads=threads)
     gen = MappingDCGenerator(z_dim=z_dim, mapping_layers=mapping_layers, width=width)
     disc = DCDiscriminator(image_size=IMAGE_SIZE, channels=1, width=d_width, batch_norm=False)

@@ -180,8 +180,8 @@ def train_vae(
     progress: bool = False,
 ) -> tuple[MLPVAE, list[float]]:
     """Train the VAE on the rows of ``x_train`` by minimising the batch mean of :func:`negative_elbo` (Adam,
-    cosine learning rate, batches drawn with replacement: :func:`fit_vae`); then set ``scale`` to the std of the train
-    means.
+    cosine learning rate, batches drawn with replacement, then ``scale`` set to the std of the train means: the
+    recipe of :func:`fit_vae`).
 
     Seeded by :func:`common.harness.seeding.seeded_training` (one thread): the initialisation comes from torch's
     global RNG, the batches and the reparameterisation noise from one generator. Returns (frozen VAE, losses).

@@ -111,8 +111,8 @@ def train_digits_gan(seed: int, steps: int = 6000, batch_size: int = 64, lr: flo
     from common.diffusion.data import load_digits_split
     from common.harness.seeding import seeded_training
 
-    if steps < 1 or batch_size < 2 or r1_gamma < 0:
-        raise ValueError(f"need steps >= 1, batch_size >= 2, r1_gamma >= 0, got {steps}, {batch_size}, {r1_gamma}")
+    if data is not None and (data.ndim != 2 or data.shape[1] != 64):
+        raise ValueError(f"expected data of shape [N, 64], got {tuple(data.shape)}")
     rng = seeded_training(seed, threads=threads)
     gen, disc = MappingGenerator(z_dim=z_dim, hidden=hidden), MLPDiscriminator(hidden=hidden)
     data = load_digits_split().x_train if data is None else data
@@ -144,6 +144,8 @@ def train_r1_gan(gen: nn.Module, disc: nn.Module, data: torch.Tensor, rng: torch
     """
     import torch.nn.functional as F
 
+    if steps < 1 or batch_size < 2 or r1_gamma < 0:
+        raise ValueError(f"need steps >= 1, batch_size >= 2, r1_gamma >= 0, got {steps}, {batch_size}, {r1_gamma}")
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.99))
     hist = {"d_loss": [], "g_loss": [], "r1": []}

@@ -132,3 +132,18 @@ def test_committed_training_snapshots(step):
     model = load_eps_checkpoint(name)
     assert next(model.net.parameters()).dtype == torch.float32
     assert manifest["evaluation"]["heldout_loss_conditional"] > 0
+
+
+def test_train_ema_loop_hook_sees_every_step_and_the_loss_so_far():
+    """The loop shared with common.digits16.train: after_step(done, ema, losses) after each step, done = 1..steps."""
+    from common.diffusion.train import train_ema_loop
+
+    cfg = TrainConfig(width=16, n_blocks=1, cond_dim=8, steps=5, batch_size=8, warmup_steps=1, seed=0)
+    net = EpsMLP(width=16, n_blocks=1, cond_dim=8)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(32) % 10
+    calls = []
+    ema, losses = train_ema_loop(net, x, y, cfg.schedule(), torch.Generator().manual_seed(1), cfg, progress=False,
+                                 after_step=lambda done, e, ls: calls.append((done, len(ls), e is not net)))
+    assert calls == [(k, k, True) for k in range(1, 6)] and len(losses) == 5
+    assert not any(p.requires_grad for p in ema.parameters())

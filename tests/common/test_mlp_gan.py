@@ -136,3 +136,23 @@ def test_committed_evaluation_reproduces_from_the_loaded_model():
         assert quality[key] == pytest.approx(ev[key], abs=2e-3), key
     assert quality["confidence"] == pytest.approx(ev["confidence"], rel=1e-5)
     assert quality["fd"] == pytest.approx(ev["fd"], rel=1e-4)
+
+
+def test_train_r1_gan_validates_and_calls_back_in_eval_mode():
+    """The shared R1 loop (also common.dcgan16's): input checks, the callback schedule and mode, a frozen G."""
+    with pytest.raises(ValueError, match=r"\[N, 64\]"):
+        mlp_gan.train_digits_gan(0, steps=2, batch_size=4, data=_data().reshape(-1, 8, 8))
+    torch.manual_seed(0)
+    gen, disc = mlp_gan.MappingGenerator(z_dim=8, hidden=16), mlp_gan.MLPDiscriminator(hidden=16)
+    rng = torch.Generator().manual_seed(0)
+    for bad in ({"steps": 0}, {"batch_size": 1}, {"r1_gamma": -1.0}):
+        kwargs = {"steps": 2, "batch_size": 4, "r1_gamma": 1.0, **bad}
+        with pytest.raises(ValueError):
+            mlp_gan.train_r1_gan(gen, disc, _data(), rng, lr=1e-3, z_dim=8, **kwargs)
+    seen = []
+    hist = mlp_gan.train_r1_gan(gen, disc, _data(), rng, steps=6, batch_size=4, lr=1e-3, z_dim=8, r1_gamma=1.0,
+                                callback=lambda step, g: seen.append((step, g.training, torch.is_grad_enabled())),
+                                callback_every=2)
+    assert seen == [(2, False, False), (4, False, False), (6, False, False)]
+    assert [len(hist[k]) for k in ("d_loss", "g_loss", "r1")] == [6, 6, 6]
+    assert not gen.training and not any(p.requires_grad for p in gen.parameters())
