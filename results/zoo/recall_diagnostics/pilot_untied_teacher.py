@@ -55,19 +55,16 @@ class UntiedTinyGPT(TinyGPT):
             nn.init.normal_(self.tok_emb.weight, 0.0, EMB_STD)
 
     def forward(self, idx: torch.Tensor, kv_cache=None, return_qkv: bool = False):
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be [B, T], got shape {tuple(idx.shape)}")
-        start = 0 if kv_cache is None else kv_cache.length
-        if start + idx.shape[1] > self.config.context:
-            raise ValueError(f"sequence length {start + idx.shape[1]} exceeds the context {self.config.context}")
-        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
-        x = self.tok_emb(idx)
-        qkvs = []
-        for layer, block in enumerate(self.blocks):
-            x, qkv = block(x, positions, None if kv_cache is None else (kv_cache, layer))
-            qkvs.append(qkv)
-        logits = self.head(self.ln_f(x))
-        return (logits, qkvs) if return_qkv else logits
+        """The parent's forward (its tied logits are discarded) with the untied head applied to LN_f's output,
+        captured by a forward hook, so TinyGPT's forward is not written twice."""
+        captured = {}
+        handle = self.ln_f.register_forward_hook(lambda _m, _i, out: captured.__setitem__("h", out))
+        try:
+            out = super().forward(idx, kv_cache, return_qkv)
+        finally:
+            handle.remove()
+        logits = self.head(captured["h"])
+        return (logits, out[1]) if return_qkv else logits
 
 
 def check_head_used(config: TinyGPTConfig) -> None:
