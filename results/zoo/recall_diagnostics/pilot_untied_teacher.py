@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--mix", default=None, help="document-kind weights as JSON (default: the grammar's DEFAULT_MIX)")
     ap.add_argument("--head-init", choices=("gpt2", "torch"), default="gpt2",
                     help="gpt2: N(0, 0.02); torch: nn.Linear's default (the fastest MQAR arm)")
+    ap.add_argument("--save-weights", default=None,
+                    help="also write the trained weights (safetensors) to this path, for later probes")
     args = ap.parse_args()
     if args.head_init == "torch":
         UntiedTinyGPT.head_std = None
@@ -135,6 +137,10 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1, default=str)
+    if args.save_weights:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save_weights)
+        print(f"wrote {args.save_weights}", flush=True)
     print(json.dumps({k: v for k, v in evaluation.items() if "recall" in k or k.startswith("val_loss")}, indent=1))
     print(f"wrote {args.out} ({time.perf_counter() - t0:.1f}s total)", flush=True)
 
