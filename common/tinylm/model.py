@@ -2,10 +2,15 @@
 
 Architecture (GPT-2 style, pre-LayerNorm)::
 
-    h_0 = E[x]                                                    (token embedding, tied with the head)
+    h_0 = E[x]                                                    (token embedding)
     a_l = h_{l-1} + W_o Attn(RoPE(W_q n), RoPE(W_k n), W_v n),    n = LN_1(h_{l-1})
     h_l = a_l + W_2 GeLU(W_1 LN_2(a_l) + b_1) + b_2
-    logits = LN_f(h_L) E^T
+    logits = LN_f(h_L) U^T,    U = E (tied, the default) or a separate bias-free head
+
+``model.output_weight`` is ``U``: code that computes logits from ``LN_f``'s output uses it, so it works for
+both. Initialisation is GPT-2's (N(0, 0.02), residual projections scaled by 1/sqrt(2L)); ``emb_std`` and
+``head_init`` change the embedding's and the untied head's. An untied head with N(0, 1) embeddings is what
+lets this model learn multi-query associative recall (``results/zoo/recall_diagnostics``, section 6).
 
 * **Attention** (per head, causal): ``Attn(q, k, v)_t = sum_{s<=t} softmax_s(q_t . k_s / sqrt(d_h)) v_s``.
 * **RoPE** (Su et al., 2021, eq. 34): the pairs ``(x_i, x_{i + d/2})`` of q and k at position ``p`` are
@@ -48,6 +53,10 @@ class TinyGPTConfig:
     mlp_ratio: int = 4
     rope_base: float = 10000.0
     ln_eps: float = 1e-5
+    # added later; written to a manifest only when not at their default (earlier manifests stay valid)
+    tie_embeddings: bool = True       # False: a separate bias-free output head U
+    emb_std: float | None = None      # std of the token embedding's N(0, std^2) init; None: GPT-2's 0.02
+    head_init: str = "normal"         # untied head: "normal" N(0, 0.02^2), "uniform" nn.Linear's U(+-1/sqrt(d))
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -56,13 +65,28 @@ class TinyGPTConfig:
             raise ValueError("the head dimension must be even for RoPE")
         if min(self.vocab_size, self.n_layers, self.context, self.mlp_ratio) <= 0:
             raise ValueError("vocab_size, n_layers, context and mlp_ratio must be positive")
+        if self.emb_std is not None and not self.emb_std > 0:
+            raise ValueError(f"emb_std must be positive (or None for 0.02), got {self.emb_std}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+        if self.tie_embeddings and self.head_init != "normal":
+            raise ValueError("head_init applies to an untied head only (tie_embeddings=False)")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, without the later ones left at their default (so earlier manifests compare equal)."""
+        d = asdict(self)
+        for name, default in LATER_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
+        return d
+
+
+HEAD_INITS = ("normal", "uniform")
+LATER_DEFAULTS = {"tie_embeddings": True, "emb_std": None, "head_init": "normal"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,11 +283,22 @@ class TinyGPT(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config, act_fn, norm_fn, softmax_fn) for _ in range(config.n_layers))
         self.ln_f = LayerNorm(config.d_model, config.ln_eps, norm_fn)
+        self.head = None
+        if not config.tie_embeddings:
+            with torch.random.fork_rng(devices=[]):  # its construction draws nothing: reset_parameters does
+                self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """``U`` of ``logits = LN_f(h_L) U^T``: the token embedding when tied, else the head's weight."""
+        return self.tok_emb.weight if self.head is None else self.head.weight
 
     # -- initialisation -----------------------------------------------------------------------------
     def reset_parameters(self, std: float = 0.02) -> None:
-        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2L)."""
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2L);
+        then ``config.emb_std`` for the token embedding and ``config.head_init`` for an untied head (drawn
+        after every other weight, so the others are those of the tied model with the same seed)."""
         for name, p in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -273,6 +308,12 @@ class TinyGPT(nn.Module):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layers))
             else:
                 nn.init.normal_(p, 0.0, std)
+        with torch.no_grad():
+            if self.config.emb_std is not None:
+                nn.init.normal_(self.tok_emb.weight, 0.0, self.config.emb_std)
+            if self.head is not None and self.config.head_init == "uniform":
+                bound = 1.0 / math.sqrt(self.config.d_model)
+                nn.init.uniform_(self.head.weight, -bound, bound)
 
     def n_parameters(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -326,7 +367,7 @@ class TinyGPT(nn.Module):
         for layer, block in enumerate(self.blocks):
             x, qkv = block(x, positions, None if kv_cache is None else (kv_cache, layer))
             qkvs.append(qkv)
-        logits = self.ln_f(x) @ self.tok_emb.weight.T
+        logits = self.ln_f(x) @ self.output_weight.T
         return (logits, qkvs) if return_qkv else logits
 
     # -- decoding -------------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def decode_step(model: nn.Module, states: list, token: torch.Tensor, position: i
         y = state.step(q, k, v)
         x = x + attn.o_proj(y.transpose(1, 2).reshape(b, 1, d))
         x = x + block.mlp(block.ln_2(x))
-    return (model.ln_f(x) @ model.tok_emb.weight.T)[:, 0]
+    return (model.ln_f(x) @ model.output_weight.T)[:, 0]
 
 
 @torch.no_grad()

@@ -149,10 +149,10 @@ class BaseLM:
         for layer, block in enumerate(m.blocks):
             x, _ = block(x, positions, None if cache is None else (cache, layer))
         h = m.ln_f(x)
-        return h, torch.log_softmax(h @ m.tok_emb.weight.T, -1)
+        return h, torch.log_softmax(h @ m.output_weight.T, -1)
 
     def logp_of(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(h @ self.model.tok_emb.weight.T, -1)
+        return torch.log_softmax(h @ self.model.output_weight.T, -1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -649,7 +649,8 @@ def forward(ops, params: dict, config, tokens, act="puma", softmax="puma", norm=
         x = ops.add(x, linear(y, p + "attn.o_proj"))
         hidden = act_fn(ops, linear(layer_norm(x, p + "ln_2"), p + "mlp.fc_in"))
         x = ops.add(x, linear(hidden, p + "mlp.fc_out"))
-    logits = ops.matmul(layer_norm(x, "ln_f"), ops.enc(emb.T))
+    x = layer_norm(x, "ln_f")  # before encoding E^T: MPCOps draws its shares in this order
+    logits = ops.matmul(x, enc["head.weight"] if "head.weight" in enc else ops.enc(emb.T))  # untied head, else E^T
     return ops.dec(logits)
 
 

@@ -215,6 +215,46 @@ def test_context_limit_and_config_errors():
         TinyGPTConfig(100, d_model=30, n_heads=4)
 
 
+def test_untied_head_option_keeps_the_default_model_and_uses_its_own_head(tmp_path):
+    base = TinyGPTConfig(G.VOCAB.size, d_model=32, n_layers=2, n_heads=2, context=64)
+    assert base.to_dict() == {k: v for k, v in vars(base).items()
+                              if k not in ("tie_embeddings", "emb_std", "head_init")}  # manifests unchanged
+    untied = TinyGPTConfig(**{**base.to_dict(), "tie_embeddings": False, "emb_std": 1.0, "head_init": "uniform"})
+    assert untied.to_dict()["tie_embeddings"] is False and TinyGPTConfig(**untied.to_dict()) == untied
+    torch.manual_seed(0)
+    tied_model = TinyGPT(base)
+    torch.manual_seed(0)
+    model = TinyGPT(untied)
+    assert tied_model.head is None and tied_model.output_weight is tied_model.tok_emb.weight
+    # every weight but the embedding and the head is drawn as in the tied model with the same seed
+    shared = {k: v for k, v in tied_model.state_dict().items() if k != "tok_emb.weight"}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in shared.items())
+    assert 0.9 < model.tok_emb.weight.std().item() < 1.1
+    bound = 32 ** -0.5
+    assert model.head.weight.abs().max().item() <= bound and model.head.weight.std().item() > 0.8 * bound / 3 ** 0.5
+    x = torch.randint(0, G.VOCAB.size, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(ref, model.ln_f(model.blocks[1](model.blocks[0](model.tok_emb(x), torch.arange(9))[0],
+                                                           torch.arange(9))[0]) @ model.head.weight.T)
+        model.head.weight.add_(0.1)
+        assert not torch.allclose(model(x), ref)
+    assert model.n_parameters() == tied_model.n_parameters() + G.VOCAB.size * 32
+    with pytest.raises(ValueError, match="head_init"):
+        TinyGPTConfig(G.VOCAB.size, head_init="kaiming")
+    with pytest.raises(ValueError, match="untied"):
+        TinyGPTConfig(G.VOCAB.size, head_init="uniform")
+    with pytest.raises(ValueError, match="emb_std"):
+        TinyGPTConfig(G.VOCAB.size, emb_std=0.0)
+    # an untied checkpoint round-trips through the zoo with its config
+    cfg = TrainConfig(n_tokens=2 * 8 * 64, batch_size=8, warmup_steps=1, eval_every=2, log_every=1, val_tokens=2048)
+    trained, _, manifest = train_and_save(untied, cfg, "tinylm_untied", directory=tmp_path, progress=False,
+                                          eval_kwargs={"val_tokens": 2048, "distances": (), "n_recall": 4, "n_samples": 2})
+    assert manifest["config"]["tie_embeddings"] is False
+    loaded, _, _ = load_tinylm("tinylm_untied", directory=tmp_path)
+    assert loaded.head is not None and torch.equal(loaded(x), trained(x))
+
+
 # -- zoo ---------------------------------------------------------------------------------------------
 def test_training_smoke_and_checkpoint_round_trip(tmp_path):
     cfg = TrainConfig(n_tokens=16 * 8 * 64, batch_size=8, warmup_steps=4, eval_every=8, log_every=4, val_tokens=2048, seed=0)

@@ -59,3 +59,12 @@ def test_scaling_benchmark_shapes(teacher):
     for b in out.values():
         assert b["per_token_s"].shape == (2, 2) and np.all(b["per_token_s"] > 0)
         assert b["slope"].shape == (2,) and np.allclose(b["tokens_per_s"], 2 / b["per_token_s"])
+
+
+def test_recurrent_decode_uses_an_untied_head():
+    torch.manual_seed(1)
+    config = TinyGPTConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, context=64, tie_embeddings=False)
+    model = TinyGPT(config).eval()
+    idx = torch.randint(0, 40, (2, 20), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.allclose(R.decode(model, idx), model(idx), atol=1e-5, rtol=1e-5)

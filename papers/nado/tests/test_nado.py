@@ -142,3 +142,16 @@ def test_adam_matches_torch():
             ((p ** 3).sum() + p.sin().sum()).backward()
             opt.step()
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_base_log_probs_use_an_untied_head():
+    from common.tinylm import TinyGPT, TinyGPTConfig
+
+    torch.manual_seed(2)
+    model = TinyGPT(TinyGPTConfig(VOCAB.size, d_model=32, n_layers=2, n_heads=2, context=64, tie_embeddings=False))
+    lm = BaseLM(model)
+    idx = torch.randint(0, VOCAB.size, (2, 12), generator=torch.Generator().manual_seed(3))
+    h, logp = lm.features(idx)
+    with torch.no_grad():
+        torch.testing.assert_close(logp, torch.log_softmax(model(idx), -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(lm.logp_of(h), logp, atol=0, rtol=0)

@@ -138,3 +138,15 @@ def test_crypten_gelu_follows_crypten_sigmoid_config():
     assert P.communication(P.gelu_puma, (4, 8))["ltz_per_element"] == 3.0
     with pytest.raises(ValueError):
         P.softmax_crypten(P.Float64Ops(), np.zeros((2, 2)), max_method="argsort")
+
+
+def test_forward_exact_uses_an_untied_head():
+    from common.tinylm import TinyGPT, TinyGPTConfig
+
+    torch.manual_seed(3)
+    model = TinyGPT(TinyGPTConfig(60, d_model=32, n_layers=2, n_heads=2, context=16, tie_embeddings=False)).eval()
+    tokens = np.array([[1, 10, 40, 41, 42, 6]])
+    with torch.no_grad():
+        ref = model(torch.tensor(tokens)).double().numpy()
+    exact = P.forward(P.Float64Ops(), P.model_params(model), model.config, tokens, "exact", "exact", "exact")
+    assert np.abs(exact - ref).max() < 1e-4
