@@ -1,6 +1,6 @@
 """MQAR probe, session 19: TinyGPT vs a torch reference over seeds, with one-change-at-a-time arms.
 
-Usage: ``SEED=s ARM=tiny|ref [flags] python results/zoo/recall_diagnostics/recall_mqar_probe2.py [STEPS] [LR]``.
+Usage: ``SEED=s ARM=tiny|ref [FMT=mqar|tg] [flags] python results/zoo/recall_diagnostics/recall_mqar_probe2.py [STEPS] [LR]``.
 
 Task (Zoology MQAR, offset 1): ``B1 C1 .. Bk Ck  Bq1 Cq1 .. Bqm Cqm`` with k = 4 distinct boxes (numbers 0-99),
 colours drawn from 12, m = 8 queries drawn from the k keys; accuracy = argmax prediction of each query colour
@@ -47,6 +47,9 @@ LR = float(sys.argv[2]) if len(sys.argv) > 2 else 3e-3
 SEED = int(os.environ.get("SEED", 0))
 ARM = os.environ.get("ARM", "tiny")
 STOP = float(os.environ.get("STOP", 0.9))
+FMT = os.environ.get("FMT", "mqar")
+if FMT not in ("mqar", "tg"):
+    raise ValueError(f"FMT must be mqar or tg, got {FMT!r}")
 FLAGS = {f: os.environ.get(f) for f in ("REF_INIT", "REF_ACT", "REF_TIE", "TG_INIT", "TG_EMB", "TG_UNTIE") if os.environ.get(f)}
 if ARM not in ("tiny", "ref"):
     raise ValueError(f"ARM must be tiny or ref, got {ARM!r}")
@@ -58,11 +61,22 @@ COL = torch.tensor(V.encode(list(G.COLORS)))
 
 
 def batch(n, gen):
-    """``n`` MQAR episodes ``[n, 2k + 2m]`` and the mask of the query-answer positions."""
+    """``n`` episodes and the mask of the query-answer positions: ``[n, 2k + 2m]`` in the MQAR format, or
+    ``[n, 5k + 5m]`` in TinyGrammar's (``FMT=tg``): bindings ``box B key C .``, queries ``? box B key C``, so the
+    colour sits two tokens after its box with the same ``key`` before every colour (same draws, same order)."""
     boxes = torch.stack([NUM[torch.randperm(100, generator=gen)[:K]] for _ in range(n)])
     cols = COL[torch.randint(0, 12, (n, K), generator=gen)]
     qi = torch.randint(0, K, (n, M), generator=gen)
     qb, qc = boxes.gather(1, qi), cols.gather(1, qi)
+    if FMT == "tg":
+        box, key, qmark, dot = (torch.full((n, c), V.encode([w])[0]) for w, c in
+                                (("box", K), ("key", K), ("?", M), (".", K)))
+        binds = torch.stack([box, boxes, key, cols, dot], 2).view(n, -1)
+        queries = torch.stack([qmark, box[:, :1].expand(n, M), qb, key[:, :1].expand(n, M), qc], 2).view(n, -1)
+        x = torch.cat([binds, queries], 1)
+        ans = torch.zeros_like(x, dtype=torch.bool)
+        ans[:, 5 * K + 4::5] = True
+        return x, ans
     x = torch.cat([torch.stack([boxes, cols], 2).view(n, -1), torch.stack([qb, qc], 2).view(n, -1)], 1)
     ans = torch.zeros_like(x, dtype=torch.bool)
     ans[:, 2 * K + 1::2] = True
@@ -158,10 +172,10 @@ for s in range(STEPS):
                for n, ids in (("cos_num", NUM), ("cos_col", COL))}
         best = max(best, acc)
         hit = hit or (s + 1 if acc >= 0.9 else None)
-        print(json.dumps({"arm": ARM, "flags": FLAGS, "seed": SEED, "lr": LR, "budget": STEPS, "step": s + 1,
+        print(json.dumps({"arm": ARM, "fmt": FMT, "flags": FLAGS, "seed": SEED, "lr": LR, "budget": STEPS, "step": s + 1,
                           "s": round(time.time() - t0), "loss": round(loss.item(), 3), "answer_acc": round(acc, 3), **cos}),
               flush=True)
         if acc >= STOP:
             break
-print(json.dumps({"final": True, "arm": ARM, "flags": FLAGS, "seed": SEED, "lr": LR, "budget": STEPS,
+print(json.dumps({"final": True, "arm": ARM, "fmt": FMT, "flags": FLAGS, "seed": SEED, "lr": LR, "budget": STEPS,
                   "best_acc": round(best, 3), "step_ge_0.9": hit, "solved": best >= 0.9}), flush=True)
