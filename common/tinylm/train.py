@@ -202,7 +202,8 @@ MONITOR_DISTANCES = (64, 160)
 
 
 def perturb_colour_embeddings(model: TinyGPT, std: float, seed: int = 0) -> None:
-    """Add ``N(0, std^2)`` noise (seeded) to the (tied) embeddings of the 12 recall colours, in place.
+    """Add ``N(0, std^2)`` noise (seeded) to the token embeddings of the 12 recall colours, in place (with an
+    untied head only the input side; the output side is the head's).
 
     Why: the colours are exchangeable everywhere in TinyGrammar (drawn uniformly in every binding), so until
     the model copies them nothing distinguishes them; in ``tinylm_ci`` their embeddings collapsed onto one
@@ -312,7 +313,7 @@ def train_tinylm(model_config: TinyGPTConfig, cfg: TrainConfig, *, callback=None
 
 
 def state_tensors(model: TinyGPT) -> dict:
-    """The model's tensors for safetensors (the tied head is the embedding; no duplicate stored)."""
+    """The model's tensors for safetensors (a tied head is the embedding: no duplicate stored)."""
     return {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
 
 
@@ -326,7 +327,8 @@ def build_manifest(model: TinyGPT, cfg: TrainConfig, history: dict, evaluation: 
     if history.get("recall"):
         extra["recall_curve"] = [[s, t, {str(d): a for d, a in acc.items()}] for s, t, acc in history["recall"]]
     return {
-        "architecture": "TinyGPT (common/tinylm/model.py): pre-LN GPT, RoPE, erf-GeLU MLP, tied embeddings",
+        "architecture": "TinyGPT (common/tinylm/model.py): pre-LN GPT, RoPE, erf-GeLU MLP, "
+                        + ("tied embeddings" if model.head is None else "untied output head"),
         "config": model.config.to_dict(),
         "n_parameters": model.n_parameters(),
         "n_parameters_non_embedding": model.n_parameters(non_embedding=True),

@@ -12,7 +12,7 @@ is the teacher's exact softmax attention over a growing key/value cache (O(i·d)
 ``TinyGPT``'s ``KVCache``, which appends by concatenation).
 
 :func:`decode` runs a model one token at a time with one state per layer, reusing the model's own
-modules (embedding, LayerNorms, q/k/v/o projections with any LoRA adapters, RoPE, MLP, tied head), so a
+modules (embedding, LayerNorms, q/k/v/o projections with any LoRA adapters, RoPE, MLP, output head), so a
 state-passing run and the model's parallel forward differ only in how attention is computed: the
 recurrent logits equal the parallel ones up to float rounding (the notebook's sanity check). Positions
 are not limited to the model's training context here (the timing benchmark decodes past it; the

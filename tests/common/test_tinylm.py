@@ -244,13 +244,16 @@ def test_untied_head_option_keeps_the_default_model_and_uses_its_own_head(tmp_pa
         TinyGPTConfig(G.VOCAB.size, head_init="kaiming")
     with pytest.raises(ValueError, match="untied"):
         TinyGPTConfig(G.VOCAB.size, head_init="uniform")
-    with pytest.raises(ValueError, match="emb_std"):
-        TinyGPTConfig(G.VOCAB.size, emb_std=0.0)
+    for bad in (0.0, float("inf"), True):
+        with pytest.raises(ValueError, match="emb_std"):
+            TinyGPTConfig(G.VOCAB.size, emb_std=bad)
+    with pytest.raises(ValueError, match="tie_embeddings"):
+        TinyGPTConfig(G.VOCAB.size, tie_embeddings="false")
     # an untied checkpoint round-trips through the zoo with its config
     cfg = TrainConfig(n_tokens=2 * 8 * 64, batch_size=8, warmup_steps=1, eval_every=2, log_every=1, val_tokens=2048)
     trained, _, manifest = train_and_save(untied, cfg, "tinylm_untied", directory=tmp_path, progress=False,
                                           eval_kwargs={"val_tokens": 2048, "distances": (), "n_recall": 4, "n_samples": 2})
-    assert manifest["config"]["tie_embeddings"] is False
+    assert manifest["config"]["tie_embeddings"] is False and manifest["architecture"].endswith("untied output head")
     loaded, _, _ = load_tinylm("tinylm_untied", directory=tmp_path)
     assert loaded.head is not None and torch.equal(loaded(x), trained(x))
 
