@@ -1,11 +1,11 @@
 """MQAR probe, session 19: TinyGPT vs a torch reference over seeds, with one-change-at-a-time arms.
 
-Usage: ``SEED=s ARM=tiny|ref [FMT=mqar|tg] [flags] python results/zoo/recall_diagnostics/recall_mqar_probe2.py [STEPS] [LR]``.
+Usage: ``SEED=s ARM=tiny|ref [FMT=mqar|tg] [LAYERS=n] [flags] python results/zoo/recall_diagnostics/recall_mqar_probe2.py [STEPS] [LR]``.
 
 Task (Zoology MQAR, offset 1): ``B1 C1 .. Bk Ck  Bq1 Cq1 .. Bqm Cqm`` with k = 4 distinct boxes (numbers 0-99),
 colours drawn from 12, m = 8 queries drawn from the k keys; accuracy = argmax prediction of each query colour
-``Cq`` given the prefix (the loss is the usual next-token cross entropy on every position). Model: 2 layers,
-d 128, 4 heads, MLP 512. Optimiser: ``make_optimizer`` (AdamW, wd 0.1 on tensors with dim >= 2), ``lr_at``
+``Cq`` given the prefix (the loss is the usual next-token cross entropy on every position). Model: 2 layers
+(``LAYERS`` env var, default 2, as every session-19/20 log), d 128, 4 heads, MLP 512. Optimiser: ``make_optimizer`` (AdamW, wd 0.1 on tensors with dim >= 2), ``lr_at``
 (50 warmup steps, cosine from lr to 0.1 lr over STEPS), batch 64, grad clip 1.0. Data, RNG order and both models
 are those of ``recall_mqar_probe.py`` (fmt ``mqar``, K 4, M 8, LAYERS 2), so a seed means the same data stream.
 
@@ -41,7 +41,8 @@ from common.tinylm.model import TinyGPT, TinyGPTConfig
 from common.tinylm.train import TrainConfig, lr_at, make_optimizer
 
 torch.set_num_threads(1)
-K, M, LAYERS, D = 4, 8, 2, 128
+K, M, D = 4, 8, 128
+LAYERS = int(os.environ.get("LAYERS", 2))
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
 LR = float(sys.argv[2]) if len(sys.argv) > 2 else 3e-3
 SEED = int(os.environ.get("SEED", 0))
@@ -172,10 +173,10 @@ for s in range(STEPS):
                for n, ids in (("cos_num", NUM), ("cos_col", COL))}
         best = max(best, acc)
         hit = hit or (s + 1 if acc >= 0.9 else None)
-        print(json.dumps({"arm": ARM, "fmt": FMT, "flags": FLAGS, "seed": SEED, "lr": LR, "budget": STEPS, "step": s + 1,
+        print(json.dumps({"arm": ARM, "fmt": FMT, "layers": LAYERS, "flags": FLAGS, "seed": SEED, "lr": LR, "budget": STEPS, "step": s + 1,
                           "s": round(time.time() - t0), "loss": round(loss.item(), 3), "answer_acc": round(acc, 3), **cos}),
               flush=True)
         if acc >= STOP:
             break
-print(json.dumps({"final": True, "arm": ARM, "fmt": FMT, "flags": FLAGS, "seed": SEED, "lr": LR, "budget": STEPS,
+print(json.dumps({"final": True, "arm": ARM, "fmt": FMT, "layers": LAYERS, "flags": FLAGS, "seed": SEED, "lr": LR, "budget": STEPS,
                   "best_acc": round(best, 3), "step_ge_0.9": hit, "solved": best >= 0.9}), flush=True)
