@@ -32,6 +32,11 @@ whose hash is therefore unchanged, and is drawn only when a ``mix`` names it):
    filler block of at most what the budget leaves, so answers sit 5-55 tokens after their binding and
    about one token in six is a recall answer: the first stage of a recall curriculum (dense, near
    episodes first, then ``recall_dense``'s longer distances).
+7. **recall_dense_onehop** and 8. **recall_short_onehop**: the same two documents (same draws) in the
+   *one-hop* binding format ``box B C .`` with queries ``? box B C`` (:data:`RECALL_FORMATS`). In the grammar's
+   own format the same ``key`` precedes every colour, so a lookup must read the box two tokens back (a two-hop
+   circuit that small models did not find in session 20-21's probes, ``results/zoo/recall_diagnostics``);
+   here the colour follows its box, as in Zoology's MQAR, and ordinary induction suffices.
 
 Changing anything here changes the token stream; :data:`CORPUS_HASH` records the sha256 of the first
 1000 tokens at the canonical seed, and the test suite recomputes it, so a grammar change that would
@@ -59,13 +64,15 @@ KIND_HASHES = {
     "keywords": "b0506fcc40fa1846ffbe1d3c35b0abda4b4e8a6e04181050c468c59d33c962a8",
     "recall_dense": "8af35e4f9afdc26d38ed1974612a871ba3722f4fd5c9fc6656cdfd6dfe435224",
     "recall_short": "5fab0fcb8923c8257470060da88d086cf99fab7edc01093c077cb4e284f14b44",
+    "recall_dense_onehop": "a5bb744b85562e69cc561e70917a1d08698fcdd424b789886acaca5aa9a1b882",
+    "recall_short_onehop": "a0cbe5c6dd93681f05410ded9ce04dea7815944a6059c12aa633ef7e44d67b21",
 }
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>")
 PUNCTUATION = (".", ",", "?", ":", "=>", ";", "+", "-", "=")
 KINDS = ("narrative", "recall", "arithmetic", "keywords")
 #: kinds outside the default mix (drawn only when a ``mix`` names them; the default stream never has them).
-EXTRA_KINDS = ("recall_dense", "recall_short")
+EXTRA_KINDS = ("recall_dense", "recall_short", "recall_dense_onehop", "recall_short_onehop")
 ALL_KINDS = KINDS + EXTRA_KINDS
 DEFAULT_MIX = {"narrative": 0.4, "recall": 0.25, "arithmetic": 0.15, "keywords": 0.2}
 REGISTERS = ("formal", "informal")
@@ -154,9 +161,29 @@ ADVERBS = [("today", "n"), ("again", "n"), ("quickly", "n"), ("yesterday", "n"),
 # Recall and arithmetic vocabularies.
 COLORS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "pink", "brown", "gray", "gold")
 RECALL_WORDS = ("box", "key")
+#: binding formats of the recall documents: "tg" ``box B key C .`` / ``? box B key C`` (the grammar's own, in the
+#: default mix) and "onehop" ``box B C .`` / ``? box B C`` (extra kinds only).
+RECALL_FORMATS = ("tg", "onehop")
 ARITH_WORDS = ("calc", "answer")
 KEYWORD_WORDS = ("keywords",)
 NUMBERS = tuple(str(i) for i in range(100))
+
+
+def check_recall_format(fmt: str) -> str:
+    """``fmt`` if it is one of :data:`RECALL_FORMATS`, else a ValueError."""
+    if fmt not in RECALL_FORMATS:
+        raise ValueError(f"recall format must be one of {RECALL_FORMATS}, got {fmt!r}")
+    return fmt
+
+
+def binding_words(box: str, color: str, fmt: str = "tg") -> list[str]:
+    """One binding: ``box B key C .`` (``fmt="tg"``) or ``box B C .`` (``"onehop"``); the colour is second to last."""
+    return ["box", box, "key", color, "."] if check_recall_format(fmt) == "tg" else ["box", box, color, "."]
+
+
+def query_words(box: str, color: str, fmt: str = "tg") -> list[str]:
+    """One query with its answer last: ``? box B key C`` (``fmt="tg"``) or ``? box B C`` (``"onehop"``)."""
+    return ["?", "box", box, "key", color] if check_recall_format(fmt) == "tg" else ["?", "box", box, color]
 MAX_OPERAND = 9
 
 
@@ -387,8 +414,9 @@ class TinyGrammar:
         boxes = self.rng.sample(range(100), n_bindings)
         return [(str(b), self.rng.choice(COLORS)) for b in boxes]
 
-    def recall(self, n_bindings: int | None = None, filler_tokens: int | None = None, query: int | None = None):
-        """A recall episode ``box B key C . ... <filler> ? box B key C``.
+    def recall(self, n_bindings: int | None = None, filler_tokens: int | None = None, query: int | None = None,
+               fmt: str = "tg"):
+        """A recall episode ``box B key C . ... <filler> ? box B key C`` (``fmt="onehop"``: ``box B C . ... ? box B C``).
 
         Returns ``(words, answer_index, binding_answer_index)``: the positions (in ``words``) of the query's
         answer colour and of the same colour in the queried binding.
@@ -402,38 +430,41 @@ class TinyGrammar:
         words: list[str] = []
         binding_answer = -1
         for i, (box, color) in enumerate(bindings):
-            words += ["box", box, "key", color, "."]
+            words += binding_words(box, color, fmt)
             if i == query:
                 binding_answer = len(words) - 2
         words += self.filler(filler_tokens)
-        box, color = bindings[query]
-        words += ["?", "box", box, "key", color]
+        words += query_words(*bindings[query], fmt)
         return words, len(words) - 1, binding_answer
 
-    def recall_dense(self, n_bindings: int | None = None, n_queries: int | None = None, max_tokens: int = 240) -> list[str]:
+    def recall_dense(self, n_bindings: int | None = None, n_queries: int | None = None, max_tokens: int = 240,
+                     fmt: str = "tg") -> list[str]:
         """A multi-query recall document (at most ``max_tokens`` words; see the module docstring).
 
         Bindings ``box B key C .`` (distinct boxes, colours with replacement; after each, a narrative
         sentence with probability 0.2), a filler block of narrative sentences whose length is drawn
         uniformly up to 150 tokens (and what the budget leaves), then queries ``? box B key C`` of bound
         boxes (before each but the first, a sentence with probability 0.25). :func:`recall_answer_positions`
-        checks every answer.
+        checks every answer. ``fmt="onehop"``: bindings ``box B C .``, queries ``? box B C``; the budget is
+        counted in the grammar format, so a seed gives the same document with every ``key`` removed.
         """
         rng = self.rng
         k = n_bindings or rng.randint(2, 12)
         m = n_queries or rng.randint(2, 10)
-        if 5 * (k + m) > max_tokens:
+        lb = lq = 5  # the grammar format's lengths, whatever fmt (same draws in both formats)
+        cut = 0 if check_recall_format(fmt) == "tg" else 1  # one ``key`` fewer per binding and per query
+        if lb * k + lq * m > max_tokens:
             raise ValueError(f"{k} bindings and {m} queries need more than max_tokens={max_tokens} words")
         bindings = self._bindings(k)
-        reserve = 5 * m
+        reserve = lq * m
         words: list[str] = []
         for i, (box, color) in enumerate(bindings):
-            words += ["box", box, "key", color, "."]
+            words += binding_words(box, color, fmt)
             if i + 1 < k and rng.random() < 0.2:
                 s = self.sentence()
-                if len(words) + len(s) + 5 * (k - i - 1) + reserve <= max_tokens:
+                if len(words) + cut * (i + 1) + len(s) + lb * (k - i - 1) + reserve <= max_tokens:
                     words += s
-        target = rng.randint(0, max(0, min(150, max_tokens - len(words) - reserve)))
+        target = rng.randint(0, max(0, min(150, max_tokens - len(words) - cut * k - reserve)))
         block: list[str] = []
         while True:
             s = self.sentence()
@@ -444,17 +475,16 @@ class TinyGrammar:
         for j in range(m):
             if j and rng.random() < 0.25:
                 s = self.sentence()
-                if len(words) + len(s) + 5 * (m - j) <= max_tokens:
+                if len(words) + cut * (k + j) + len(s) + lq * (m - j) <= max_tokens:
                     words += s
-            box, color = bindings[rng.randrange(k)]
-            words += ["?", "box", box, "key", color]
+            words += query_words(*bindings[rng.randrange(k)], fmt)
         return words
 
-    def recall_short(self, max_tokens: int = 60) -> list[str]:
+    def recall_short(self, max_tokens: int = 60, fmt: str = "tg") -> list[str]:
         """A short dense recall document: :meth:`recall_dense` with 1-4 bindings, 2-6 queries, ``max_tokens`` words."""
         k = self.rng.randint(1, 4)
         m = self.rng.randint(2, 6)
-        return self.recall_dense(k, m, max_tokens=max_tokens)
+        return self.recall_dense(k, m, max_tokens=max_tokens, fmt=fmt)
 
     def arithmetic(self, n_steps: int | None = None) -> list[str]:
         """``calc v0 (op a = v)* ; answer v``: running state modulo 100, operands 1-9."""
@@ -491,6 +521,10 @@ class TinyGrammar:
             return kind, self.recall_dense()
         if kind == "recall_short":
             return kind, self.recall_short()
+        if kind == "recall_dense_onehop":
+            return kind, self.recall_dense(fmt="onehop")
+        if kind == "recall_short_onehop":
+            return kind, self.recall_short(fmt="onehop")
         raise ValueError(f"unknown document kind {kind!r}; choose from {ALL_KINDS}")
 
 
@@ -530,22 +564,24 @@ def _pad_batch(rows: list[list[int]]) -> torch.Tensor:
     return torch.tensor([r + [VOCAB.pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def recall_episodes(n: int, distance: int, random_state=0, n_bindings: int = 2):
+def recall_episodes(n: int, distance: int, random_state=0, n_bindings: int = 2, fmt: str = "tg"):
     """``n`` recall episodes whose answer sits exactly ``distance`` tokens after the queried binding's answer.
 
     Returns ``(tokens [n, T], answer_positions [n], answer_ids [n])``: each row is ``<bos> episode``
     (right-padded with ``<pad>``), the model's prediction for ``tokens[i, pos]`` is read from the logits at
-    ``pos - 1``, and ``answer_ids[i] == tokens[i, pos]``.
+    ``pos - 1``, and ``answer_ids[i] == tokens[i, pos]``. ``fmt``: the binding format (:data:`RECALL_FORMATS`).
     """
-    if distance < 5 * n_bindings + 7:
-        raise ValueError(f"distance {distance} too small for {n_bindings} bindings (need >= {5 * n_bindings + 7})")
+    lb, lq = len(binding_words("0", "red", fmt)), len(query_words("0", "red", fmt))
+    least = lb * (n_bindings - 1) + lq + 7  # the filler is 0 or at least 6 tokens
+    if distance < least:
+        raise ValueError(f"distance {distance} too small for {n_bindings} bindings (need >= {least})")
     grammar = TinyGrammar(random_state)
     rows, positions, answers = [], [], []
     for _ in range(n):
         query = grammar.rng.randrange(n_bindings)
-        fixed = 5 * (n_bindings - 1 - query) + 6  # ". ", the later bindings, "? box B key", the answer
+        fixed = lb * (n_bindings - 1 - query) + lq + 1  # ".", the later bindings, the query, its answer
         filler = distance - fixed
-        words, answer, binding = grammar.recall(n_bindings, filler, query)
+        words, answer, binding = grammar.recall(n_bindings, filler, query, fmt=fmt)
         if answer - binding != distance:
             raise AssertionError("recall episode distance bookkeeping is wrong")
         ids = [VOCAB.bos_id] + VOCAB.encode(words)
@@ -703,43 +739,59 @@ def keyword_coverage(keywords, sentence) -> float:
     return sum(k in lemmas for k in keywords) / len(keywords)
 
 
-def check_recall(words) -> bool | None:
+def _binding_at(words: list[str], i: int, fmt: str) -> tuple[str, int] | None:
+    """``(box, index of its colour)`` if a binding or query body ``box B [key] C`` starts at ``words[i]``."""
+    if words[i] != "box" or i + 2 >= len(words):
+        return None
+    if fmt == "tg":  # as the grammar's checkers always read it (any word as the box)
+        return (words[i + 1], i + 3) if i + 3 < len(words) and words[i + 2] == "key" else None
+    return (words[i + 1], i + 2) if words[i + 1] in NUMBERS and words[i + 2] in COLORS else None
+
+
+def check_recall(words, fmt: str = "tg") -> bool | None:
     """For a recall episode (words, ``<bos>``/``<eos>`` optional): is the query's answer the bound colour?
 
     Returns None when the text has no complete query or the queried box was never bound.
     """
+    check_recall_format(fmt)
     words = [w for w in _words(words) if w not in SPECIALS]
     if "?" not in words:
         return None
     q = words.index("?")
-    query = words[q + 1 : q + 5]
-    if len(query) < 4 or query[0] != "box" or query[2] != "key":
+    query = _binding_at(words, q + 1, fmt) if q + 1 < len(words) else None
+    if query is None:
         return None
     bound = {}
-    for k in range(0, q - 3):
-        if words[k] == "box" and words[k + 2] == "key":
-            bound[words[k + 1]] = words[k + 3]
-    if query[1] not in bound:
+    for k in range(q):
+        found = _binding_at(words, k, fmt)
+        if found is not None and found[1] < q:
+            bound[found[0]] = words[found[1]]
+    if query[0] not in bound:
         return None
-    return bound[query[1]] == query[3]
+    return bound[query[0]] == words[query[1]]
 
 
-def recall_answer_positions(words) -> list[tuple[int, bool]]:
+def recall_answer_positions(words, fmt: str = "tg") -> list[tuple[int, bool]]:
     """Every query answer of a (dense) recall document: ``[(index in words, answer is the bound colour)]``.
 
-    A query ``? box B key C`` of a box bound earlier (``box B key C'``) yields ``(index of C, C == C')``;
-    queries of unbound boxes are skipped. Works on ``words`` as given (keep ``<bos>`` to get token indices).
+    A query ``? box B key C`` of a box bound earlier (``box B key C'``) yields ``(index of C, C == C')``
+    (``fmt="onehop"``: ``? box B C`` and ``box B C'``); queries of unbound boxes are skipped. Works on
+    ``words`` as given (keep ``<bos>`` to get token indices).
     """
+    check_recall_format(fmt)
     words = _words(words)
     bound: dict[str, str] = {}
     out = []
-    for i in range(len(words) - 3):
-        if words[i] == "box" and words[i + 2] == "key":
-            if i > 0 and words[i - 1] == "?":
-                if words[i + 1] in bound:
-                    out.append((i + 3, bound[words[i + 1]] == words[i + 3]))
-            else:
-                bound[words[i + 1]] = words[i + 3]
+    for i in range(len(words)):
+        found = _binding_at(words, i, fmt)
+        if found is None:
+            continue
+        box, c = found
+        if i > 0 and words[i - 1] == "?":
+            if box in bound:
+                out.append((c, bound[box] == words[c]))
+        else:
+            bound[box] = words[c]
     return out
 
 
@@ -777,6 +829,8 @@ def document_kind(words) -> str:
         return "empty"
     first = words[0]
     if first == "box":
+        if len(words) > 2 and words[2] in COLORS:
+            return "recall_dense_onehop"
         return "recall_dense" if words.count("?") > 1 else "recall"
     if first == "calc":
         return "arithmetic"

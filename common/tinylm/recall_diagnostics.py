@@ -50,27 +50,36 @@ COLOUR_IDS = G.VOCAB.encode(list(G.COLORS))
 
 
 class OracleRecall(nn.Module):
-    """A "model" whose logits at ``? box B key`` put all mass on the colour bound to box ``B`` earlier."""
+    """A "model" whose logits at ``? box B key`` (``fmt="onehop"``: ``? box B``) put all mass on the colour
+    bound to box ``B`` earlier."""
+
+    def __init__(self, fmt: str = "tg"):
+        super().__init__()
+        self.fmt = G.check_recall_format(fmt)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         b, t = idx.shape
         out = torch.zeros(b, t, G.VOCAB.size)
+        lag = 2 if self.fmt == "tg" else 1  # the query's last token sits ``lag - 1`` after its box
         for row in range(b):
             words, bound = G.VOCAB.decode(idx[row]), {}
-            for i in range(3, t):
-                if words[i] == "key" and words[i - 2] == "box":
-                    if words[i - 3] == "?":
-                        if words[i - 1] in bound:
-                            out[row, i, G.VOCAB.index[bound[words[i - 1]]]] = 1.0
-                    elif i + 1 < t:
-                        bound[words[i - 1]] = words[i + 1]
+            for i in range(lag + 1, t):
+                box = words[i - lag + 1]
+                if words[i - lag] != "box" or (self.fmt == "tg" and words[i] != "key") or (
+                        self.fmt == "onehop" and box not in G.NUMBERS):
+                    continue
+                if words[i - lag - 1] == "?":
+                    if box in bound:
+                        out[row, i, G.VOCAB.index[bound[box]]] = 1.0
+                elif i + 1 < t:
+                    bound[box] = words[i + 1]
         return out
 
 
-def check_evaluation(distances=(20, 64, 160, 240), n: int = 100) -> dict:
+def check_evaluation(distances=(20, 64, 160, 240), n: int = 100, fmt: str = "tg") -> dict:
     """Recall accuracy of :class:`OracleRecall` through the evaluation code (must be 1.0 everywhere)."""
-    oracle = OracleRecall()
-    return {d: answer_accuracy(oracle, *G.recall_episodes(n, d, d)) for d in distances}
+    oracle = OracleRecall(fmt)
+    return {d: answer_accuracy(oracle, *G.recall_episodes(n, d, d, fmt=fmt)) for d in distances}
 
 
 @torch.no_grad()

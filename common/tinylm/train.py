@@ -49,11 +49,14 @@ class TrainConfig:
     monitor_recall: int = 0             # > 0: recall accuracy (that many episodes per distance) at each evaluation
     colour_noise: float = 0.0           # > 0: add N(0, colour_noise^2) to the recall colours' embeddings at the start
                                         # (breaks their collapse in a parent checkpoint; see perturb_colour_embeddings)
+    recall_format: str = "tg"           # binding format of the monitored recall episodes (grammar.RECALL_FORMATS)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["betas"] = list(self.betas)
+        if d["recall_format"] == "tg":  # omitted at its default: manifests written before it existed are unchanged
+            del d["recall_format"]
         return d
 
 
@@ -170,13 +173,15 @@ def sample_quality(model: TinyGPT, n: int = 64, seed: int = 0) -> dict:
 
 
 def evaluate(model: TinyGPT, seed: int = 0, val_tokens: int = 65_536, distances=(20, 40, 64, 80, 128, 160, 240),
-             n_recall: int = 200, n_samples: int = 64, kinds=G.ALL_KINDS, many_bindings: int = 8) -> dict:
+             n_recall: int = 200, n_samples: int = 64, kinds=G.ALL_KINDS, many_bindings: int = 8,
+             recall_formats=("tg",)) -> dict:
     """All evaluation metrics of the manifest (validation streams from ``seed + VAL_SEED_OFFSET``).
 
     Recall: ``recall_accuracy.d{d}`` with 2 bindings (as ``recall_episodes`` makes them; a model that
     guesses one of the two bound colours scores about 0.5, chance is 1/12) and, for distances that fit,
     ``recall{many_bindings}_accuracy.d{d}`` with ``many_bindings`` bindings (guessing a bound colour scores
-    about 1/many_bindings).
+    about 1/many_bindings), for each binding format in ``recall_formats``; keys of the ``"onehop"`` format
+    end their name in ``_onehop`` (``recall_onehop_accuracy.d64``), on the same episode seeds.
     """
     vseed = seed + VAL_SEED_OFFSET
     ctx = model.config.context
@@ -186,12 +191,15 @@ def evaluate(model: TinyGPT, seed: int = 0, val_tokens: int = 65_536, distances=
         out[f"val_loss.{kind}"] = stream_loss(model, G.corpus_tokens(val_tokens // 4, vseed + 1, kinds=[kind]), ctx)
     if "val_loss.narrative" in out:
         out["val_perplexity.narrative"] = math.exp(out["val_loss.narrative"])
-    for d in distances:
-        if d + 8 < ctx:
-            out[f"recall_accuracy.d{d}"] = answer_accuracy(model, *G.recall_episodes(n_recall, d, vseed + d))
-        if many_bindings and d + 5 * many_bindings + 8 < ctx and d >= 5 * many_bindings + 7:
-            out[f"recall{many_bindings}_accuracy.d{d}"] = answer_accuracy(
-                model, *G.recall_episodes(n_recall, d, vseed + 17 * d, n_bindings=many_bindings))
+    for fmt in recall_formats:
+        tag = "" if fmt == "tg" else f"_{fmt}"
+        for d in distances:
+            if d + 8 < ctx:
+                out[f"recall{tag}_accuracy.d{d}"] = answer_accuracy(
+                    model, *G.recall_episodes(n_recall, d, vseed + d, fmt=fmt))
+            if many_bindings and d + 5 * many_bindings + 8 < ctx and d >= 5 * many_bindings + 7:
+                out[f"recall{many_bindings}{tag}_accuracy.d{d}"] = answer_accuracy(
+                    model, *G.recall_episodes(n_recall, d, vseed + 17 * d, n_bindings=many_bindings, fmt=fmt))
     for steps in (1, 4, 8):
         out[f"arithmetic_answer_accuracy.steps{steps}"] = answer_accuracy(model, *G.arithmetic_chains(n_recall, steps, vseed + steps))
     out.update(sample_quality(model, n_samples, seed=vseed))
@@ -267,7 +275,8 @@ def train_tinylm(model_config: TinyGPTConfig, cfg: TrainConfig, *, callback=None
                                 "tokens_seen": parent.get("training", {}).get("tokens_seen")}
     if cfg.monitor_recall:
         history["recall"] = []
-        episodes = {d: G.recall_episodes(cfg.monitor_recall, d, cfg.seed + VAL_SEED_OFFSET + 7 * d) for d in MONITOR_DISTANCES if d + 8 < ctx}
+        episodes = {d: G.recall_episodes(cfg.monitor_recall, d, cfg.seed + VAL_SEED_OFFSET + 7 * d, fmt=cfg.recall_format)
+                    for d in MONITOR_DISTANCES if d + 8 < ctx}
     start = last_ckpt = time.perf_counter()
     window = []
     model.train()

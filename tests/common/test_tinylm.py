@@ -48,6 +48,53 @@ def test_recall_dense_is_outside_the_default_mix_and_its_answers_are_right():
         G.TinyGrammar(0, mix={"nonsense": 1.0})
 
 
+def test_onehop_recall_kinds_same_draws_other_format():
+    # the one-hop kinds (session 21) are outside the default mix, make the same draws as their grammar-format
+    # twins (same boxes, colours, sentences) and only drop ``key``; their answers check in the one-hop format
+    assert {"recall_dense_onehop", "recall_short_onehop"} <= set(G.EXTRA_KINDS) and not set(G.EXTRA_KINDS) & set(G.DEFAULT_MIX)
+    for method in ("recall_dense", "recall_short"):
+        for seed in range(30):
+            tg = getattr(G.TinyGrammar(seed), method)()
+            one = getattr(G.TinyGrammar(seed), method)(fmt="onehop")
+            assert [w for w in tg if w != "key"] == one
+            answers = G.recall_answer_positions(one, fmt="onehop")
+            assert len(answers) == one.count("?") >= 2 and all(ok for _, ok in answers)
+            assert [one[i] for i, _ in answers] == [tg[i] for i, _ in G.recall_answer_positions(tg)]
+            assert G.recall_answer_positions(one) == [] and G.document_kind(one) == "recall_dense_onehop"
+    words = "box 3 red . box 4 blue . ? box 4 red ? box 9 red ? box 3 red".split()
+    assert G.recall_answer_positions(words, fmt="onehop") == [(11, False), (19, True)]
+    assert G.check_recall(words, fmt="onehop") is False and G.check_recall(words[:8] + words[16:], fmt="onehop") is True
+    with pytest.raises(ValueError, match="recall format"):
+        G.recall_answer_positions(words, fmt="mqar")
+    g = G.TinyGrammar(3, mix={"recall_short_onehop": 1.0})
+    assert {g.document()[0] for _ in range(20)} == {"recall_short_onehop"}
+
+
+def test_onehop_recall_episodes_exact_distance():
+    tokens, pos, ans = G.recall_episodes(20, 40, random_state=1, fmt="onehop")
+    assert torch.equal(tokens[torch.arange(20), pos], ans)
+    for row, p in zip(tokens, pos, strict=True):
+        words = G.VOCAB.decode(row[: p + 1])
+        assert "key" not in words and G.check_recall(words, fmt="onehop") is True
+        binding = [i for i in range(p - 3) if words[i] == "box" and words[i + 1] == words[p - 1]][0] + 2
+        assert p - binding == 40
+    G.recall_episodes(2, 4 * 2 + 7, fmt="onehop")  # the smallest distance that fits two one-hop bindings
+    with pytest.raises(ValueError, match="too small"):
+        G.recall_episodes(2, 4 * 2 + 6, fmt="onehop")
+
+
+def test_recall_format_in_train_config_and_evaluation():
+    from common.tinylm.train import TrainConfig
+
+    assert "recall_format" not in TrainConfig().to_dict()  # omitted at its default: earlier manifests unchanged
+    assert TrainConfig(recall_format="onehop").to_dict()["recall_format"] == "onehop"
+    ev = evaluate(tiny_model(), val_tokens=4 * 65, distances=(20,), n_recall=4, n_samples=2, kinds=(),
+                  recall_formats=("tg", "onehop"))
+    assert {"recall_accuracy.d20", "recall_onehop_accuracy.d20"} <= set(ev)
+    assert not any("onehop" in k for k in evaluate(tiny_model(), val_tokens=4 * 65, distances=(20,), n_recall=4,
+                                                   n_samples=2, kinds=()))
+
+
 def test_corpus_is_deterministic_and_seed_dependent():
     a, b, c = G.corpus_tokens(3000, 5), G.corpus_tokens(3000, 5), G.corpus_tokens(3000, 6)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -323,6 +370,7 @@ def test_recall_evaluation_scores_an_oracle_perfectly_and_the_model_is_causal():
     from common.tinylm.recall_diagnostics import check_causality, check_evaluation
 
     assert check_evaluation(distances=(20, 160), n=16) == {20: 1.0, 160: 1.0}
+    assert check_evaluation(distances=(20, 160), n=16, fmt="onehop") == {20: 1.0, 160: 1.0}
     causality = check_causality(tiny_model())
     assert causality["prefix"] < 1e-5 and causality["future"] == 0.0
 
