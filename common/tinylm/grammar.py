@@ -829,7 +829,7 @@ def document_kind(words) -> str:
         return "empty"
     first = words[0]
     if first == "box":
-        if len(words) > 2 and words[2] in COLORS:
+        if len(words) > 2 and words[1] in NUMBERS and words[2] in COLORS:
             return "recall_dense_onehop"
         return "recall_dense" if words.count("?") > 1 else "recall"
     if first == "calc":
