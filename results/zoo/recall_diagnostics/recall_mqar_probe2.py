@@ -1,6 +1,6 @@
 """MQAR probe, session 19: TinyGPT vs a torch reference over seeds, with one-change-at-a-time arms.
 
-Usage: ``SEED=s ARM=tiny|ref [FMT=mqar|tg] [LAYERS=n] [flags] python results/zoo/recall_diagnostics/recall_mqar_probe2.py [STEPS] [LR]``.
+Usage: ``SEED=s ARM=tiny|ref [FMT=mqar|tg|onehop] [LAYERS=n] [flags] python results/zoo/recall_diagnostics/recall_mqar_probe2.py [STEPS] [LR]``.
 
 Task (Zoology MQAR, offset 1): ``B1 C1 .. Bk Ck  Bq1 Cq1 .. Bqm Cqm`` with k = 4 distinct boxes (numbers 0-99),
 colours drawn from 12, m = 8 queries drawn from the k keys; accuracy = argmax prediction of each query colour
@@ -49,8 +49,8 @@ SEED = int(os.environ.get("SEED", 0))
 ARM = os.environ.get("ARM", "tiny")
 STOP = float(os.environ.get("STOP", 0.9))
 FMT = os.environ.get("FMT", "mqar")
-if FMT not in ("mqar", "tg"):
-    raise ValueError(f"FMT must be mqar or tg, got {FMT!r}")
+if FMT not in ("mqar", "tg", "onehop"):
+    raise ValueError(f"FMT must be mqar, tg or onehop, got {FMT!r}")
 FLAGS = {f: os.environ.get(f) for f in ("REF_INIT", "REF_ACT", "REF_TIE", "TG_INIT", "TG_EMB", "TG_UNTIE") if os.environ.get(f)}
 if ARM not in ("tiny", "ref"):
     raise ValueError(f"ARM must be tiny or ref, got {ARM!r}")
@@ -64,11 +64,20 @@ COL = torch.tensor(V.encode(list(G.COLORS)))
 def batch(n, gen):
     """``n`` episodes and the mask of the query-answer positions: ``[n, 2k + 2m]`` in the MQAR format, or
     ``[n, 5k + 5m]`` in TinyGrammar's (``FMT=tg``): bindings ``box B key C .``, queries ``? box B key C``, so the
-    colour sits two tokens after its box with the same ``key`` before every colour (same draws, same order)."""
+    colour sits two tokens after its box with the same ``key`` before every colour (same draws, same order);
+    ``[n, 4k + 4m]`` in the one-hop kinds' format (``FMT=onehop``, session 21): ``box B C .`` / ``? box B C``."""
     boxes = torch.stack([NUM[torch.randperm(100, generator=gen)[:K]] for _ in range(n)])
     cols = COL[torch.randint(0, 12, (n, K), generator=gen)]
     qi = torch.randint(0, K, (n, M), generator=gen)
     qb, qc = boxes.gather(1, qi), cols.gather(1, qi)
+    if FMT == "onehop":
+        box, qmark, dot = (torch.full((n, c), V.encode([w])[0]) for w, c in (("box", K), ("?", M), (".", K)))
+        binds = torch.stack([box, boxes, cols, dot], 2).view(n, -1)
+        queries = torch.stack([qmark, box[:, :1].expand(n, M), qb, qc], 2).view(n, -1)
+        x = torch.cat([binds, queries], 1)
+        ans = torch.zeros_like(x, dtype=torch.bool)
+        ans[:, 4 * K + 3::4] = True
+        return x, ans
     if FMT == "tg":
         box, key, qmark, dot = (torch.full((n, c), V.encode([w])[0]) for w, c in
                                 (("box", K), ("key", K), ("?", M), (".", K)))
