@@ -60,7 +60,7 @@ class OracleRecall(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         b, t = idx.shape
         out = torch.zeros(b, t, G.VOCAB.size)
-        lag = 2 if self.fmt == "tg" else 1  # the query's last token sits ``lag - 1`` after its box
+        lag = 2 if self.fmt == "tg" else 1  # the answer is predicted ``lag`` tokens after ``box`` (at ``key`` / at B)
         for row in range(b):
             words, bound = G.VOCAB.decode(idx[row]), {}
             for i in range(lag + 1, t):

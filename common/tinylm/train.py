@@ -262,6 +262,7 @@ def train_tinylm(model_config: TinyGPTConfig, cfg: TrainConfig, *, callback=None
     """
     from tqdm.auto import tqdm
 
+    G.check_recall_format(cfg.recall_format)
     gen = seeded_training(cfg.seed, threads=cfg.threads)
     model, parent = init_weights(cfg, model_config, init_directory)
     ctx = model_config.context
