@@ -739,13 +739,18 @@ def keyword_coverage(keywords, sentence) -> float:
     return sum(k in lemmas for k in keywords) / len(keywords)
 
 
-def _binding_at(words: list[str], i: int, fmt: str) -> tuple[str, int] | None:
-    """``(box, index of its colour)`` if a binding or query body ``box B [key] C`` starts at ``words[i]``."""
+def _binding_at(words: list[str], i: int, fmt: str, query: bool = False) -> tuple[str, int] | None:
+    """``(box, index of its colour)`` if a binding or query body ``box B [key] C`` starts at ``words[i]``.
+
+    "tg": as the grammar's checkers always read it (``box``, any word, ``key``, any word). "onehop": ``box``, a
+    number, then a colour for a binding (so that no other text reads as one) or any word for a query (a wrong
+    answer of a model's sample is scored wrong, not skipped).
+    """
     if words[i] != "box" or i + 2 >= len(words):
         return None
-    if fmt == "tg":  # as the grammar's checkers always read it (any word as the box)
+    if fmt == "tg":
         return (words[i + 1], i + 3) if i + 3 < len(words) and words[i + 2] == "key" else None
-    return (words[i + 1], i + 2) if words[i + 1] in NUMBERS and words[i + 2] in COLORS else None
+    return (words[i + 1], i + 2) if words[i + 1] in NUMBERS and (query or words[i + 2] in COLORS) else None
 
 
 def check_recall(words, fmt: str = "tg") -> bool | None:
@@ -758,7 +763,7 @@ def check_recall(words, fmt: str = "tg") -> bool | None:
     if "?" not in words:
         return None
     q = words.index("?")
-    query = _binding_at(words, q + 1, fmt) if q + 1 < len(words) else None
+    query = _binding_at(words, q + 1, fmt, query=True) if q + 1 < len(words) else None
     if query is None:
         return None
     bound = {}
@@ -783,11 +788,12 @@ def recall_answer_positions(words, fmt: str = "tg") -> list[tuple[int, bool]]:
     bound: dict[str, str] = {}
     out = []
     for i in range(len(words)):
-        found = _binding_at(words, i, fmt)
+        is_query = i > 0 and words[i - 1] == "?"
+        found = _binding_at(words, i, fmt, query=is_query)
         if found is None:
             continue
         box, c = found
-        if i > 0 and words[i - 1] == "?":
+        if is_query:
             if box in bound:
                 out.append((c, bound[box] == words[c]))
         else:

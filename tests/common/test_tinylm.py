@@ -53,7 +53,7 @@ def test_onehop_recall_kinds_same_draws_other_format():
     # twins (same boxes, colours, sentences) and only drop ``key``; their answers check in the one-hop format
     assert {"recall_dense_onehop", "recall_short_onehop"} <= set(G.EXTRA_KINDS) and not set(G.EXTRA_KINDS) & set(G.DEFAULT_MIX)
     for method in ("recall_dense", "recall_short"):
-        for seed in range(30):
+        for seed in range(400):  # an off-by-one in the budget arithmetic shows in about 1 recall_short seed in 700
             tg = getattr(G.TinyGrammar(seed), method)()
             one = getattr(G.TinyGrammar(seed), method)(fmt="onehop")
             assert [w for w in tg if w != "key"] == one
@@ -63,6 +63,10 @@ def test_onehop_recall_kinds_same_draws_other_format():
             assert G.recall_answer_positions(one) == [] and G.document_kind(one) == "recall_dense_onehop"
     words = "box 3 red . box 4 blue . ? box 4 red ? box 9 red ? box 3 red".split()
     assert G.recall_answer_positions(words, fmt="onehop") == [(11, False), (19, True)]
+    # a model's non-colour answer is scored wrong, as in the grammar format, not skipped
+    assert G.recall_answer_positions("box 3 red . ? box 3 fox".split(), fmt="onehop") == [(7, False)]
+    assert G.check_recall("box 3 red . ? box 3 fox", fmt="onehop") is False
+    assert G.check_recall("box 3 key red . ? box 3 key fox") is False
     assert G.check_recall(words, fmt="onehop") is False and G.check_recall(words[:8] + words[16:], fmt="onehop") is True
     with pytest.raises(ValueError, match="recall format"):
         G.recall_answer_positions(words, fmt="mqar")
@@ -83,16 +87,35 @@ def test_onehop_recall_episodes_exact_distance():
         G.recall_episodes(2, 4 * 2 + 6, fmt="onehop")
 
 
-def test_recall_format_in_train_config_and_evaluation():
-    from common.tinylm.train import TrainConfig
+def test_recall_format_in_train_config_and_evaluation(monkeypatch):
+    from common.tinylm import train as T
 
-    assert "recall_format" not in TrainConfig().to_dict()  # omitted at its default: earlier manifests unchanged
-    assert TrainConfig(recall_format="onehop").to_dict()["recall_format"] == "onehop"
-    ev = evaluate(tiny_model(), val_tokens=4 * 65, distances=(20,), n_recall=4, n_samples=2, kinds=(),
+    assert "recall_format" not in T.TrainConfig().to_dict()  # omitted at its default: earlier manifests unchanged
+    assert T.TrainConfig(recall_format="onehop").to_dict()["recall_format"] == "onehop"
+    formats, original = [], G.recall_episodes
+
+    def spy(*args, **kwargs):
+        formats.append(kwargs.get("fmt", "tg"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T.G, "recall_episodes", spy)
+    ev = evaluate(tiny_model(), val_tokens=4 * 65, distances=(20,), n_recall=4, n_samples=2,
                   recall_formats=("tg", "onehop"))
-    assert {"recall_accuracy.d20", "recall_onehop_accuracy.d20"} <= set(ev)
-    assert not any("onehop" in k for k in evaluate(tiny_model(), val_tokens=4 * 65, distances=(20,), n_recall=4,
-                                                   n_samples=2, kinds=()))
+    assert {"recall_accuracy.d20", "recall_onehop_accuracy.d20", "val_loss.recall_short_onehop"} <= set(ev)
+    assert formats == ["tg", "onehop"]
+    formats.clear()
+    default = evaluate(tiny_model(), val_tokens=4 * 65, distances=(20,), n_recall=4, n_samples=2)
+    assert not any("onehop" in k for k in default) and formats == ["tg"]  # the keys a default evaluation always had
+    assert {f"val_loss.{k}" for k in ("narrative", "recall", "arithmetic", "keywords", "recall_dense", "recall_short")} <= set(default)
+    # the monitor during training reads episodes in cfg.recall_format; an unknown format fails before training
+    formats.clear()
+    mcfg = TinyGPTConfig(G.VOCAB.size, d_model=32, n_layers=2, n_heads=2, context=80)  # fits the distance-64 monitor
+    cfg = T.TrainConfig(n_tokens=8 * 80, corpus_tokens=4096, batch_size=8, warmup_steps=1, eval_every=1, val_tokens=1024,
+                        monitor_recall=2, recall_format="onehop")
+    T.train_tinylm(mcfg, cfg, progress=False)
+    assert formats and set(formats) == {"onehop"}
+    with pytest.raises(ValueError, match="recall format"):
+        T.train_tinylm(mcfg, T.TrainConfig(n_tokens=8 * 64, recall_format="mqar"), progress=False)
 
 
 def test_corpus_is_deterministic_and_seed_dependent():
