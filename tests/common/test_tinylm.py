@@ -10,7 +10,7 @@ from common import zoo
 from common.tinylm import grammar as G
 from common.tinylm import load_tinylm
 from common.tinylm.model import KVCache, TinyGPT, TinyGPTConfig, gelu_erf, layer_norm, softmax_attention
-from common.tinylm.train import TrainConfig, evaluate, train_and_save
+from common.tinylm.train import TrainConfig, answer_accuracy, evaluate, train_and_save
 
 torch.set_num_threads(1)
 
@@ -386,6 +386,20 @@ def test_committed_checkpoint_loads_and_is_verified(tmp_path):
         load_tinylm("tinylm_ci", directory=tmp_path)
     metrics = evaluate(model, val_tokens=4 * 257, distances=(), n_recall=4, n_samples=2)
     assert metrics["val_loss"] < 2.5
+
+
+def test_onehop_recall_teacher_checkpoint():
+    # session 21's pilot 4 (results/zoo/train_tinylm_recall_onehop.ipynb): recalls in the one-hop format, not in
+    # the grammar's own (two-hop) format; the weights are verified against the manifest's sha256 on load
+    if "tinylm_recall_onehop" not in zoo.available():
+        pytest.skip("tinylm_recall_onehop not in the zoo")
+    model, _, manifest = load_tinylm("tinylm_recall_onehop")
+    assert manifest["config"]["tie_embeddings"] is False and manifest["training"]["recall_format"] == "onehop"
+    assert manifest["corpus"]["corpus_hash_first_1000"] == G.CORPUS_HASH
+    assert manifest["evaluation"]["recall_onehop_accuracy.d64"] >= 0.8
+    onehop = answer_accuracy(model, *G.recall_episodes(48, 64, random_state=321, fmt="onehop"))
+    two_hop = answer_accuracy(model, *G.recall_episodes(48, 64, random_state=321))
+    assert onehop >= 0.9 and two_hop <= 0.75, (onehop, two_hop)
 
 
 def test_recall_evaluation_scores_an_oracle_perfectly_and_the_model_is_causal():
