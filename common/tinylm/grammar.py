@@ -167,6 +167,7 @@ RECALL_FORMATS = ("tg", "onehop")
 ARITH_WORDS = ("calc", "answer")
 KEYWORD_WORDS = ("keywords",)
 NUMBERS = tuple(str(i) for i in range(100))
+MAX_OPERAND = 9
 
 
 def check_recall_format(fmt: str) -> str:
@@ -184,7 +185,6 @@ def binding_words(box: str, color: str, fmt: str = "tg") -> list[str]:
 def query_words(box: str, color: str, fmt: str = "tg") -> list[str]:
     """One query with its answer last: ``? box B key C`` (``fmt="tg"``) or ``? box B C`` (``"onehop"``)."""
     return ["?", "box", box, "key", color] if check_recall_format(fmt) == "tg" else ["?", "box", box, color]
-MAX_OPERAND = 9
 
 
 # --------------------------------------------------------------------------------------------------
