@@ -38,6 +38,7 @@ import torch
 
 from common.kv_decoding import SparseDecodingAttention, decode_step, prefill, reprefill_last
 from common.tinylm import corpus_tokens, recall_episodes
+from common.tinylm.grammar import binding_words
 
 
 @dataclass(frozen=True)
@@ -185,15 +186,27 @@ def window_maxima(write_error: np.ndarray, f: int) -> np.ndarray:
 # Recall task (the accuracy claims need a teacher that can recall)
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def recall_accuracy(model, method: DecodingMethod, n: int, distance: int, prompt_len: int, random_state: int,
-                    n_bindings: int = 2) -> np.ndarray:
+def recall_prompt_len(n_bindings: int = 2, fmt: str = "tg") -> int:
+    """Length of the prefilled prompt of a recall episode: ``<bos>`` and the ``n_bindings`` bindings.
+
+    11 tokens for two bindings in the grammar's format (``box B key C .``), 9 in the one-hop format (``box B C .``).
+    """
+    return 1 + n_bindings * len(binding_words("0", "red", fmt))
+
+
+def recall_accuracy(model, method: DecodingMethod, n: int, distance: int, prompt_len: int | None, random_state: int,
+                    n_bindings: int = 2, fmt: str = "tg") -> np.ndarray:
     """Per-episode correctness (0/1) of the recall answer when everything after ``prompt_len`` tokens is decoded.
 
-    Episodes ``box B key C . ... <filler> ? box B key C`` (:func:`common.tinylm.recall_episodes`): the
-    first ``prompt_len`` tokens (the bindings) are prefilled densely, the filler and the query are fed
-    step by step with ``method`` (teacher forcing), and the answer is the argmax at the step before it.
+    Episodes ``box B key C . ... <filler> ? box B key C`` (``fmt="tg"``) or ``box B C . ... ? box B C``
+    (``fmt="onehop"``; :func:`common.tinylm.recall_episodes`): the first ``prompt_len`` tokens (by default, ``None``,
+    the bindings: :func:`recall_prompt_len`) are prefilled densely, the filler and the query are fed step by step
+    with ``method`` (teacher forcing), and the answer is the argmax at the step before it.
     """
-    tokens, positions, answers = recall_episodes(n, distance, random_state=random_state, n_bindings=n_bindings)
+    if prompt_len is None:
+        prompt_len = recall_prompt_len(n_bindings, fmt)
+    tokens, positions, answers = recall_episodes(n, distance, random_state=random_state, n_bindings=n_bindings,
+                                                 fmt=fmt)
     if prompt_len >= int(positions.min()):
         raise ValueError(f"prompt_len {prompt_len} must end before the first answer position {int(positions.min())}")
     width = int(positions.max())

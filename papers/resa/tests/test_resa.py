@@ -10,7 +10,9 @@ from papers.resa.resa import (
     dense_reference_kv,
     kl_divergence,
     per_seed_means,
+    recall_accuracy,
     recall_chance,
+    recall_prompt_len,
     standard_methods,
     window_maxima,
 )
@@ -85,3 +87,28 @@ def test_buckets_windows_and_helpers():
     assert names == ["dense", "sparse", "oracle", "resa_f8", "resa_f16"]
     with pytest.raises(ValueError):
         DecodingMethod("bad", rectify_every=0)
+
+
+def test_recall_prompt_is_the_bindings():
+    from common.tinylm import VOCAB, recall_episodes
+
+    assert recall_prompt_len(2, "tg") == 11 and recall_prompt_len(2, "onehop") == 9
+    for fmt in ("tg", "onehop"):
+        tokens, positions, _ = recall_episodes(6, 40, random_state=3, fmt=fmt)
+        n = recall_prompt_len(2, fmt)
+        for row in tokens:
+            words = VOCAB.decode(row[:n + 1].tolist())
+            assert words[n - 1] == "." and words[n] != "box"  # the prompt ends with the second binding
+
+
+def test_dense_recall_matches_a_plain_forward():
+    """Dense decoding through the cache scores recall exactly as one forward pass over the episode does."""
+    from common.tinylm import load_tinylm, recall_episodes
+
+    teacher = load_tinylm("tinylm_recall_onehop")[0]
+    acc = recall_accuracy(teacher, DecodingMethod("dense", "dense"), 12, 40, None, random_state=5, fmt="onehop")
+    tokens, positions, answers = recall_episodes(12, 40, random_state=5, fmt="onehop")
+    with torch.no_grad():
+        logits = teacher(tokens[:, : int(positions.max())])
+    plain = (logits[torch.arange(12), positions - 1].argmax(-1) == answers).numpy().astype(float)
+    assert acc.tolist() == plain.tolist() and acc.mean() >= 0.75  # the teacher recalls at distance 40
