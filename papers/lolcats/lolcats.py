@@ -56,6 +56,7 @@ from torch import nn
 from common.attention import softmax_attention
 from common.attention.linear import HybridAttention, SlidingWindowAttention, make_hybrid_attention
 from common.lora import apply_lora, lora_parameters
+from common.tinylm.grammar import COLORS
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 METHOD_NAMES = ("t2r", "t2r_full", "hedgehog", "lolcats", "window_only", "lora_only", "transfer_only")
@@ -541,6 +542,27 @@ def perplexity_of(model: nn.Module, batches: torch.Tensor) -> float:
 ORDER = ("t2r", "t2r_full", "hedgehog", "lolcats", "window_only", "lora_only", "transfer_only")
 #: methods whose recall is measured (the teacher too): the recall claim compares LoLCATs with both T2Rs
 RECALL_METHODS = ("lolcats", "t2r", "t2r_full")
+#: where the linearization and validation text comes from: the grammar's default corpus, or the teacher's own
+#: training mix (its zoo manifest's ``corpus.mix``)
+CORPUS_MIXES = ("default", "teacher")
+
+
+def corpus_kinds(corpus_mix: str, manifest: dict) -> dict | None:
+    """The ``kinds`` of :func:`common.tinylm.corpus_tokens` for ``corpus_mix``: ``None`` (the default corpus) or
+    the teacher's training mix read from its manifest."""
+    if corpus_mix == "default":
+        return None
+    if corpus_mix == "teacher":
+        mix = (manifest.get("corpus") or {}).get("mix")
+        if not mix:
+            raise ValueError("the checkpoint's manifest records no corpus mix (corpus.mix)")
+        return dict(mix)
+    raise ValueError(f"corpus_mix must be one of {CORPUS_MIXES}, got {corpus_mix!r}")
+
+
+def recall_chance() -> float:
+    """Accuracy of guessing a colour uniformly: 1 / (number of colours); a model may also answer a non-colour."""
+    return 1.0 / len(COLORS)
 
 
 def run_seed(teacher: nn.Module, recipes: dict[str, Method], data: dict, config: TrainConfig, seed: int, *,
@@ -613,7 +635,8 @@ def across_seeds(runs: list[dict]) -> dict:
 
 def comparisons(arrays: dict) -> dict:
     """The claims' intervals over seeds (paired t, 95%): perplexity differences (positive = the first
-    method named is worse), LoLCATs' gap closed, and the largest stage-1 MSE ratio."""
+    method named is worse), LoLCATs' gap closed, the largest stage-1 MSE ratio, and recall (LoLCATs' own and its
+    difference to the better-recalling T2R)."""
     from common.stats import mean_interval, paired_difference
 
     ppl = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("ppl.")}
@@ -626,4 +649,5 @@ def comparisons(arrays: dict) -> dict:
         "lolcats_gap_closed": mean_interval(arrays["gap_closed.lolcats"]),
         "max_ratio": mean_interval(arrays["max_ratio"]),
         "recall_lolcats_minus_t2r_best": paired_difference(arrays["recall.lolcats"], arrays["recall.t2r_best"]),
+        "recall_lolcats": mean_interval(arrays["recall.lolcats"]),
     }

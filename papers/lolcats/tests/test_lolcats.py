@@ -226,3 +226,15 @@ def test_run_seed_and_intervals(teacher, batches):
     d = [a - b for a, b in zip(arrays["ppl.window_only"], arrays["ppl.lolcats"], strict=True)]
     assert math.isclose(ci["window_only_minus_lolcats"].estimate, sum(d) / 3, rel_tol=1e-12)
     assert ci["max_ratio"].n == 3 and ci["lolcats_gap_closed"].lo <= ci["lolcats_gap_closed"].hi
+    assert math.isclose(ci["recall_lolcats"].estimate, sum(arrays["recall.lolcats"]) / 3, rel_tol=1e-12)
+
+
+def test_corpus_mix_and_recall_chance():
+    manifest = {"corpus": {"mix": {"narrative": 0.5, "recall_short_onehop": 0.5}}}
+    assert L.corpus_kinds("default", manifest) is None
+    assert L.corpus_kinds("teacher", manifest) == {"narrative": 0.5, "recall_short_onehop": 0.5}
+    with pytest.raises(ValueError, match="corpus_mix"):
+        L.corpus_kinds("alpaca", manifest)
+    with pytest.raises(ValueError, match="no corpus mix"):
+        L.corpus_kinds("teacher", {})
+    assert L.recall_chance() == pytest.approx(1 / 12)
