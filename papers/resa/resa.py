@@ -38,6 +38,7 @@ import torch
 
 from common.kv_decoding import SparseDecodingAttention, decode_step, prefill, reprefill_last
 from common.tinylm import corpus_tokens, recall_episodes
+from common.stats import Interval
 from common.tinylm.grammar import binding_words
 
 
@@ -185,7 +186,6 @@ def window_maxima(write_error: np.ndarray, f: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Recall task (the accuracy claims need a teacher that can recall)
 # --------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def recall_prompt_len(n_bindings: int = 2, fmt: str = "tg") -> int:
     """Length of the prefilled prompt of a recall episode: ``<bos>`` and the ``n_bindings`` bindings.
 
@@ -194,6 +194,7 @@ def recall_prompt_len(n_bindings: int = 2, fmt: str = "tg") -> int:
     return 1 + n_bindings * len(binding_words("0", "red", fmt))
 
 
+@torch.no_grad()
 def recall_accuracy(model, method: DecodingMethod, n: int, distance: int, prompt_len: int | None, random_state: int,
                     n_bindings: int = 2, fmt: str = "tg") -> np.ndarray:
     """Per-episode correctness (0/1) of the recall answer when everything after ``prompt_len`` tokens is decoded.
@@ -215,6 +216,52 @@ def recall_accuracy(model, method: DecodingMethod, n: int, distance: int, prompt
     rows = torch.arange(n)
     pred = logits[rows, positions - prompt_len].argmax(-1)
     return (pred == answers).numpy().astype(float)
+
+
+def accuracy_interval(correct, confidence: float = 0.95) -> Interval:
+    """Accuracy ``k / n`` of 0/1 answers with its Wilson score interval (scipy's ``binomtest``).
+
+    Unlike a t-interval over the 0/1 values it does not collapse to a point when every answer is right (32 of 32
+    right: [0.89, 1]) or wrong, and it stays inside [0, 1].
+    """
+    from scipy.stats import binomtest
+
+    correct = _zero_one(correct, "correct")
+    k, n = int(correct.sum()), correct.size
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return Interval(k / n, float(ci.low), float(ci.high), n, confidence, "wilson")
+
+
+def paired_accuracy_difference(a, b, confidence: float = 0.95) -> tuple[Interval, int, int]:
+    """``acc(a) − acc(b)`` on the same episodes with Agresti & Min's (2005) interval for matched proportions.
+
+    With ``n₁₀`` episodes that only ``a`` answers right and ``n₀₁`` that only ``b`` does, add 1/2 to each cell of
+    the paired 2 × 2 table (``ñ = n + 2``, ``p̃₁₀ = (n₁₀ + ½)/ñ``, ``p̃₀₁ = (n₀₁ + ½)/ñ``) and take the Wald interval
+    of the adjusted difference,
+
+        (p̃₁₀ − p̃₀₁) ± z · sqrt((p̃₁₀ + p̃₀₁ − (p̃₁₀ − p̃₀₁)²) / ñ),
+
+    clipped to [−1, 1]; it keeps a width when no episode disagrees, where a t-interval of the 0/1 differences is
+    [0, 0]. The estimate is the observed difference ``(n₁₀ − n₀₁) / n``. Returns ``(interval, n₁₀, n₀₁)``.
+    """
+    from scipy.stats import norm
+
+    a, b = _zero_one(a, "a"), _zero_one(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must answer the same episodes, got {a.size} and {b.size}")
+    n10, n01, n = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum()), a.size
+    m = n + 2
+    p10, p01 = (n10 + 0.5) / m, (n01 + 0.5) / m
+    half = float(norm.ppf((1 + confidence) / 2)) * np.sqrt((p10 + p01 - (p10 - p01) ** 2) / m)
+    lo, hi = max(-1.0, p10 - p01 - half), min(1.0, p10 - p01 + half)
+    return Interval((n10 - n01) / n, float(lo), float(hi), n, confidence, "agresti-min"), n10, n01
+
+
+def _zero_one(values, name: str) -> np.ndarray:
+    values = np.asarray(values, dtype=float).reshape(-1)
+    if values.size == 0 or not np.isin(values, (0.0, 1.0)).all():
+        raise ValueError(f"{name} must be a non-empty array of 0/1 answers")
+    return values
 
 
 def recall_chance(n_colors: int | None = None) -> float:

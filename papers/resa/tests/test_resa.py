@@ -5,10 +5,12 @@ import torch
 from common.tinylm import TinyGPT, TinyGPTConfig
 from papers.resa.resa import (
     DecodingMethod,
+    accuracy_interval,
     bucket_means,
     decode_teacher_forced,
     dense_reference_kv,
     kl_divergence,
+    paired_accuracy_difference,
     per_seed_means,
     recall_accuracy,
     recall_chance,
@@ -112,3 +114,34 @@ def test_dense_recall_matches_a_plain_forward():
         logits = teacher(tokens[:, : int(positions.max())])
     plain = (logits[torch.arange(12), positions - 1].argmax(-1) == answers).numpy().astype(float)
     assert acc.tolist() == plain.tolist() and acc.mean() >= 0.75  # the teacher recalls at distance 40
+
+
+def test_accuracy_interval_is_wilson():
+    ci = accuracy_interval(np.ones(32))
+    assert ci.estimate == 1.0 and ci.hi == pytest.approx(1.0) and 0.88 < ci.lo < 0.90  # 32/32: [0.893, 1]
+    ci = accuracy_interval([1, 0, 1, 1])
+    p, n, z = 0.75, 4, 1.959963984540054
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert (ci.lo, ci.hi) == pytest.approx((centre - half, centre + half))
+    with pytest.raises(ValueError):
+        accuracy_interval([0.5, 1.0])
+
+
+def test_paired_accuracy_difference_agresti_min():
+    a = np.array([1] * 30 + [1, 0])  # a alone right on one episode
+    b = np.array([1] * 30 + [0, 0])
+    ci, n10, n01 = paired_accuracy_difference(a, b)
+    assert (n10, n01) == (1, 0) and ci.estimate == pytest.approx(1 / 32) and ci.n == 32
+    m, p10, p01, z = 34, 1.5 / 34, 0.5 / 34, 1.959963984540054
+    half = z * np.sqrt((p10 + p01 - (p10 - p01) ** 2) / m)
+    assert (ci.lo, ci.hi) == pytest.approx((p10 - p01 - half, p10 - p01 + half))
+    same, _, _ = paired_accuracy_difference(b, b)  # no disagreement: still an interval of width > 0
+    assert same.estimate == 0 and same.lo < -0.05 and same.hi > 0.05 and same.lo == pytest.approx(-same.hi)
+    flipped, _, _ = paired_accuracy_difference(b, a)
+    assert (flipped.lo, flipped.hi) == pytest.approx((-ci.hi, -ci.lo))
+    big = np.r_[np.ones(400), np.zeros(400)]
+    wide, _, _ = paired_accuracy_difference(big, big[::-1])
+    assert wide.lo >= -1 and wide.hi <= 1
+    with pytest.raises(ValueError):
+        paired_accuracy_difference(a, b[:10])
