@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from common.kv_decoding import SparseDecodingAttention, decode_step, prefill, reprefill_last
-from common.tinylm import corpus_tokens, recall_episodes
 from common.stats import Interval
+from common.tinylm import corpus_tokens, recall_episodes
 from common.tinylm.grammar import binding_words
 
 
