@@ -126,3 +126,13 @@ def test_cli_rejects_a_slug_that_is_not_a_catalog_identifier(command, slug, mess
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ci_kernel_pass_is_among_the_blessed_variants():
+    """`make test-kernels` (CI's second pass) checks the goldens under exactly one of the kernel variants that
+    `make bless` emulates: a pairing bless never ran could fail CI on goldens that bless believed portable."""
+    from common.harness.goldens import KERNEL_VARIANTS
+
+    line = next(raw for raw in (REPO / "Makefile").read_text().splitlines() if raw.startswith("KERNELS_ENV"))
+    pairs = dict(item.split("=", 1) for item in line.split(":=", 1)[1].split())
+    assert pairs == KERNEL_VARIANTS["test_kernels"], (pairs, KERNEL_VARIANTS["test_kernels"])
