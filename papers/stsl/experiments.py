@@ -114,6 +114,7 @@ def run_digits(
             problem, noise, nfe, eta=eta, generator=torch.Generator().manual_seed(50_000 + seed), **kwargs
         )
         out[name] = per_image_psnr(res.x, x_true)
+        out[f"{name}.x"] = res.x.detach().clamp(-1, 1)  # the restorations themselves (FD/KID: ``distribution_scores``)
         out[f"{name}.nfe"] = res.nfe
         out[f"{name}.oracle_evals"] = res.oracle_evals
     return out
@@ -240,6 +241,70 @@ def oracle_faithfulness(
     return {"t": [float(t) for t in ts], "eff": torch.stack(eff), "split": torch.stack(split)}
 
 
+def digit_features(x: torch.Tensor) -> np.ndarray:
+    """The digits classifier's 32-dim features (float64 [B, 32]) of images [B, 64] (8×8) or [B, 256] (16×16; through
+    ``to_digits8``, the least-squares 8×8 digit, exact on the upsampled real digits): FD32/KID's feature space."""
+    from common.diffusion.metrics import DigitsFeatures
+
+    if x.shape[1] == 256:
+        from common.digits16 import to_digits8
+
+        x = to_digits8(x)
+    if x.shape[1] != 64:
+        raise ValueError(f"images must have 64 or 256 pixels, got {x.shape[1]}")
+    return DigitsFeatures.load().features(x.float()).double().numpy()
+
+
+def _jackknife_fd_difference(fa: np.ndarray, fb: np.ndarray, ref: np.ndarray, n_images: int, n_seeds: int,
+                             confidence: float) -> stats.Interval:
+    """FD(fa) − FD(fb) to ``ref`` with a delete-one-digit jackknife t interval (rows seed-major, see
+    ``distribution_scores``). The jackknife, not a bootstrap: a bootstrap resample repeats digits, which shrinks the
+    pooled covariances and moves FD's small-sample bias, so its percentiles are not centred on the estimate."""
+    from scipy import stats as sps
+
+    from common.diffusion.metrics import frechet_distance
+
+    estimate = frechet_distance(fa, ref) - frechet_distance(fb, ref)
+    digit = np.arange(n_seeds * n_images) % n_images
+    leave_out = np.array([frechet_distance(fa[digit != i], ref) - frechet_distance(fb[digit != i], ref)
+                          for i in range(n_images)])
+    se = float(np.sqrt((n_images - 1) / n_images * ((leave_out - leave_out.mean()) ** 2).sum()))
+    half = float(sps.t.ppf((1 + confidence) / 2, n_images - 1)) * se
+    return stats.Interval(estimate, estimate - half, estimate + half, n_images, confidence, "jackknife over test digits")
+
+
+def distribution_scores(restorations: dict, x_true: torch.Tensor, n_seeds: int, *, pairs=(),
+                        confidence: float = 0.95) -> dict:
+    r"""FD32 and KID of each method's restorations to the digits train split (the note's FD/KID; the paper's FID on
+    classifier features, Inception being unavailable offline), with paired bootstrap intervals of FD differences.
+
+    ``restorations``: name -> [n_seeds · n_images, n] images, seed-major (row s·n_images + i is digit i under seed s,
+    the order ``digits_task`` concatenates). Every method is scored on the same pooled set size, and so is
+    ``"truth"``, the test digits themselves repeated n_seeds times: what a perfect restorer scores under the same
+    pooling (FD's small-sample bias is then common to all). KID: unbiased MMD² with the cubic kernel, on features
+    standardised by the train split's statistics (``common.diffusion.metrics.kid_to_train``'s convention).
+    ``pairs`` ((a, b), ...): FD_a − FD_b with a delete-one-digit jackknife t interval (each left-out digit takes its
+    n_seeds restorations under both methods with it), n = n_images.
+    """
+    from common.diffusion import metrics as dm
+
+    n_images = x_true.shape[0]
+    feats = {name: digit_features(x) for name, x in restorations.items()}
+    feats["truth"] = digit_features(x_true.repeat(n_seeds, 1))
+    for name, f in feats.items():
+        if f.shape[0] != n_seeds * n_images:
+            raise ValueError(f"{name}: {f.shape[0]} restorations, expected n_seeds x n_images = {n_seeds * n_images}")
+    train = dm.train_features().numpy()
+    train_std = dm.standardise_by(train, dm.train_feature_stats())
+    out = {"fd": {name: dm.frechet_distance(f, train) for name, f in feats.items()},
+           "kid": {name: dm.kid(dm.standardise_by(f, dm.train_feature_stats()), train_std) for name, f in feats.items()}}
+    out["fd_diff"] = {}
+    for a, b in pairs:
+        out["fd_diff"][f"{a}_minus_{b}"] = _jackknife_fd_difference(feats[a], feats[b], train, n_images, n_seeds,
+                                                                    confidence)
+    return out
+
+
 def tune_step_size(
     model,
     vae,
@@ -285,6 +350,7 @@ def digits_task(
     side: int = 8,
     arms: tuple = (),
     oracle_t_min: float = 0.0,
+    fd_pairs: tuple | None = None,
 ) -> dict:
     """Claim 1 / claim 2 on one task: tune ζ on x_tune (same grid for every method), then PSLD at nfe,
     STSL and STSL-without-trace at nfe // 4, all from the same noise, over ``seeds``; per-image PSNRs
@@ -301,7 +367,10 @@ def digits_task(
       charged, 1 network call per step) with the exact noised empirical score of ``latents`` in the trace term at
       t >= ``oracle_t_min`` (below it no trace term), and its matching control ``no_trace_matched``: the
       ablation with as many steps, hence network calls, as the oracle arm (budget (nfe // 4) // 2). The oracle
-      arm's score evaluations are returned under ``"oracle_evals"``."""
+      arm's score evaluations are returned under ``"oracle_evals"``.
+
+    ``fd_pairs`` (the full profile): also FD32/KID of every method's restorations, pooled over the seeds, with
+    bootstrap intervals of the FD differences of these (a, b) pairs (``distribution_scores``), under ``"dist"``."""
     from papers.stsl.operators import make_operator
 
     op = make_operator(task, side)
@@ -351,6 +420,9 @@ def digits_task(
         out["oracle_evals"] = per_seed[0]["stsl_oracle.oracle_evals"]
     out["step_size"] = steps
     out["tuning"] = tuning
+    if fd_pairs is not None:
+        pooled = {name: torch.cat([r[f"{name}.x"] for r in per_seed]) for name in methods}
+        out["dist"] = distribution_scores(pooled, x_test, len(per_seed), pairs=fd_pairs)
     if latents is not None:
         checks = [trace_drift_check(model, vae, op, x_test, sigma_y, s, stsl_t_start, latents) for s in seeds]
         out["trace_drift"] = {
