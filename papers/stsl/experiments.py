@@ -337,18 +337,43 @@ def tune_step_size(
     nfe: int,
     grid,
     seed: int = 999,
+    max_widen: int = 0,
     **kwargs,
-) -> tuple[float, list[float]]:
+) -> tuple[float, dict]:
     """The step size of ``grid`` with the best mean PSNR on the tuning images (same grid, images and seed for
-    every method); returns (best, mean PSNR per grid value)."""
-    scores = []
-    for zeta in grid:
+    every method); returns (best, {ζ: mean PSNR} for every ζ tried, ascending).
+
+    ``max_widen`` > 0 (the widening rule, README open (h)): while the best ζ is the largest tried, try 3× it; while
+    it is the smallest, try it / 3; at most ``max_widen`` times on each side. The rule is the same for every method
+    and reads only the tuning images. A non-finite mean PSNR (a diverged run) counts as the worst; ties go to the
+    smaller ζ."""
+    if max_widen < 0:
+        raise ValueError(f"max_widen must be >= 0, got {max_widen}")
+    scores: dict[float, float] = {}
+
+    def score(zeta: float) -> None:
         out = run_digits(
             model, vae, operator, x_tune, sigma_y, seed, {"m": (sampler, nfe, dict(step_size=zeta, **kwargs))}
         )
-        scores.append(float(out["m"].mean()))
-    best = max(range(len(grid)), key=lambda i: scores[i])
-    return float(grid[best]), scores
+        value = float(out["m"].mean())
+        scores[float(zeta)] = value if np.isfinite(value) else -np.inf
+
+    def best() -> float:
+        return max(sorted(scores), key=lambda z: scores[z])  # first maximum in ascending ζ: ties to the smaller
+
+    for zeta in grid:
+        score(zeta)
+    up = down = 0
+    while True:
+        zeta, tried = best(), sorted(scores)
+        if zeta == tried[-1] and up < max_widen:
+            score(3.0 * zeta)
+            up += 1
+        elif zeta == tried[0] and down < max_widen:
+            score(zeta / 3.0)
+            down += 1
+        else:
+            return zeta, {z: scores[z] for z in sorted(scores)}
 
 
 def sigma_tag(sigma_y: float) -> str:
@@ -373,6 +398,7 @@ def digits_task(
     arms: tuple = (),
     oracle_t_min: float = 0.0,
     fd_pairs: tuple | None = None,
+    max_widen: int = 0,
 ) -> dict:
     """Claim 1 / claim 2 on one task: tune ζ on x_tune (same grid for every method), then PSLD at nfe,
     STSL and STSL-without-trace at nfe // 4, all from the same noise, over ``seeds``; per-image PSNRs
@@ -390,6 +416,8 @@ def digits_task(
       t >= ``oracle_t_min`` (below it no trace term), and its matching control ``no_trace_matched``: the
       ablation with as many steps, hence network calls, as the oracle arm (budget (nfe // 4) // 2). The oracle
       arm's score evaluations are returned under ``"oracle_evals"``.
+
+    ``max_widen``: the step-size widening rule of :func:`tune_step_size` (0: the fixed grid).
 
     ``fd_pairs`` (the full profile): also FD32/KID of every method's restorations, pooled over the seeds, with
     jackknife intervals of the FD and KID differences of these (a, b) pairs (``distribution_scores``), under
@@ -427,7 +455,7 @@ def digits_task(
     steps, tuning = {}, {}
     for name, (sampler, budget, kw) in configs.items():
         steps[name], tuning[name] = tune_step_size(
-            model, vae, op, x_tune, sigma_y, sampler, budget, grid, **kw
+            model, vae, op, x_tune, sigma_y, sampler, budget, grid, max_widen=max_widen, **kw
         )
     methods = {name: (s, b, dict(kw, step_size=steps[name])) for name, (s, b, kw) in configs.items()}
     subspace = None
