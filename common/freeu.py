@@ -22,20 +22,24 @@ the two coarsest, ``up_blocks[0]`` and ``up_blocks[1]``) read, at inference, wit
 Within a stage both maps apply to every ResNet's input: the stage's own backbone input for the first ResNet,
 the previous ResNet's output for the next ones (as in diffusers' ``UpBlock2D`` with ``apply_freeu``, where the
 stage is the block's ``resolution_idx``). DreamCatalyst's HQ mode uses b1 = b2 = 1.1, s1 = 0.9, s2 = 0.2
-(official ``nerfstudio/dc/utils/free_lunch.py``, read, not copied). **Stage assignment: diffusers', not the
-official code's.** The official code picks the factors by the backbone features' channel count: Stable Diffusion's
-1280-channel features (its first two decoder stages, both 1280 wide) get b1/s1, the 640-channel ones (the third
-stage) get b2/s2 = 0.2. ``EpsUNet16``'s decoder widths (64, 64, 32) follow the same pattern, so the official rule
-would transfer (b1/s1 on ``up_blocks[0]`` and ``[1]``, b2/s2 on ``up_blocks[2]``, the 16×16 stage). We key on
-the block index, as diffusers does (``resolution_idx`` 0 → b1/s1, 1 → b2/s2): s2 = 0.2 lands on ``up_blocks[1]``,
-the 8×8 stage. The DC + FreeU arm is therefore "FreeU (diffusers' stage assignment)", not the official mapping.
+(official ``nerfstudio/dc/utils/free_lunch.py``, read, not copied). **Two stage assignments** (``stages``):
+
+* ``"diffusers"`` (the default): by decoder stage, as diffusers' ``resolution_idx`` 0 → b1/s1, 1 → b2/s2: on
+  ``EpsUNet16`` (decoder widths 64, 64, 32) s2 = 0.2 lands on ``up_blocks[1]``, the 8×8 stage.
+* ``"channels"``: the official code's rule. Inside every up block, before each ResNet, it tests the channel count of
+  the backbone features entering it: 1280 (Stable Diffusion's widest decoder width) → b1/s1, 640 → b2/s2, others
+  untouched; so in SD b1/s1 acts on ``up_blocks[0]``, ``[1]`` and the first ResNet of ``[2]`` (whose input is still
+  1280 wide), b2/s2 on the rest of ``[2]`` and the first ResNet of ``[3]``. Transferred relative to the widest
+  width W: W → b1/s1, W/2 → b2/s2. On ``EpsUNet16`` (W = 64): b1/s1 on both ResNets of ``up_blocks[0]`` and
+  ``[1]`` and the first of ``[2]``, b2/s2 = 0.2 on the second ResNet of ``up_blocks[2]`` (its 32-wide backbone and
+  its 16×16 skip).
 
 It lives in ``common/`` rather than ``common/digits16/``: it works on any ``UNet2DModel``-style network with
 ``up_blocks`` of ``resnets``, and a new file in the ``common.digits16`` package would change the code hash of every
 result that imports that package (stsl's) without changing what they compute.
 
-Implementation: forward hooks, no copy of diffusers' block code. A forward pre-hook on each of the two up
-blocks rewrites its inputs (scales the backbone input, filters every skip tensor the block will pop; each skip
+Implementation: forward hooks, no copy of diffusers' block code. A forward pre-hook on each up block the rule
+touches rewrites its inputs (scales the backbone input, filters the skip tensor of each affected ResNet; each skip
 is read by exactly one ResNet of the block) and forward hooks on the block's ResNets except the last scale
 their outputs' first half of channels (the next ResNet's backbone input). :func:`freeu` is a context manager
 that removes the hooks on exit. ``tests/common/test_freeu.py`` cross-checks it against diffusers' own
@@ -52,7 +56,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["FreeUConfig", "DREAMCATALYST_FREEU", "fourier_skip_filter", "scale_backbone", "freeu", "register_freeu"]
+__all__ = ["FreeUConfig", "DREAMCATALYST_FREEU", "STAGE_RULES", "fourier_skip_filter", "scale_backbone", "freeu",
+           "register_freeu"]
 
 
 @dataclass(frozen=True)
@@ -101,37 +106,74 @@ def scale_backbone(h: torch.Tensor, b: float) -> torch.Tensor:
     return torch.cat([h[:, :half] * b, h[:, half:]], dim=1)
 
 
-def register_freeu(unet: nn.Module, cfg: FreeUConfig = DREAMCATALYST_FREEU) -> list:
-    """Register FreeU's hooks on ``unet.up_blocks[0]`` and ``[1]`` (stages 1, 2); returns the hook handles
-    (call ``.remove()`` on each to undo). Prefer the :func:`freeu` context manager."""
+STAGE_RULES = ("diffusers", "channels")
+
+
+def _stage_rule(blocks, cfg: FreeUConfig, stages: str):
+    """``factors(block_index, backbone_channels) -> (b, s) | None``: which factors a ResNet's input gets.
+
+    ``"diffusers"``: by decoder stage, as diffusers' ``resolution_idx``: every ResNet of ``up_blocks[0]`` gets
+    (b1, s1), of ``up_blocks[1]`` (b2, s2), the others none. ``"channels"``: by the channel count of the backbone
+    features entering the ResNet, as the official FreeU and DreamCatalyst code (``free_lunch.py``: 1280 → b1/s1,
+    640 → b2/s2 in Stable Diffusion, whose widest decoder width is 1280): the widest decoder width W gets (b1, s1),
+    W/2 gets (b2, s2), any other width none, in every up block."""
+    if stages == "diffusers":
+        return lambda index, channels: {0: (cfg.b1, cfg.s1), 1: (cfg.b2, cfg.s2)}.get(index)
+    if stages == "channels":
+        widest = max(resnet.out_channels for block in blocks for resnet in block.resnets)
+        table = {widest: (cfg.b1, cfg.s1), widest // 2: (cfg.b2, cfg.s2)}
+        return lambda index, channels: table.get(channels)
+    raise ValueError(f"stages must be one of {STAGE_RULES}, got {stages!r}")
+
+
+def register_freeu(unet: nn.Module, cfg: FreeUConfig = DREAMCATALYST_FREEU, stages: str = "diffusers") -> list:
+    """Register FreeU's hooks on ``unet.up_blocks`` under the stage rule ``stages`` (:func:`_stage_rule`:
+    ``"diffusers"``, stages 1, 2 = ``up_blocks[0]``, ``[1]``; or ``"channels"``, the official code's rule by the
+    backbone's channel count); returns the hook handles (call ``.remove()`` on each to undo). Prefer the
+    :func:`freeu` context manager."""
     blocks = getattr(unet, "up_blocks", None)
     if blocks is None or len(blocks) < 2:
         raise ValueError("FreeU needs a U-Net with at least two decoder stages (unet.up_blocks)")
-    handles = []
-    for block, b, s in ((blocks[0], cfg.b1, cfg.s1), (blocks[1], cfg.b2, cfg.s2)):
+    for block in blocks:
         if not hasattr(block, "resnets") or len(block.resnets) == 0:
             raise ValueError(f"decoder stage {type(block).__name__} has no ResNets")
+    factors = _stage_rule(blocks, cfg, stages)
+    handles = []
+    for index, block in enumerate(blocks):
+        # the backbone entering ResNet j: the block's input for j = 0 (its width known only at run time), the
+        # previous ResNet's output for j > 0
+        later = [factors(index, resnet.out_channels) for resnet in list(block.resnets)[:-1]]
+        if stages == "diffusers" and factors(index, None) is None:
+            continue
 
-        def pre_hook(module, args, kwargs, b=b, s=s):
+        def pre_hook(module, args, kwargs, index=index, later=later):
             if len(args) < 2:
                 raise ValueError("FreeU hook expects the up block to be called as (hidden_states, res_hidden_states_tuple, ...)")
             hidden, skips = args[0], args[1]
-            # the block pops one skip per ResNet from the end of the tuple: exactly the skips it reads
+            first = factors(index, hidden.shape[1])
+            per_resnet = [first, *later]
+            if first is not None:
+                hidden = scale_backbone(hidden, first[0])
+            # the block pops one skip per ResNet from the end of the tuple: ResNet j reads skips[-1 - j]
             n = len(module.resnets)
-            used = tuple(fourier_skip_filter(t, s, cfg.threshold) for t in skips[-n:])
-            return (scale_backbone(hidden, b), tuple(skips[:-n]) + used, *args[2:]), kwargs
+            used = list(skips[-n:])
+            for j, f in enumerate(per_resnet):
+                if f is not None:
+                    used[n - 1 - j] = fourier_skip_filter(used[n - 1 - j], f[1], cfg.threshold)
+            return (hidden, tuple(skips[:-n]) + tuple(used), *args[2:]), kwargs
 
         handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        for resnet in list(block.resnets)[:-1]:
-            handles.append(resnet.register_forward_hook(lambda module, args, out, b=b: scale_backbone(out, b)))
+        for resnet, f in zip(list(block.resnets)[:-1], later, strict=True):
+            if f is not None:
+                handles.append(resnet.register_forward_hook(lambda module, args, out, b=f[0]: scale_backbone(out, b)))
     return handles
 
 
 @contextlib.contextmanager
-def freeu(unet: nn.Module, cfg: FreeUConfig = DREAMCATALYST_FREEU):
-    """``with freeu(unet, cfg): ...``: the U-Net's forward passes use FreeU inside the block, the plain
+def freeu(unet: nn.Module, cfg: FreeUConfig = DREAMCATALYST_FREEU, stages: str = "diffusers"):
+    """``with freeu(unet, cfg, stages): ...``: the U-Net's forward passes use FreeU inside the block, the plain
     network after it (hooks removed even on an exception)."""
-    handles = register_freeu(unet, cfg)
+    handles = register_freeu(unet, cfg, stages)
     try:
         yield unet
     finally:

@@ -103,3 +103,61 @@ def test_identity_factors_leave_the_network_unchanged():
         with freeu(net.unet, FreeUConfig(1.0, 1.0, 1.0, 1.0)):
             same = net.eps(x, 0.5, torch.tensor([1, 2, 3]))
     assert torch.allclose(same, plain, atol=1e-5)
+
+
+def _official_loop_forward(block, cfg, widest):
+    """An up block's forward written as the official free_lunch.py loop (from its description, not its code): per
+    ResNet, pop the last skip; if the backbone has `widest` channels scale its first half by b1 and filter the skip
+    with s1, if it has widest // 2 use b2, s2; concatenate; ResNet; then the upsamplers."""
+
+    def forward(hidden_states, res_hidden_states_tuple, temb=None, upsample_size=None, *args, **kwargs):
+        skips = tuple(res_hidden_states_tuple)
+        for resnet in block.resnets:
+            skip, skips = skips[-1], skips[:-1]
+            for width, b, s in ((widest, cfg.b1, cfg.s1), (widest // 2, cfg.b2, cfg.s2)):
+                if hidden_states.shape[1] == width:
+                    hidden_states = scale_backbone(hidden_states, b)
+                    skip = fourier_skip_filter(skip, s, cfg.threshold)
+                    break
+            hidden_states = resnet(torch.cat([hidden_states, skip], dim=1), temb)
+        for upsampler in block.upsamplers or []:
+            hidden_states = upsampler(hidden_states, upsample_size)
+        return hidden_states
+
+    return forward
+
+
+def test_channel_rule_matches_the_official_loop():
+    """stages="channels" (the official code's rule) against a re-written official loop on the same trained UNet;
+    and it differs from diffusers' stage rule (s2 lands on another stage)."""
+    net = load_digits16_eps().net
+    unet = net.unet
+    widest = max(r.out_channels for block in unet.up_blocks for r in block.resnets)
+    assert widest == 64
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    y = torch.tensor([0, 2, 4, 6, 10])
+    cfg = DREAMCATALYST_FREEU
+    with torch.no_grad():
+        plain = net.eps(x, t, y)
+        with freeu(unet, cfg, stages="channels"):
+            ours = net.eps(x, t, y)
+        with freeu(unet, cfg, stages="diffusers"):
+            by_stage = net.eps(x, t, y)
+        originals = [block.forward for block in unet.up_blocks]
+        try:
+            for block in unet.up_blocks:
+                block.forward = _official_loop_forward(block, cfg, widest)
+            official = net.eps(x, t, y)
+        finally:
+            for block, original in zip(unet.up_blocks, originals, strict=True):
+                block.forward = original
+        restored = net.eps(x, t, y)
+    assert torch.equal(restored, plain)
+    assert torch.allclose(ours, official, atol=1e-5, rtol=1e-5), float((ours - official).abs().max())
+    assert (ours - by_stage).abs().max() > 1e-3 and (ours - plain).abs().max() > 1e-3
+
+
+def test_unknown_stage_rule():
+    with pytest.raises(ValueError, match="stages must be one of"):
+        register_freeu(EpsUNet16().unet, DREAMCATALYST_FREEU, stages="resolution")
