@@ -34,8 +34,9 @@ stage is the block's ``resolution_idx``). DreamCatalyst's HQ mode uses b1 = b2 =
   ``[1]`` and the first of ``[2]``, b2/s2 = 0.2 on the second ResNet of ``up_blocks[2]`` (its 32-wide backbone and
   its 16×16 skip).
 
-It lives in ``common/`` rather than ``common/digits16/``: it works on any ``UNet2DModel``-style network with
-``up_blocks`` of ``resnets``, and a new file in the ``common.digits16`` package would change the code hash of every
+It lives in ``common/`` rather than ``common/digits16/``: it works on ``UNet2DModel``-style networks whose
+``up_blocks`` are ``UpBlock2D``-like (``resnets`` only; with attention after each ResNet, as in ``AttnUpBlock2D``,
+the hooks would scale a ResNet's output before the attention, where the official CrossAttn loop scales after it), and a new file in the ``common.digits16`` package would change the code hash of every
 result that imports that package (stsl's) without changing what they compute.
 
 Implementation: forward hooks, no copy of diffusers' block code. A forward pre-hook on each up block the rule
