@@ -36,8 +36,9 @@ stage is the block's ``resolution_idx``). DreamCatalyst's HQ mode uses b1 = b2 =
 
 It lives in ``common/`` rather than ``common/digits16/``: it works on ``UNet2DModel``-style networks whose
 ``up_blocks`` are ``UpBlock2D``-like (``resnets`` only; with attention after each ResNet, as in ``AttnUpBlock2D``,
-the hooks would scale a ResNet's output before the attention, where the official CrossAttn loop scales after it), and a new file in the ``common.digits16`` package would change the code hash of every
-result that imports that package (stsl's) without changing what they compute.
+the hooks would scale a ResNet's output before the attention, where the official CrossAttn loop scales after it),
+and a new file in the ``common.digits16`` package would change the code hash of every result that imports that
+package (stsl's) without changing what they compute.
 
 Implementation: forward hooks, no copy of diffusers' block code. A forward pre-hook on each up block the rule
 touches rewrites its inputs (scales the backbone input, filters the skip tensor of each affected ResNet; each skip

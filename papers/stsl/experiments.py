@@ -419,7 +419,7 @@ def digits_task(
 
     ``max_widen``: the step-size widening rule of :func:`tune_step_size` (0: the fixed grid).
 
-    ``fd_pairs`` (the full profile): also FD32/KID of every method's restorations, pooled over the seeds, with
+    ``fd_pairs``: also FD32/KID of every method's restorations (scored per seed, averaged over the seeds), with
     jackknife intervals of the FD and KID differences of these (a, b) pairs (``distribution_scores``), under
     ``"dist"``."""
     from papers.stsl.operators import make_operator
