@@ -29,7 +29,9 @@ regulariser, for example). :func:`latent_bank` gives a fixed, seeded set of late
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,26 +131,51 @@ def generate(generator: nn.Module, z: torch.Tensor, batch_size: int = 256) -> to
 
 def train_gan(generator: nn.Module, discriminator: nn.Module, data: torch.Tensor, steps: int,
               batch_size: int = 64, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
-              seed: int = 0, g_extra_loss: Callable | None = None, progress: bool = False) -> dict:
+              seed: int = 0, g_extra_loss: Callable | None = None, progress: bool = False,
+              checkpoint: str | Path | None = None, checkpoint_every: int = 500) -> dict:
     """Non-saturating GAN training, one D step then one G step per iteration (Adam, DCGAN settings).
 
     ``data`` is an ``(N, C, H, W)`` tensor in [-1, 1]. ``g_extra_loss(x_fake, x_real, g_loss)`` returns a
-    scalar added to the generator loss. Returns per-step ``d_loss``, ``g_loss`` and ``extra`` lists.
+    scalar added to the generator loss. Returns per-step ``d_loss``, ``g_loss`` and ``extra`` lists,
+    ``resumed_from`` (the step a checkpoint resumed at; 0 for a fresh start) and ``segments``, the
+    ``[first_step, end_step, cpu_model]`` of each process that trained the run (one for an uninterrupted run).
+
+    **Resumable runs.** With ``checkpoint`` (a file path), the full training state — both networks, both
+    Adam states, the minibatch/latent generator's state and the loss history — is written there every
+    ``checkpoint_every`` steps and at the end (atomically: a temporary file, then a rename). A later call
+    with the same path resumes from it, so an interrupted run continues where it stopped, and a finished
+    one returns at once with the stored networks loaded. The loop has no step-dependent schedule, so a
+    resumed run is bit-identical to an uninterrupted one on the same machine (tested). The caller owns the
+    path: it must change whenever anything that shapes training changes (architecture, initialisation,
+    data, loss, hyper-parameters); the stored ``seed``, ``batch_size``, ``lr``, ``betas``, data shape and
+    parameter shapes are checked, and a checkpoint past ``steps`` is refused.
     """
     if steps < 1 or batch_size < 2 or len(data) < batch_size:
         raise ValueError(f"need steps >= 1 and 2 <= batch_size <= len(data), got {steps}, {batch_size}, {len(data)}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     gen = torch.Generator().manual_seed(seed)
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
     z_dim = generator.z_dim
     hist = {"d_loss": [], "g_loss": [], "extra": []}
-    it = range(steps)
+    meta = {"seed": seed, "batch_size": batch_size, "lr": lr, "betas": list(betas), "data_shape": list(data.shape),
+            "shapes": [list(t.shape) for m in (generator, discriminator) for t in m.state_dict().values()]}
+    nets, opts = (generator, discriminator), (opt_g, opt_d)
+    start, segments = 0, []
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if checkpoint.is_file():
+            start, segments = _load_training_state(checkpoint, meta, steps, nets, opts, gen, hist)
+    if start < steps:
+        segments = [*segments, [start, start, _cpu_model()]]
+    it = range(start, steps)
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(it, desc="GAN", leave=False)
+        it = tqdm(it, desc="GAN", leave=False, initial=start, total=steps)
     generator.train()
     discriminator.train()
-    for _ in it:
+    for step in it:
         x_real = data[torch.randint(len(data), (batch_size,), generator=gen)]
         z = torch.randn(batch_size, z_dim, generator=gen)
         with torch.no_grad():
@@ -168,7 +195,53 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: torch.Tensor
         hist["d_loss"].append(float(d_loss.detach()))
         hist["g_loss"].append(float(g_loss.detach()))
         hist["extra"].append(float(extra.detach()))
-    return hist
+        segments[-1][1] = step + 1
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            _save_training_state(checkpoint, meta, step + 1, nets, opts, gen, hist, segments)
+    return {**hist, "resumed_from": start, "segments": segments}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), for a run's record."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"
+
+
+def _save_training_state(path: Path, meta: dict, step: int, nets, opts, gen: torch.Generator, hist: dict,
+                         segments: list) -> None:
+    """Write the whole training state to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"meta": meta, "step": step, "nets": [n.state_dict() for n in nets],
+             "opts": [o.state_dict() for o in opts], "rng": gen.get_state(), "hist": hist, "segments": segments}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_training_state(path: Path, meta: dict, steps: int, nets, opts, gen: torch.Generator,
+                         hist: dict) -> tuple[int, list]:
+    """Load a state written by :func:`_save_training_state` into the networks, optimisers, generator and
+    history; return its step and segments. Refuses (``ValueError``) a state of another run or one past ``steps``."""
+    state = torch.load(path, weights_only=True)
+    if state["meta"] != meta:
+        diff = sorted(k for k in meta if state["meta"].get(k) != meta[k])
+        raise ValueError(f"checkpoint {path} belongs to another run (differs in {diff}); remove it or pass another path")
+    if state["step"] > steps:
+        raise ValueError(f"checkpoint {path} is at step {state['step']}, past the {steps} steps asked for")
+    for net, sd in zip(nets, state["nets"], strict=True):
+        net.load_state_dict(sd)
+    for opt, sd in zip(opts, state["opts"], strict=True):
+        opt.load_state_dict(sd)
+    gen.set_state(state["rng"])
+    for key in hist:
+        hist[key].extend(state["hist"][key])
+    return int(state["step"]), [list(seg) for seg in state["segments"]]
 
 
 def n_parameters(module: nn.Module) -> int:

@@ -43,6 +43,8 @@ convolution of the DCGAN generator becomes nearest up-sampling followed by three
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -224,58 +226,128 @@ def autoencoder_experiment(images: torch.Tensor, n_seeds: int, seed: int, steps:
     return out
 
 
+def train_variant(train: torch.Tensor, variant: str, seed: int, steps: int, batch_size: int = 32, z_dim: int = 64,
+                  width: int = 16, diff_lambda: float = 1.0, checkpoint=None) -> tuple[dict, DCGenerator]:
+    """One GAN run of part B: the discriminator and the generator start from ``torch.manual_seed(seed)``;
+    minibatches and latents come from ``seed`` (``common.gan.train_gan``, resumable through ``checkpoint``)."""
+    from common.gan import DCDiscriminator, train_gan
+
+    torch.manual_seed(seed)
+    d = DCDiscriminator(image_size=train.shape[-1], channels=1, width=width)
+    g, extra = make_variant(variant, train.shape[-1], z_dim, width, diff_lambda)
+    hist = train_gan(g, d, train, steps, batch_size, seed=seed, g_extra_loss=extra, checkpoint=checkpoint)
+    return hist, g
+
+
+def _train_variant_task(task: tuple) -> tuple[dict, DCGenerator]:
+    args, kwargs = task
+    return train_variant(*args, **kwargs)
+
+
+def run_checkpoint(checkpoint_dir, train: torch.Tensor, variant: str, seed: int, steps: int, **kwargs) -> Path:
+    """The checkpoint file of one run: named by everything that shapes its training — the training images'
+    bytes, variant, seed, steps, the other settings, torch's version and the whole source of
+    ``common/gan.py``, ``common/spectra.py`` and this module — so that a checkpoint is never reused for a
+    different run (any edit of those files, a docstring's included, starts the runs afresh)."""
+    import hashlib
+
+    import common.gan
+    import common.spectra
+
+    h = hashlib.sha256()
+    h.update(train.numpy().tobytes())
+    h.update(repr((variant, seed, steps, sorted(kwargs.items()), torch.__version__)).encode())
+    for source in (common.gan.__file__, common.spectra.__file__, __file__):
+        h.update(Path(source).read_bytes())
+    root = Path(checkpoint_dir)
+    if not root.is_absolute():
+        root = Path(__file__).resolve().parents[2] / root
+    return root / f"{variant}_seed{seed}_steps{steps}_{h.hexdigest()[:16]}.pt"
+
+
 def gan_experiment(images: torch.Tensor, variants, n_seeds: int, seed: int, steps: int, batch_size: int = 32,
                    n_eval: int = 256, z_dim: int = 64, width: int = 16, diff_lambda: float = 1.0,
-                   top_fraction: float = 0.25, progress: bool = False) -> dict:
-    """Part B: every variant trained on the same data, seeds, steps and batches (``common.gan.train_gan``).
+                   top_fraction: float = 0.25, progress: bool = False, n_jobs: int = 1,
+                   checkpoint_dir=None) -> dict:
+    """Part B: every variant trained on the same data, seeds, steps and batches (:func:`train_variant`).
 
     Per seed: the discriminator and the generator's shared stages start from ``torch.manual_seed(s)``,
     the minibatches and latents come from the same seed, and ``n_eval`` samples from a fixed latent bank
     are compared with ``n_eval`` real images (held out from training) and with a second real set (the
     floor). Returns per-variant per-seed lists ``hf_err``, ``ratio``, ``detect``, ``fd`` (Fréchet distance
     in :class:`RandomFeatures`), ``g_loss``/``d_loss`` (mean of the last 10 % of steps), ``finite``,
-    plus ``floor`` and ``fd_floor`` per seed and the last seed's mean profiles and samples.
+    ``resumed_from`` (the step each run resumed at from its checkpoint), plus ``floor`` and ``fd_floor``
+    per seed, the last seed's mean profiles and samples, and ``segments`` (per run, the step ranges and
+    CPU models of the processes that trained it: ``common.gan.train_gan``).
+
+    ``n_jobs`` > 1 trains the runs in that many worker processes (spawned, one thread each); evaluation
+    stays in this process, in the same order, so the results equal the sequential ones. ``checkpoint_dir``
+    (relative paths are relative to the repository) makes every run resumable (:func:`run_checkpoint`):
+    an interrupted full profile continues where it stopped, and a finished run is only evaluated again.
     """
     from common.diffusion.metrics import frechet_distance_eig as frechet_distance
-    from common.gan import DCDiscriminator, generate, latent_bank, train_gan
+    from common.gan import generate, latent_bank
 
     if len(images) < 2 * n_eval + batch_size:
         raise ValueError(f"need at least 2*n_eval + batch_size images, got {len(images)}")
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
     feats = RandomFeatures(seed=0)
-    out = {"floor": [], "fd_floor": [], "profiles": {}, "samples": {}}
+    out = {"floor": [], "fd_floor": [], "profiles": {}, "samples": {}, "segments": {}}
     for v in variants:
-        out[v] = {k: [] for k in ("hf_err", "ratio", "detect", "fd", "g_loss", "d_loss", "finite")}
+        out[v] = {k: [] for k in ("hf_err", "ratio", "detect", "fd", "g_loss", "d_loss", "finite", "resumed_from")}
     runs = [(s, v) for s in range(seed, seed + n_seeds) for v in variants]
+    splits = {}
+    for s in range(seed, seed + n_seeds):
+        perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(s))
+        splits[s] = images[perm[:n_eval]], images[perm[n_eval:2 * n_eval]], images[perm[2 * n_eval:]]
+    settings = {"batch_size": batch_size, "z_dim": z_dim, "width": width, "diff_lambda": diff_lambda}
+    tasks = []
+    for s, v in runs:
+        train = splits[s][2]
+        ckpt = run_checkpoint(checkpoint_dir, train, v, s, steps, **settings) if checkpoint_dir is not None else None
+        tasks.append(((train, v, s, steps), {**settings, "checkpoint": ckpt}))
+    pool = None
+    if n_jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=torch.set_num_threads, initargs=(1,))
+        trained = pool.map(_train_variant_task, tasks)
+    else:
+        trained = map(_train_variant_task, tasks)
     if progress:
         from tqdm.auto import tqdm
-        runs = tqdm(runs, desc="GAN runs")
-    for s, v in runs:
-        perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(s))
-        eval_a, eval_b, train = images[perm[:n_eval]], images[perm[n_eval:2 * n_eval]], images[perm[2 * n_eval:]]
-        p_a = spectral_profile(eval_a)
-        f_a = feats(eval_a).numpy()
-        if v == variants[0]:
-            out["floor"].append(high_frequency_error(spectral_profile(eval_b), p_a, top_fraction))
-            out["fd_floor"].append(frechet_distance(feats(eval_b).numpy(), f_a))
-            out["profiles"]["real"] = p_a.mean(0)
-        torch.manual_seed(s)
-        d = DCDiscriminator(image_size=images.shape[-1], channels=1, width=width)
-        g, extra = make_variant(v, images.shape[-1], z_dim, width, diff_lambda)
-        hist = train_gan(g, d, train, steps, batch_size, seed=s, g_extra_loss=extra)
-        x = generate(g, latent_bank(n_eval, z_dim, seed=10_000 + s))
-        p_g = spectral_profile(x)
-        err = high_frequency_error(p_g, p_a, top_fraction)
-        tail = max(1, steps // 10)
-        r = out[v]
-        r["hf_err"].append(err)
-        r["ratio"].append(err / out["floor"][-1])
-        r["detect"].append(detection_accuracy(p_a, p_g, random_state=s))
-        r["fd"].append(frechet_distance(feats(x).numpy(), f_a))
-        r["g_loss"].append(float(np.mean(hist["g_loss"][-tail:])))
-        r["d_loss"].append(float(np.mean(hist["d_loss"][-tail:])))
-        r["finite"].append(bool(np.isfinite(hist["g_loss"]).all() and np.isfinite(hist["d_loss"]).all()))
-        out["profiles"][v] = p_g.mean(0)
-        out["samples"][v] = x[:16]
+        trained = tqdm(trained, total=len(tasks), desc="GAN runs")
+    try:
+        for (s, v), (hist, g) in zip(runs, trained, strict=True):
+            eval_a, eval_b, _ = splits[s]
+            p_a = spectral_profile(eval_a)
+            f_a = feats(eval_a).numpy()
+            if v == variants[0]:
+                out["floor"].append(high_frequency_error(spectral_profile(eval_b), p_a, top_fraction))
+                out["fd_floor"].append(frechet_distance(feats(eval_b).numpy(), f_a))
+                out["profiles"]["real"] = p_a.mean(0)
+            x = generate(g, latent_bank(n_eval, z_dim, seed=10_000 + s))
+            p_g = spectral_profile(x)
+            err = high_frequency_error(p_g, p_a, top_fraction)
+            tail = max(1, steps // 10)
+            r = out[v]
+            r["hf_err"].append(err)
+            r["ratio"].append(err / out["floor"][-1])
+            r["detect"].append(detection_accuracy(p_a, p_g, random_state=s))
+            r["fd"].append(frechet_distance(feats(x).numpy(), f_a))
+            r["g_loss"].append(float(np.mean(hist["g_loss"][-tail:])))
+            r["d_loss"].append(float(np.mean(hist["d_loss"][-tail:])))
+            r["finite"].append(bool(np.isfinite(hist["g_loss"]).all() and np.isfinite(hist["d_loss"]).all()))
+            r["resumed_from"].append(hist["resumed_from"])
+            out["segments"][f"{v}/seed{s}"] = hist["segments"]
+            out["profiles"][v] = p_g.mean(0)
+            out["samples"][v] = x[:16]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return out
 
 

@@ -50,6 +50,49 @@ def test_train_gan_seeded_and_extra_loss():
     assert len(h1["d_loss"]) == 3
 
 
+def _fresh(seed=0):
+    torch.manual_seed(seed)
+    return DCGenerator(z_dim=4, image_size=8, width=4), DCDiscriminator(image_size=8, width=4)
+
+
+def test_train_gan_resumes_bit_identically(tmp_path):
+    data = torch.rand(64, 1, 8, 8) * 2 - 1
+    g0, d0 = _fresh()
+    straight = train_gan(g0, d0, data, 7, batch_size=8, seed=1)
+    ckpt = tmp_path / "run.pt"
+    g1, d1 = _fresh()
+    first = train_gan(g1, d1, data, 4, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=3)
+    assert first["resumed_from"] == 0 and ckpt.is_file()
+    # an "interrupted" run: a fresh process would start from new networks; the checkpoint holds step 4
+    g2, d2 = _fresh(seed=123)
+    resumed = train_gan(g2, d2, data, 7, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=3)
+    assert resumed["resumed_from"] == 4
+    assert [seg[:2] for seg in resumed["segments"]] == [[0, 4], [4, 7]] and straight["segments"][0][:2] == [0, 7]
+    for key in ("d_loss", "g_loss", "extra"):
+        assert resumed[key] == straight[key]
+    for a, b in zip([*g0.state_dict().values(), *d0.state_dict().values()],
+                    [*g2.state_dict().values(), *d2.state_dict().values()], strict=True):
+        assert torch.equal(a, b)
+    # a finished run returns at once with the stored networks and history
+    g3, d3 = _fresh(seed=5)
+    again = train_gan(g3, d3, data, 7, batch_size=8, seed=1, checkpoint=ckpt)
+    assert again["resumed_from"] == 7 and again["g_loss"] == straight["g_loss"]
+    assert torch.equal(generate(g3, latent_bank(4, 4, 0)), generate(g0, latent_bank(4, 4, 0)))
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file
+
+
+def test_train_gan_refuses_foreign_or_longer_checkpoints(tmp_path):
+    data = torch.rand(64, 1, 8, 8) * 2 - 1
+    ckpt = tmp_path / "run.pt"
+    train_gan(*_fresh(), data, 5, batch_size=8, seed=1, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="another run"):
+        train_gan(*_fresh(), data, 5, batch_size=8, seed=2, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="past the 3 steps"):
+        train_gan(*_fresh(), data, 3, batch_size=8, seed=1, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train_gan(*_fresh(), data, 3, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=0)
+
+
 def test_errors():
     with pytest.raises(ValueError):
         DCGenerator(image_size=24)

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.dead_leaves import dead_leaves
 from common.gan import DCDiscriminator
 from common.spectra import spectral_profile
 from papers.upconv_spectra.upconv_spectra import (
@@ -10,9 +11,11 @@ from papers.upconv_spectra.upconv_spectra import (
     UpsamplingAutoencoder,
     detection_accuracy,
     differentiable_spectral_term,
+    gan_experiment,
     make_variant,
     official_gradient_identity,
     official_spectral_term,
+    run_checkpoint,
     train_autoencoder,
 )
 
@@ -80,3 +83,41 @@ def test_variants():
         assert (extra is None) == (GAN_VARIANTS[name][1] is None)
     with pytest.raises(ValueError):
         make_variant("nope")
+
+
+def _small_gan_experiment(**kwargs):
+    images = torch.from_numpy(dead_leaves(80, 8, np.random.default_rng(0)))[:, None]
+    return gan_experiment(images, ["baseline", "official"], n_seeds=2, seed=0, steps=4, batch_size=8, n_eval=16,
+                          z_dim=4, width=4, **kwargs)
+
+
+def _same(a, b):
+    for v in ("baseline", "official"):
+        for key in ("hf_err", "detect", "fd", "g_loss", "d_loss"):
+            assert a[v][key] == b[v][key], (v, key)
+    assert a["floor"] == b["floor"]
+
+
+def test_gan_experiment_parallel_and_resumed_runs_equal_sequential(tmp_path):
+    seq = _small_gan_experiment()
+    assert seq["baseline"]["resumed_from"] == [0, 0]
+    _same(seq, _small_gan_experiment(n_jobs=2))
+    first = _small_gan_experiment(checkpoint_dir=tmp_path)
+    _same(seq, first)
+    assert len(list(tmp_path.glob("*.pt"))) == 4
+    again = _small_gan_experiment(checkpoint_dir=tmp_path)  # finished runs: loaded, only evaluated
+    assert again["official"]["resumed_from"] == [4, 4]
+    _same(seq, again)
+
+
+def test_run_checkpoint_names_change_with_the_run(tmp_path):
+    train = torch.zeros(4, 1, 8, 8)
+    a = run_checkpoint(tmp_path, train, "baseline", 0, 10, width=4)
+    assert a == run_checkpoint(tmp_path, train, "baseline", 0, 10, width=4)
+    assert a.parent == tmp_path and a.name.startswith("baseline_seed0_steps10_")
+    others = [run_checkpoint(tmp_path, train + 1, "baseline", 0, 10, width=4),
+              run_checkpoint(tmp_path, train, "official", 0, 10, width=4),
+              run_checkpoint(tmp_path, train, "baseline", 1, 10, width=4),
+              run_checkpoint(tmp_path, train, "baseline", 0, 11, width=4),
+              run_checkpoint(tmp_path, train, "baseline", 0, 10, width=8)]
+    assert len({a, *others}) == 6
