@@ -137,18 +137,22 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: torch.Tensor
 
     ``data`` is an ``(N, C, H, W)`` tensor in [-1, 1]. ``g_extra_loss(x_fake, x_real, g_loss)`` returns a
     scalar added to the generator loss. Returns per-step ``d_loss``, ``g_loss`` and ``extra`` lists,
-    ``resumed_from`` (the step a checkpoint resumed at; 0 for a fresh start) and ``segments``, the
-    ``[first_step, end_step, cpu_model]`` of each process that trained the run (one for an uninterrupted run).
+    ``resumed_from`` (the step a checkpoint resumed at; 0 for a fresh start) and ``segments``, one dict per
+    process that trained the run (``from``/``to`` steps, CPU model, torch's CPU capability and threads, torch
+    and numpy versions, start time; one segment for an uninterrupted run, none for a finished one loaded).
 
     **Resumable runs.** With ``checkpoint`` (a file path), the full training state — both networks, both
     Adam states, the minibatch/latent generator's state and the loss history — is written there every
     ``checkpoint_every`` steps and at the end (atomically: a temporary file, then a rename). A later call
     with the same path resumes from it, so an interrupted run continues where it stopped, and a finished
-    one returns at once with the stored networks loaded. The loop has no step-dependent schedule, so a
-    resumed run is bit-identical to an uninterrupted one on the same machine (tested). The caller owns the
-    path: it must change whenever anything that shapes training changes (architecture, initialisation,
-    data, loss, hyper-parameters); the stored ``seed``, ``batch_size``, ``lr``, ``betas``, data shape and
-    parameter shapes are checked, and a checkpoint past ``steps`` is refused.
+    one returns at once with the stored networks loaded. The loop has no step-dependent schedule and draws
+    only from its own generator, so a resumed run is bit-identical to an uninterrupted one under the same
+    kernels (CPU capability, thread count, torch and numpy builds: tested; a resume under other kernels is
+    warned about and recorded in ``segments``). A ``<checkpoint>.lock`` (``flock``) keeps two processes from
+    training the same run. The caller owns the path: it must change whenever anything that shapes training
+    changes (architecture, initialisation, data and its content, loss, hyper-parameters); the stored ``seed``,
+    ``batch_size``, ``lr``, ``betas``, data shape and parameter shapes are checked, and a checkpoint past
+    ``steps`` is refused.
     """
     if steps < 1 or batch_size < 2 or len(data) < batch_size:
         raise ValueError(f"need steps >= 1 and 2 <= batch_size <= len(data), got {steps}, {batch_size}, {len(data)}")
@@ -163,64 +167,113 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: torch.Tensor
             "shapes": [list(t.shape) for m in (generator, discriminator) for t in m.state_dict().values()]}
     nets, opts = (generator, discriminator), (opt_g, opt_d)
     start, segments = 0, []
+    lock = None
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
-        if checkpoint.is_file():
+        lock = _lock(checkpoint)
+    try:
+        if checkpoint is not None and checkpoint.is_file():
             start, segments = _load_training_state(checkpoint, meta, steps, nets, opts, gen, hist)
-    if start < steps:
-        segments = [*segments, [start, start, _cpu_model()]]
-    it = range(start, steps)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="GAN", leave=False, initial=start, total=steps)
-    generator.train()
-    discriminator.train()
-    for step in it:
-        x_real = data[torch.randint(len(data), (batch_size,), generator=gen)]
-        z = torch.randn(batch_size, z_dim, generator=gen)
-        with torch.no_grad():
-            x_fake = generator(z)
-        d_loss = F.softplus(-discriminator(x_real)).mean() + F.softplus(discriminator(x_fake)).mean()
-        opt_d.zero_grad()
-        d_loss.backward()
-        opt_d.step()
+        if start < steps:
+            _warn_if_environment_changed(segments, checkpoint)
+            segments.append({**_environment(), "from": start, "to": start})
+        it = range(start, steps)
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(it, desc="GAN", leave=False, initial=start, total=steps)
+        generator.train()
+        discriminator.train()
+        for step in it:
+            x_real = data[torch.randint(len(data), (batch_size,), generator=gen)]
+            z = torch.randn(batch_size, z_dim, generator=gen)
+            with torch.no_grad():
+                x_fake = generator(z)
+            d_loss = F.softplus(-discriminator(x_real)).mean() + F.softplus(discriminator(x_fake)).mean()
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()
 
-        z = torch.randn(batch_size, z_dim, generator=gen)
-        x_fake = generator(z)
-        g_loss = F.softplus(-discriminator(x_fake)).mean()
-        extra = g_extra_loss(x_fake, x_real, g_loss) if g_extra_loss is not None else torch.zeros(())
-        opt_g.zero_grad()
-        (g_loss + extra).backward()
-        opt_g.step()
-        hist["d_loss"].append(float(d_loss.detach()))
-        hist["g_loss"].append(float(g_loss.detach()))
-        hist["extra"].append(float(extra.detach()))
-        segments[-1][1] = step + 1
-        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            _save_training_state(checkpoint, meta, step + 1, nets, opts, gen, hist, segments)
+            z = torch.randn(batch_size, z_dim, generator=gen)
+            x_fake = generator(z)
+            g_loss = F.softplus(-discriminator(x_fake)).mean()
+            extra = g_extra_loss(x_fake, x_real, g_loss) if g_extra_loss is not None else torch.zeros(())
+            opt_g.zero_grad()
+            (g_loss + extra).backward()
+            opt_g.step()
+            hist["d_loss"].append(float(d_loss.detach()))
+            hist["g_loss"].append(float(g_loss.detach()))
+            hist["extra"].append(float(extra.detach()))
+            segments[-1]["to"] = step + 1
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+                _save_training_state(checkpoint, meta, step + 1, nets, opts, gen, hist, segments)
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
     return {**hist, "resumed_from": start, "segments": segments}
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), for a run's record."""
+def _environment() -> dict:
+    """What decides a run's floating-point results besides its inputs: the CPU model, torch's CPU capability
+    and thread count, torch's and numpy's versions; and when this process started training."""
+    import datetime
+    import platform
+
+    cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                cpu = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    import platform
-    return platform.processor() or "unknown"
+    return {"cpu": cpu, "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+_KERNEL_KEYS = ("capability", "threads", "torch", "numpy")
+
+
+def _warn_if_environment_changed(segments: list, checkpoint) -> None:
+    """A resumed run is bit-identical to an uninterrupted one only under the same kernels: warn otherwise."""
+    if not segments:
+        return
+    now, last = _environment(), segments[-1]
+    changed = {k: (last.get(k), now[k]) for k in _KERNEL_KEYS if last.get(k) != now[k]}
+    if changed:
+        import warnings
+        warnings.warn(f"resuming {checkpoint} under other kernels than its last segment ({changed}): the run is "
+                      "no longer bit-identical to an uninterrupted one (the segments record it)", stacklevel=3)
+
+
+def _lock(path: Path):
+    """Hold an exclusive ``flock`` on ``<path>.lock`` (released when the returned file closes or the process
+    dies); refuse if another process holds it. Temporary files of killed writers are removed."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"another process is training the run of {path} (it holds {path.name}.lock)") from None
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink()
+    return handle
 
 
 def _save_training_state(path: Path, meta: dict, step: int, nets, opts, gen: torch.Generator, hist: dict,
                          segments: list) -> None:
-    """Write the whole training state to ``path`` atomically (a temporary file in the same folder, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the whole training state to ``path`` atomically (a temporary file in the same folder, flushed to
+    disk, then a rename)."""
     state = {"meta": meta, "step": step, "nets": [n.state_dict() for n in nets],
              "opts": [o.state_dict() for o in opts], "rng": gen.get_state(), "hist": hist, "segments": segments}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -241,7 +294,7 @@ def _load_training_state(path: Path, meta: dict, steps: int, nets, opts, gen: to
     gen.set_state(state["rng"])
     for key in hist:
         hist[key].extend(state["hist"][key])
-    return int(state["step"]), [list(seg) for seg in state["segments"]]
+    return int(state["step"]), [dict(seg) for seg in state["segments"]]
 
 
 def n_parameters(module: nn.Module) -> int:

@@ -244,9 +244,26 @@ def _train_variant_task(task: tuple) -> tuple[dict, DCGenerator]:
     return train_variant(*args, **kwargs)
 
 
+def _init_worker(threads: int, parent: int) -> None:
+    """A worker of :func:`gan_experiment`: the parent's torch thread count (so that its runs equal the
+    parent's sequential ones), and exit when the parent dies (no orphan keeps training a run)."""
+    import os
+    import threading
+    import time
+
+    torch.set_num_threads(threads)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_checkpoint(checkpoint_dir, train: torch.Tensor, variant: str, seed: int, steps: int, **kwargs) -> Path:
     """The checkpoint file of one run: named by everything that shapes its training — the training images'
-    bytes, variant, seed, steps, the other settings, torch's version and the whole source of
+    bytes, variant, seed, steps, the other settings, torch's and numpy's versions and the whole source of
     ``common/gan.py``, ``common/spectra.py`` and this module — so that a checkpoint is never reused for a
     different run (any edit of those files, a docstring's included, starts the runs afresh)."""
     import hashlib
@@ -256,7 +273,7 @@ def run_checkpoint(checkpoint_dir, train: torch.Tensor, variant: str, seed: int,
 
     h = hashlib.sha256()
     h.update(train.numpy().tobytes())
-    h.update(repr((variant, seed, steps, sorted(kwargs.items()), torch.__version__)).encode())
+    h.update(repr((variant, seed, steps, sorted(kwargs.items()), torch.__version__, np.__version__)).encode())
     for source in (common.gan.__file__, common.spectra.__file__, __file__):
         h.update(Path(source).read_bytes())
     root = Path(checkpoint_dir)
@@ -277,11 +294,12 @@ def gan_experiment(images: torch.Tensor, variants, n_seeds: int, seed: int, step
     floor). Returns per-variant per-seed lists ``hf_err``, ``ratio``, ``detect``, ``fd`` (Fréchet distance
     in :class:`RandomFeatures`), ``g_loss``/``d_loss`` (mean of the last 10 % of steps), ``finite``,
     ``resumed_from`` (the step each run resumed at from its checkpoint), plus ``floor`` and ``fd_floor``
-    per seed, the last seed's mean profiles and samples, and ``segments`` (per run, the step ranges and
-    CPU models of the processes that trained it: ``common.gan.train_gan``).
+    per seed, the last seed's mean profiles and samples, ``segments`` (per run, the processes that trained
+    it: step ranges, CPU, kernels, start times; ``common.gan.train_gan``) and ``checkpoints`` (per run, its
+    file or None).
 
-    ``n_jobs`` > 1 trains the runs in that many worker processes (spawned, one thread each); evaluation
-    stays in this process, in the same order, so the results equal the sequential ones. ``checkpoint_dir``
+    ``n_jobs`` > 1 trains the runs in that many worker processes (spawned, with this process's torch thread
+    count); evaluation stays in this process, in the same order, so the results equal the sequential ones. ``checkpoint_dir``
     (relative paths are relative to the repository) makes every run resumable (:func:`run_checkpoint`):
     an interrupted full profile continues where it stopped, and a finished run is only evaluated again.
     """
@@ -293,7 +311,7 @@ def gan_experiment(images: torch.Tensor, variants, n_seeds: int, seed: int, step
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
     feats = RandomFeatures(seed=0)
-    out = {"floor": [], "fd_floor": [], "profiles": {}, "samples": {}, "segments": {}}
+    out = {"floor": [], "fd_floor": [], "profiles": {}, "samples": {}, "segments": {}, "checkpoints": {}}
     for v in variants:
         out[v] = {k: [] for k in ("hf_err", "ratio", "detect", "fd", "g_loss", "d_loss", "finite", "resumed_from")}
     runs = [(s, v) for s in range(seed, seed + n_seeds) for v in variants]
@@ -310,10 +328,11 @@ def gan_experiment(images: torch.Tensor, variants, n_seeds: int, seed: int, step
     pool = None
     if n_jobs > 1:
         import multiprocessing
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
         pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=torch.set_num_threads, initargs=(1,))
+                                   initializer=_init_worker, initargs=(torch.get_num_threads(), os.getpid()))
         trained = pool.map(_train_variant_task, tasks)
     else:
         trained = map(_train_variant_task, tasks)
@@ -321,7 +340,7 @@ def gan_experiment(images: torch.Tensor, variants, n_seeds: int, seed: int, step
         from tqdm.auto import tqdm
         trained = tqdm(trained, total=len(tasks), desc="GAN runs")
     try:
-        for (s, v), (hist, g) in zip(runs, trained, strict=True):
+        for (s, v), (_, task_kwargs), (hist, g) in zip(runs, tasks, trained, strict=True):
             eval_a, eval_b, _ = splits[s]
             p_a = spectral_profile(eval_a)
             f_a = feats(eval_a).numpy()
@@ -343,6 +362,7 @@ def gan_experiment(images: torch.Tensor, variants, n_seeds: int, seed: int, step
             r["finite"].append(bool(np.isfinite(hist["g_loss"]).all() and np.isfinite(hist["d_loss"]).all()))
             r["resumed_from"].append(hist["resumed_from"])
             out["segments"][f"{v}/seed{s}"] = hist["segments"]
+            out["checkpoints"][f"{v}/seed{s}"] = task_kwargs["checkpoint"]
             out["profiles"][v] = p_g.mean(0)
             out["samples"][v] = x[:16]
     finally:
@@ -374,3 +394,17 @@ def official_gradient_identity(generator: nn.Module, discriminator: nn.Module, x
     bce = F.binary_cross_entropy(torch.from_numpy(spectral_profile(x_real[:n].detach())).float(),
                                  torch.from_numpy(spectral_profile(x_fake[:n].detach())).float())
     return float(num / den), float(lam * bce)
+
+
+def print_training_record(res: dict) -> None:
+    """Print, per GAN run of :func:`gan_experiment`, the processes that trained it (steps, CPU, torch's CPU
+    capability and threads, versions, start time) and its checkpoint's sha256: where its networks come from."""
+    import hashlib
+
+    for run, segments in res["segments"].items():
+        path = res["checkpoints"].get(run)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path and Path(path).is_file() else "-"
+        trained = "; ".join(f"steps {seg['from']}-{seg['to']} on {seg['cpu']} ({seg['capability']}, "
+                            f"{seg['threads']} thread(s), torch {seg['torch']}, numpy {seg['numpy']}, {seg['started']})"
+                            for seg in segments)
+        print(f"{run:22s} checkpoint {digest}  {trained}")

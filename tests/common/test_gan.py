@@ -67,7 +67,9 @@ def test_train_gan_resumes_bit_identically(tmp_path):
     g2, d2 = _fresh(seed=123)
     resumed = train_gan(g2, d2, data, 7, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=3)
     assert resumed["resumed_from"] == 4
-    assert [seg[:2] for seg in resumed["segments"]] == [[0, 4], [4, 7]] and straight["segments"][0][:2] == [0, 7]
+    assert [(seg["from"], seg["to"]) for seg in resumed["segments"]] == [(0, 4), (4, 7)]
+    assert [(seg["from"], seg["to"]) for seg in straight["segments"]] == [(0, 7)]
+    assert {"cpu", "capability", "threads", "torch", "numpy", "started"} <= set(resumed["segments"][0])
     for key in ("d_loss", "g_loss", "extra"):
         assert resumed[key] == straight[key]
     for a, b in zip([*g0.state_dict().values(), *d0.state_dict().values()],
@@ -78,7 +80,66 @@ def test_train_gan_resumes_bit_identically(tmp_path):
     again = train_gan(g3, d3, data, 7, batch_size=8, seed=1, checkpoint=ckpt)
     assert again["resumed_from"] == 7 and again["g_loss"] == straight["g_loss"]
     assert torch.equal(generate(g3, latent_bank(4, 4, 0)), generate(g0, latent_bank(4, 4, 0)))
+    assert again["segments"] == resumed["segments"]  # nothing trained: no new segment
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_train_gan_resumes_after_a_crash_mid_run_with_an_extra_loss(tmp_path):
+    """A process dying between two saves (here: inside the extra loss at step 5, saves every 3 steps)
+    resumes from the last save and ends bit-identical to an uninterrupted run, weights and history."""
+    data = torch.rand(64, 1, 8, 8) * 2 - 1
+
+    def extra(xf, xr, gl, crash_at=None, calls=[0]):  # noqa: B006 (a call counter)
+        calls[0] += 1
+        if crash_at is not None and calls[0] == crash_at:
+            raise _Crash
+        return (xf.mean() - xr.mean()) ** 2
+
+    g0, d0 = _fresh()
+    straight = train_gan(g0, d0, data, 8, batch_size=8, seed=1, g_extra_loss=lambda *a: extra(*a, calls=[0]))
+    ckpt = tmp_path / "run.pt"
+    counter = [0]
+    with pytest.raises(_Crash):
+        train_gan(*_fresh(), data, 8, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=3,
+                  g_extra_loss=lambda *a: extra(*a, crash_at=5, calls=counter))
+    torch.manual_seed(999)  # the global stream plays no part
+    g2, d2 = _fresh(seed=7)
+    resumed = train_gan(g2, d2, data, 8, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=3,
+                        g_extra_loss=lambda *a: extra(*a, calls=[0]))
+    assert resumed["resumed_from"] == 3
+    for key in ("d_loss", "g_loss", "extra"):
+        assert resumed[key] == straight[key]
+    for a, b in zip([*g0.state_dict().values(), *d0.state_dict().values()],
+                    [*g2.state_dict().values(), *d2.state_dict().values()], strict=True):
+        assert torch.equal(a, b)  # weights, BatchNorm buffers and step counters alike
+
+
+def test_train_gan_lock_and_kernel_change_warning(tmp_path, monkeypatch):
+    import common.gan as gan
+
+    data = torch.rand(64, 1, 8, 8) * 2 - 1
+    ckpt = tmp_path / "run.pt"
+    held = gan._lock(ckpt)
+    with pytest.raises(RuntimeError, match="another process"):
+        train_gan(*_fresh(), data, 2, batch_size=8, seed=1, checkpoint=ckpt)
+    held.close()
+    (tmp_path / ".run.pt.tmp-1").write_bytes(b"killed writer")
+    train_gan(*_fresh(), data, 2, batch_size=8, seed=1, checkpoint=ckpt)
+    assert not (tmp_path / ".run.pt.tmp-1").exists()
+    real = gan._environment
+    monkeypatch.setattr(gan, "_environment", lambda: {**real(), "threads": 99})
+    with pytest.warns(UserWarning, match="other kernels"):
+        out = train_gan(*_fresh(), data, 4, batch_size=8, seed=1, checkpoint=_copy(ckpt, tmp_path / "run4.pt"))
+    assert [seg["threads"] for seg in out["segments"]][-1] == 99 and out["resumed_from"] == 2
+
+
+def _copy(src, dst):
+    dst.write_bytes(src.read_bytes())
+    return dst
 
 
 def test_train_gan_refuses_foreign_or_longer_checkpoints(tmp_path):

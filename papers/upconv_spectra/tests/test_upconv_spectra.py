@@ -15,6 +15,7 @@ from papers.upconv_spectra.upconv_spectra import (
     make_variant,
     official_gradient_identity,
     official_spectral_term,
+    print_training_record,
     run_checkpoint,
     train_autoencoder,
 )
@@ -98,7 +99,7 @@ def _same(a, b):
     assert a["floor"] == b["floor"]
 
 
-def test_gan_experiment_parallel_and_resumed_runs_equal_sequential(tmp_path):
+def test_gan_experiment_parallel_and_resumed_runs_equal_sequential(tmp_path, capsys):
     seq = _small_gan_experiment()
     assert seq["baseline"]["resumed_from"] == [0, 0]
     _same(seq, _small_gan_experiment(n_jobs=2))
@@ -108,6 +109,9 @@ def test_gan_experiment_parallel_and_resumed_runs_equal_sequential(tmp_path):
     again = _small_gan_experiment(checkpoint_dir=tmp_path)  # finished runs: loaded, only evaluated
     assert again["official"]["resumed_from"] == [4, 4]
     _same(seq, again)
+    print_training_record(first)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all("steps 0-4 on" in line and "checkpoint -" not in line for line in lines)
 
 
 def test_run_checkpoint_names_change_with_the_run(tmp_path):
@@ -121,3 +125,16 @@ def test_run_checkpoint_names_change_with_the_run(tmp_path):
               run_checkpoint(tmp_path, train, "baseline", 0, 11, width=4),
               run_checkpoint(tmp_path, train, "baseline", 0, 10, width=8)]
     assert len({a, *others}) == 6
+
+
+def test_gan_experiment_parallel_equals_sequential_at_the_profile_size_with_two_threads():
+    """32×32, width 16 (the profile's networks), the caller at 2 threads: workers take the caller's count."""
+    images = torch.from_numpy(dead_leaves(100, 32, np.random.default_rng(1)))[:, None]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [gan_experiment(images, ["baseline", "official"], n_seeds=1, seed=0, steps=3, batch_size=16, n_eval=32,
+                               n_jobs=n) for n in (1, 2)]
+    finally:
+        torch.set_num_threads(before)
+    _same(*runs)
