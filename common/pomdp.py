@@ -15,6 +15,22 @@ WAE-MDP of the Wasserstein Belief Updater does) and an evaluator may compare a l
 exact one (:func:`bayes_filter`). :func:`noisy_corridor` builds the small known-model POMDP used by the
 papers (a corridor with walls the agent only sees noisily); :func:`brute_force_posterior` enumerates
 every hidden path, the reference the filter is tested against.
+
+Two control POMDPs of the Wasserstein Belief Updater's evaluation (popgym's, with the ``get_state`` /
+``state_space`` hooks the WBU's popgym fork adds), written here from popgym's definitions:
+
+- :class:`RepeatPrevious` (popgym): cards are dealt one by one from ``num_decks`` shuffled decks; the agent
+  sees each card's suit and must name the suit of the card dealt ``k − 1`` steps before the current one
+  (``k = 1``: the current card). Reward ``+1/(N − k)`` for a right answer, ``−1/(N − k)`` for a wrong one
+  (``N = 52 · num_decks``), from the ``k``-th card on, so the best return is 1 and the uniform random
+  policy's expectation is −0.5. The fork's state (the last ``k`` suits, the fraction of each suit still in
+  the deck) is a function of the observed history: :func:`repeat_previous_state` is its exact filter (a
+  point mass), and the next suit's predictive law is the deck's remaining composition.
+- :class:`StatelessCartPole` (popgym): Gymnasium's ``CartPole`` with the two velocities removed from the
+  observation, reward ``1/max_episode_length`` per step, truncated at ``max_episode_length`` (200). The
+  dynamics are deterministic and Euler-integrated (``x_{t+1} = x_t + τ ẋ_t``), so one past observation
+  and action determine the state: :func:`stateless_cartpole_filter` recovers it (exact up to the float32
+  rounding of the observations; at ``t = 0`` the velocities are only known to lie in [−0.05, 0.05]).
 """
 
 from __future__ import annotations
@@ -24,9 +40,11 @@ import itertools
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 __all__ = ["TabularPOMDP", "noisy_corridor", "bayes_filter", "belief_update", "predictive_prior",
-           "brute_force_posterior", "total_variation", "rollout"]
+           "brute_force_posterior", "total_variation", "rollout", "RepeatPrevious", "repeat_previous_state",
+           "StatelessCartPole", "cartpole_step", "stateless_cartpole_filter"]
 
 
 def _check_stochastic(name: str, array: np.ndarray, axis: int = -1) -> None:
@@ -205,3 +223,159 @@ def rollout(env: TabularPOMDP, n_episodes: int, *, random_state: int | None = No
             out["actions"][i, t], out["rewards"][i, t] = a, r
             out["states"][i, t + 1], out["observations"][i, t + 1] = info["state"], obs
     return out
+
+
+class RepeatPrevious(gym.Env):
+    """popgym's RepeatPrevious with the WBU fork's state hooks (see the module docstring).
+
+    Parameters
+    ----------
+    num_decks: number of 52-card decks shuffled together (``N = 52 · num_decks`` cards; the episode lasts
+        ``N − 1`` steps and is truncated at the last one).
+    k: the card to repeat is ``k − 1`` deals before the current one (``1 <= k < N``); WBU's
+        ``RepeatPreviousEasyPlus`` is ``num_decks=2, k=8``.
+
+    Observations and actions are suits in ``Discrete(4)``. ``get_state()`` returns the fork's state: the
+    last ``k`` suits dealt (oldest first, zero-padded before the ``k``-th deal) and, per suit, the fraction
+    of its cards still in the deck.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, num_decks: int = 1, k: int = 4):
+        if int(num_decks) < 1:
+            raise ValueError(f"num_decks must be >= 1, got {num_decks}")
+        self.num_decks, self.n_cards = int(num_decks), 52 * int(num_decks)
+        if not 1 <= int(k) < self.n_cards:
+            raise ValueError(f"k must be in [1, {self.n_cards}), got {k}")
+        self.k = int(k)
+        self.max_episode_length = self.n_cards - 1
+        self.reward_scale = 1.0 / (self.n_cards - self.k)
+        self.action_space = spaces.Discrete(4)
+        self.observation_space = spaces.Discrete(4)
+        self.state_space = spaces.Tuple((spaces.MultiDiscrete([4] * self.k), spaces.Box(0.0, 1.0, (4,))))
+        self._deck: np.ndarray | None = None
+        self._dealt = 0
+
+    def _state(self):
+        return repeat_previous_state(self._deck[:self._dealt], self.k, self.num_decks)
+
+    def get_state(self):
+        """``(last k suits, remaining fraction per suit)``, the fork's ``get_state``."""
+        if self._deck is None:
+            raise RuntimeError("call reset() before get_state()")
+        return self._state()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._deck = self.np_random.permutation(np.repeat(np.arange(4), 13 * self.num_decks))
+        self._dealt = 1
+        return int(self._deck[0]), {"state": self._state()}
+
+    def step(self, action):
+        if self._deck is None:
+            raise RuntimeError("call reset() before step()")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in {self.action_space}")
+        if self._dealt >= self.n_cards:
+            raise RuntimeError("the episode is over (truncated); call reset()")
+        reward = 0.0
+        if self._dealt >= self.k:
+            right = int(action) == int(self._deck[self._dealt - self.k])
+            reward = self.reward_scale if right else -self.reward_scale
+        self._dealt += 1
+        truncated = self._dealt == self.n_cards
+        return int(self._deck[self._dealt - 1]), reward, False, truncated, {"state": self._state()}
+
+
+def repeat_previous_state(suits, k: int, num_decks: int = 1):
+    """The exact filter of :class:`RepeatPrevious`: its state after the observed ``suits`` (``o_0..o_t``),
+    ``(last k suits, zero-padded; remaining fraction per suit)``; a deterministic function of the history."""
+    suits = np.asarray(suits, dtype=int)
+    if suits.ndim != 1 or len(suits) < 1 or np.any((suits < 0) | (suits > 3)):
+        raise ValueError("suits must be a non-empty 1-D sequence of integers in 0..3")
+    last = np.zeros(k, dtype=int)
+    tail = suits[-k:]
+    last[k - len(tail):] = tail
+    per_suit = 13 * num_decks
+    remaining = 1.0 - np.bincount(suits, minlength=4) / per_suit
+    if np.any(remaining < 0):
+        raise ValueError(f"more than {per_suit} cards of one suit in {num_decks} deck(s)")
+    return last, remaining.astype(np.float32)
+
+
+class StatelessCartPole(CartPoleEnv):
+    """popgym's StatelessCartPole: Gymnasium's CartPole observed without its velocities.
+
+    Observation ``(x, θ)`` (float32), actions push left (0) or right (1), reward ``1/max_episode_length``
+    per step (the step on which the pole falls included, as in Gymnasium), terminated when the pole falls
+    or the cart leaves the track, truncated after ``max_episode_length`` steps, so the best return is 1.
+    ``get_state()`` returns the full ``(x, ẋ, θ, θ̇)`` (float64).
+    """
+
+    def __init__(self, max_episode_length: int = 200):
+        super().__init__()
+        if int(max_episode_length) < 1:
+            raise ValueError(f"max_episode_length must be >= 1, got {max_episode_length}")
+        self.max_episode_length = int(max_episode_length)
+        high = np.array([self.x_threshold * 2, self.theta_threshold_radians * 2], dtype=np.float32)
+        self.observation_space = spaces.Box(-high, high, dtype=np.float32)
+        self.state_space = spaces.Box(-np.inf, np.inf, (4,), dtype=np.float64)
+        self._t = 0
+
+    def get_state(self) -> np.ndarray:
+        if self.state is None:
+            raise RuntimeError("call reset() before get_state()")
+        return np.array(self.state, dtype=np.float64)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, _ = super().reset(seed=seed, options=options)
+        self._t = 0
+        return obs[[0, 2]], {"state": self.get_state()}
+
+    def step(self, action):
+        obs, reward, terminated, _, _ = super().step(action)
+        self._t += 1
+        reward = reward / self.max_episode_length if reward > 0 else -1.0
+        truncated = self._t >= self.max_episode_length
+        return obs[[0, 2]], reward, terminated, truncated, {"state": self.get_state()}
+
+
+def cartpole_step(state, action: int, env: CartPoleEnv | None = None) -> np.ndarray:
+    """CartPole's Euler step (Barto, Sutton and Anderson 1983, as Florian 2005 corrects it; Gymnasium's
+    constants): ``F = ±force_mag``, ``tmp = (F + m_p l θ̇² sin θ) / M``,
+    ``θ̈ = (g sin θ − cos θ · tmp) / (l (4/3 − m_p cos²θ / M))``, ``ẍ = tmp − m_p l θ̈ cos θ / M``, then
+    ``x += τ ẋ``, ``ẋ += τ ẍ``, ``θ += τ θ̇``, ``θ̇ += τ θ̈``. ``state`` may be batched ``(..., 4)``."""
+    e = env or CartPoleEnv()
+    s = np.asarray(state, dtype=np.float64)
+    x, x_dot, theta, theta_dot = np.moveaxis(s, -1, 0)
+    force = np.where(np.asarray(action) == 1, e.force_mag, -e.force_mag)
+    cos, sin = np.cos(theta), np.sin(theta)
+    tmp = (force + e.polemass_length * theta_dot ** 2 * sin) / e.total_mass
+    theta_acc = (e.gravity * sin - cos * tmp) / (e.length * (4.0 / 3.0 - e.masspole * cos ** 2 / e.total_mass))
+    x_acc = tmp - e.polemass_length * theta_acc * cos / e.total_mass
+    return np.stack([x + e.tau * x_dot, x_dot + e.tau * x_acc, theta + e.tau * theta_dot,
+                     theta_dot + e.tau * theta_acc], axis=-1)
+
+
+def stateless_cartpole_filter(observations, actions, env: CartPoleEnv | None = None) -> np.ndarray:
+    """The state estimates ``s_0..s_T`` (array ``(T+1, 4)``) of :class:`StatelessCartPole` from
+    ``observations = ((x_0, θ_0), .., (x_T, θ_T))`` and ``actions = (a_0..a_{T-1})``.
+
+    For ``t >= 1`` the Euler step gives the previous velocities, ``ẋ_{t-1} = (x_t − x_{t-1}) / τ`` (same for
+    θ), and :func:`cartpole_step` from ``s_{t-1}`` gives the current ones: the posterior is a point mass,
+    exact up to the observations' float32 rounding. At ``t = 0`` the velocities are uniform on
+    [−0.05, 0.05] (Gymnasium's reset); the estimate is their mean, 0.
+    """
+    e = env or CartPoleEnv()
+    obs = np.asarray(observations, dtype=np.float64)
+    actions = np.asarray(actions, dtype=int)
+    if obs.ndim != 2 or obs.shape[1] != 2 or obs.shape[0] != actions.shape[0] + 1:
+        raise ValueError("need observations (T+1, 2) and actions (T,)")
+    est = np.zeros((len(obs), 4))
+    est[:, 0], est[:, 2] = obs[:, 0], obs[:, 1]
+    for t in range(1, len(obs)):
+        prev = np.array([obs[t - 1, 0], (obs[t, 0] - obs[t - 1, 0]) / e.tau,
+                         obs[t - 1, 1], (obs[t, 1] - obs[t - 1, 1]) / e.tau])
+        est[t, [1, 3]] = cartpole_step(prev, actions[t - 1], e)[[1, 3]]
+    return est

@@ -3,12 +3,17 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from common.pomdp import (
+    RepeatPrevious,
+    StatelessCartPole,
     TabularPOMDP,
     bayes_filter,
     brute_force_posterior,
+    cartpole_step,
     noisy_corridor,
     predictive_prior,
+    repeat_previous_state,
     rollout,
+    stateless_cartpole_filter,
     total_variation,
 )
 
@@ -72,3 +77,109 @@ def test_validation_errors():
     env = noisy_corridor(5, obs_noise=0.0)
     with pytest.raises(ValueError):
         bayes_filter(env, [0], [0, 2])                      # left wall, step left: the right wall is impossible
+
+
+# --- RepeatPrevious and StatelessCartPole (popgym's, with state hooks) ----------------------------------
+
+def test_gymnasium_env_checker_accepts_the_control_pomdps():
+    check_env(RepeatPrevious(1, 4), skip_render_check=True)
+    check_env(StatelessCartPole(), skip_render_check=True)
+
+
+@pytest.mark.parametrize(("num_decks", "k"), [(1, 1), (1, 4), (2, 8)])
+def test_repeat_previous_rewards_length_and_state(num_decks, k):
+    env = RepeatPrevious(num_decks, k)
+    n = 52 * num_decks
+    obs, info = env.reset(seed=0)
+    suits, total, steps, done = [obs], 0.0, 0, False
+    while not done:
+        target = suits[-k] if len(suits) >= k else 0
+        obs, r, terminated, truncated, info = env.step(target)  # the optimal policy
+        assert not terminated
+        total, steps, done = total + r, steps + 1, truncated
+        suits.append(obs)
+        last, remaining = info["state"]
+        ref_last, ref_remaining = repeat_previous_state(suits, k, num_decks)
+        assert np.array_equal(last, ref_last) and np.array_equal(remaining, ref_remaining)
+    assert steps == n - 1 and total == pytest.approx(1.0)            # best return 1, episode N - 1 steps
+    assert np.bincount(suits, minlength=4).tolist() == [13 * num_decks] * 4  # the whole deck is dealt
+    assert np.all(env.get_state()[1] == 0)
+    with pytest.raises(RuntimeError, match="over"):
+        env.step(0)
+
+
+def test_repeat_previous_random_policy_expects_minus_half_and_k_counts_back():
+    env = RepeatPrevious(1, 3)
+    returns = []
+    for seed in range(200):
+        obs, _ = env.reset(seed=seed)
+        rng, total, done = np.random.default_rng(seed), 0.0, False
+        while not done:
+            _, r, _, done, _ = env.step(int(rng.integers(4)))
+            total += r
+        returns.append(total)
+    m, se = np.mean(returns), np.std(returns) / np.sqrt(len(returns))
+    assert abs(m + 0.5) < 4 * se                                         # E = (1/4 - 3/4) per rewarded step
+    env.reset(seed=1)
+    suits = [int(env._deck[0])]
+    rewards = []
+    for _ in range(5):  # k = 3: from the 3rd card on, the answer is the suit dealt 2 steps before the current
+        answer = suits[-3] if len(suits) >= 3 else 0
+        obs, r, *_ = env.step(answer)
+        suits.append(obs)
+        rewards.append(r)
+    assert rewards[:2] == [0.0, 0.0] and all(r > 0 for r in rewards[2:])
+
+
+def test_stateless_cartpole_hides_velocities_matches_gymnasium_and_is_filtered():
+    from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+    env, ref = StatelessCartPole(), CartPoleEnv()
+    obs, info = env.reset(seed=3)
+    ref_obs, _ = ref.reset(seed=3)
+    assert obs.shape == (2,) and np.array_equal(obs, ref_obs[[0, 2]])
+    rng = np.random.default_rng(0)
+    observations, actions, states, total = [obs], [], [info["state"]], 0.0
+    for _ in range(30):
+        a = int(rng.integers(2))
+        obs, r, terminated, truncated, info = env.step(a)
+        ref_obs, *_ = ref.step(a)
+        assert np.array_equal(obs, ref_obs[[0, 2]])                       # Gymnasium's dynamics, unchanged
+        assert np.allclose(cartpole_step(states[-1], a), info["state"], rtol=0, atol=1e-12)  # our Euler step
+        observations.append(obs)
+        actions.append(a)
+        states.append(info["state"])
+        total += r
+        if terminated:
+            break
+    est = stateless_cartpole_filter(observations, actions)
+    states = np.array(states)
+    assert np.array_equal(est[:, [0, 2]], np.array(observations, dtype=np.float64))
+    # float32 observations: |error of a position| <= 2.4 * 2**-24, divided by tau = 0.02 for a velocity
+    assert np.abs(est[1:] - states[1:]).max() < 2 * 2.4 * 2.0 ** -24 / 0.02 * 2
+    assert np.abs(states[0, [1, 3]]).max() <= 0.05 and np.all(est[0, [1, 3]] == 0)
+    assert total == pytest.approx(len(actions) / 200)                    # 1/200 per step survived
+
+
+def test_stateless_cartpole_truncates_at_max_length():
+    env = StatelessCartPole(max_episode_length=5)
+    env.reset(seed=0)
+    flags = [env.step(t % 2)[3] for t in range(5)]
+    assert flags == [False] * 4 + [True]
+
+
+def test_control_pomdp_validation():
+    with pytest.raises(ValueError):
+        RepeatPrevious(1, 52)
+    with pytest.raises(ValueError):
+        RepeatPrevious(0, 4)
+    with pytest.raises(ValueError):
+        repeat_previous_state([4], 2)
+    with pytest.raises(ValueError):
+        repeat_previous_state([0] * 14, 2)
+    with pytest.raises(ValueError):
+        StatelessCartPole(0)
+    with pytest.raises(ValueError):
+        stateless_cartpole_filter(np.zeros((3, 2)), [0])
+    with pytest.raises(RuntimeError):
+        RepeatPrevious().get_state()
