@@ -28,9 +28,15 @@ Two control POMDPs of the Wasserstein Belief Updater's evaluation (popgym's, wit
   point mass), and the next suit's predictive law is the deck's remaining composition.
 - :class:`StatelessCartPole` (popgym): Gymnasium's ``CartPole`` with the two velocities removed from the
   observation, reward ``1/max_episode_length`` per step, truncated at ``max_episode_length`` (200). The
-  dynamics are deterministic and Euler-integrated (``x_{t+1} = x_t + τ ẋ_t``), so one past observation
-  and action determine the state: :func:`stateless_cartpole_filter` recovers it (exact up to the float32
-  rounding of the observations; at ``t = 0`` the velocities are only known to lie in [−0.05, 0.05]).
+  dynamics are deterministic and Euler-integrated (``x_{t+1} = x_t + τ ẋ_t``), so the previous and the
+  current observation and the previous action determine the state: :func:`stateless_cartpole_filter`
+  recovers it, exact up to the float32 rounding of the observations, which the division by τ multiplies by
+  50 in the velocities (errors of order 1e-6 to 1e-5); at ``t = 0`` the velocities are only known to lie
+  in [−0.05, 0.05].
+
+Both put the hidden state in ``info["state"]`` for evaluators and for learners allowed to see it at
+training time (the WAE-MDP); a policy must not read ``info``. Seeded episodes are reproducible, but the
+card order of a seed differs from popgym's (same distribution).
 """
 
 from __future__ import annotations
@@ -291,6 +297,8 @@ class RepeatPrevious(gym.Env):
 def repeat_previous_state(suits, k: int, num_decks: int = 1):
     """The exact filter of :class:`RepeatPrevious`: its state after the observed ``suits`` (``o_0..o_t``),
     ``(last k suits, zero-padded; remaining fraction per suit)``; a deterministic function of the history."""
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     suits = np.asarray(suits, dtype=int)
     if suits.ndim != 1 or len(suits) < 1 or np.any((suits < 0) | (suits > 3)):
         raise ValueError("suits must be a non-empty 1-D sequence of integers in 0..3")
@@ -310,7 +318,11 @@ class StatelessCartPole(CartPoleEnv):
     Observation ``(x, θ)`` (float32), actions push left (0) or right (1), reward ``1/max_episode_length``
     per step (the step on which the pole falls included, as in Gymnasium), terminated when the pole falls
     or the cart leaves the track, truncated after ``max_episode_length`` steps, so the best return is 1.
-    ``get_state()`` returns the full ``(x, ẋ, θ, θ̇)`` (float64).
+    ``get_state()`` returns the full ``(x, ẋ, θ, θ̇)`` in float64 with an unbounded ``state_space`` (the
+    WBU fork returns CartPole's float32 observation and space: cast if a learner needs that). Only
+    ``max_episode_length`` is configurable (Gymnasium's default reward, no rendering). ``reset``'s
+    ``options`` (``low``/``high``) change the reset bounds that :func:`stateless_cartpole_filter`'s
+    ``t = 0`` estimate assumes.
     """
 
     def __init__(self, max_episode_length: int = 200):

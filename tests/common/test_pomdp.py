@@ -177,6 +177,8 @@ def test_control_pomdp_validation():
         repeat_previous_state([4], 2)
     with pytest.raises(ValueError):
         repeat_previous_state([0] * 14, 2)
+    with pytest.raises(ValueError, match="k must be"):
+        repeat_previous_state([0], 0)
     with pytest.raises(ValueError):
         StatelessCartPole(0)
     with pytest.raises(ValueError):
