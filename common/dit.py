@@ -62,7 +62,7 @@ from torch import nn
 from common.diffusion.model import timestep_embedding
 
 __all__ = ["DiTConfig", "patchify", "unpatchify", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
-           "modulate", "Attention", "DiTBlock", "FinalLayer", "TinyDiT", "dit_macs",
+           "per_token", "modulate", "Attention", "DiTBlock", "FinalLayer", "TinyDiT", "dit_macs",
            "drop_labels"]
 
 
@@ -201,9 +201,19 @@ def drop_labels(y: torch.Tensor, p: float, generator: torch.Generator, null_labe
 # --- the network ----------------------------------------------------------------------------------------
 
 
+def per_token(v: torch.Tensor) -> torch.Tensor:
+    """A per-sample [B, D] vector broadcast over the tokens ([B, 1, D]); a per-token [B, T, D] one as it is."""
+    if v.ndim == 2:
+        return v[:, None, :]
+    if v.ndim == 3:
+        return v
+    raise ValueError(f"expected a [B, D] or [B, T, D] tensor, got {tuple(v.shape)}")
+
+
 def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: h (1 + scale) + shift, with per-sample [B, D] shift and scale broadcast over the tokens."""
-    return h * (1 + scale[:, None, :]) + shift[:, None, :]
+    """adaLN: h (1 + scale) + shift, with per-sample [B, D] shift and scale broadcast over the tokens, or per-token
+    [B, T, D] ones (a token-wise condition, as Blockwise Flow Matching's ``c_repre``)."""
+    return h * (1 + per_token(scale)) + per_token(shift)
 
 
 class Attention(nn.Module):
@@ -229,35 +239,37 @@ class Attention(nn.Module):
 
 class DiTBlock(nn.Module):
     """One adaLN-Zero DiT block (Sec. 3.2, Fig. 3 right): the six modulation vectors come from a zero-initialised
-    Linear of SiLU(c), so the block is the identity at initialisation."""
+    Linear of SiLU(c), so the block is the identity at initialisation. ``c`` is [B, cond_dim] (one condition per
+    sample, DiT's) or [B, T, cond_dim] (one per token); ``cond_dim`` defaults to the width."""
 
-    def __init__(self, width: int, heads: int, mlp_hidden: int, attention: str = "sdpa"):
+    def __init__(self, width: int, heads: int, mlp_hidden: int, attention: str = "sdpa", cond_dim: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(width, heads, attention)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.fc1 = nn.Linear(width, mlp_hidden)
         self.fc2 = nn.Linear(mlp_hidden, width)
-        self.adaLN_modulation = nn.Linear(width, 6 * width)
+        self.adaLN_modulation = nn.Linear(cond_dim or width, 6 * width)
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(F.silu(c)).chunk(6, dim=1)
-        h = h + gate1[:, None, :] * self.attn(modulate(self.norm1(h), shift1, scale1))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(F.silu(c)).chunk(6, dim=-1)
+        h = h + per_token(gate1) * self.attn(modulate(self.norm1(h), shift1, scale1))
         mlp = self.fc2(F.gelu(self.fc1(modulate(self.norm2(h), shift2, scale2)), approximate="tanh"))
-        return h + gate2[:, None, :] * mlp
+        return h + per_token(gate2) * mlp
 
 
 class FinalLayer(nn.Module):
-    """adaptive LN with (shift, scale) from c, then Linear(D, p·p·C) per token; both linear maps zero-initialised."""
+    """adaptive LN with (shift, scale) from c, then Linear(D, p·p·C) per token; both linear maps zero-initialised
+    (by the owning model's ``initialize_weights``). ``c`` per sample or per token, as in :class:`DiTBlock`."""
 
-    def __init__(self, width: int, patch_dim: int):
+    def __init__(self, width: int, patch_dim: int, cond_dim: int | None = None):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.adaLN_modulation = nn.Linear(width, 2 * width)
+        self.adaLN_modulation = nn.Linear(cond_dim or width, 2 * width)
         self.linear = nn.Linear(width, patch_dim)
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(F.silu(c)).chunk(2, dim=1)
+        shift, scale = self.adaLN_modulation(F.silu(c)).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(h), shift, scale))
 
 

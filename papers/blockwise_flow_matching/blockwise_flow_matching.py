@@ -39,6 +39,7 @@ checked against :class:`common.flow_matching.MACCounter`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,6 +78,22 @@ class BFMConfig:
         if self.feature_depth == 0 and self.sfg:
             raise ValueError("SFG needs a feature network (feature_depth >= 1)")
 
+    def step_macs(self, frn_step: bool = False) -> int:
+        """MACs of one velocity evaluation of one sample: condition MLP, feature net (or FRN), velocity block, final."""
+        W, C, m = self.width, self.cond_dim, self.mlp_ratio
+        macs = linear_macs(T_EMB_DIM, C) + linear_macs(C, C)
+        if self.feature_depth:
+            if frn_step:
+                macs += linear_macs(DIM, W) + self.frn_depth * AdaLNBlock.macs(W, C, m) + linear_macs(W, W)
+            else:
+                macs += linear_macs(DIM, W) + self.feature_depth * AdaLNBlock.macs(W, C, m)
+        vel_cond = C + W if self.sfg else C
+        if self.sfg or not self.feature_depth:
+            macs += linear_macs(DIM, W)
+        macs += self.velocity_depth * AdaLNBlock.macs(W, vel_cond, m)
+        macs += linear_macs(vel_cond, 2 * W) + linear_macs(W, DIM)
+        return macs
+
 
 def segment_bounds(segments: int) -> np.ndarray:
     """:math:`t_s = 1 - s/S`, s = 0..S (decreasing: segment s is :math:`[t_{s+1}, t_s]`)."""
@@ -109,6 +126,26 @@ def stratified_times(batch: int, segments: int, generator: torch.Generator) -> t
         ts.append(lo + (hi - lo) * torch.rand(n, generator=generator))
         ss.append(torch.full((n,), s, dtype=torch.long))
     return torch.cat(ts), torch.cat(ss)
+
+
+def route_segments(velocity_blocks: nn.ModuleList, head, h: torch.Tensor, cond: torch.Tensor, segment: torch.Tensor,
+                   like: torch.Tensor) -> torch.Tensor:
+    """Every sample through the velocity blocks of its own segment (``velocity_blocks[s]``, a list of blocks taking
+    ``(h, cond)``), then ``head(h, cond)``; the output has the shape and dtype of ``like`` (one block per sample; the
+    sampler's batch lies in one segment and goes through in one piece)."""
+    present = torch.unique(segment).tolist()
+    if len(present) == 1:
+        for blk in velocity_blocks[present[0]]:
+            h = blk(h, cond)
+        return head(h, cond)
+    out = torch.empty_like(like)
+    for s in present:
+        m = segment == s
+        hs, cs = h[m], cond[m]
+        for blk in velocity_blocks[s]:
+            hs = blk(hs, cs)
+        out[m] = head(hs, cs)
+    return out
 
 
 class AdaLNBlock(nn.Module):
@@ -153,6 +190,8 @@ class BFM(nn.Module):
     """The blockwise velocity model: condition embedding, shared feature net (+ projection head), S velocity
     blocks of depth L, a shared final layer, and an optional FRN. ``forward(x, t, y)`` returns the velocity."""
 
+    data_dim = DIM
+
     def __init__(self, cfg: BFMConfig):
         super().__init__()
         self.cfg = cfg
@@ -175,6 +214,15 @@ class BFM(nn.Module):
             self.frn_out = nn.Linear(W, W)
             nn.init.zeros_(self.frn_out.weight)
             nn.init.zeros_(self.frn_out.bias)
+
+    def frn_parameters(self) -> list[nn.Parameter]:
+        """The FRN's parameters (trained afterwards with everything else frozen)."""
+        return [*self.frn_in.parameters(), *self.frn_blocks.parameters(), *self.frn_out.parameters()]
+
+    @staticmethod
+    def to_digits8(x: torch.Tensor) -> torch.Tensor:
+        """The samples the metrics read (already 8×8 digits here)."""
+        return x
 
     # --- parts ---
     def condition(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -202,19 +250,7 @@ class BFM(nn.Module):
             h, cond = r, c
         else:
             h, cond = self.x_in(x), c
-        present = torch.unique(segment).tolist()
-        if len(present) == 1:  # the sampler's case: the whole batch is in one segment
-            for blk in self.velocity_blocks[present[0]]:
-                h = blk(h, cond)
-            return self.final(h, cond)
-        out = torch.empty_like(x)
-        for s in present:
-            m = segment == s
-            hs, cs = h[m], cond[m]
-            for blk in self.velocity_blocks[s]:
-                hs = blk(hs, cs)
-            out[m] = self.final(hs, cs)
-        return out
+        return route_segments(self.velocity_blocks, self.final, h, cond, segment, x)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, segment: torch.Tensor | None = None,
                 return_features: bool = False):
@@ -230,8 +266,14 @@ class BFM(nn.Module):
 
 
 def alignment_loss(model: BFM, r: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """REPA cosine loss :math:`-\\cos(h_\\psi(r), E(x))`, averaged over the batch."""
-    return -F.cosine_similarity(model.proj(r), target.to(r.dtype), dim=1).mean()
+    """REPA cosine loss :math:`-\\cos(h_\\psi(r), E(x))`, averaged over the batch (and over the tokens when ``r`` is
+    [B, T, D] feature tokens: token k is aligned with the encoder's feature at its position (``target`` [B, T·C],
+    flattened row-major from [B, T, C], as REPA aligns patch tokens)."""
+    z = model.proj(r)
+    target = target.to(r.dtype)
+    if z.ndim == 3:
+        target = target.reshape(z.shape)
+    return -F.cosine_similarity(z, target, dim=-1).mean()
 
 
 def bfm_loss(model: BFM, x: torch.Tensor, y: torch.Tensor, target_features: torch.Tensor | None,
@@ -254,11 +296,12 @@ def frn_loss(model: BFM, x: torch.Tensor, y: torch.Tensor, generator: torch.Gene
     t, seg = stratified_times(len(x), S, generator)
     eps = torch.randn(x.shape, generator=generator)
     t_start, t_end = bounds[seg], bounds[seg + 1]
-    gamma = ((t_start - t) / (t_start - t_end))[:, None]
+    gamma = (t_start - t) / (t_start - t_end)
     xt, xs = interpolate(x, eps, t), interpolate(x, eps, t_start)
     with torch.no_grad():
         r_t = model.features(xt, model.condition(t, y))
         r_s = model.features(xs, model.condition(t_start, y))
+    gamma = gamma.reshape(-1, *([1] * (r_t.ndim - 1)))  # [B, 1] for feature vectors, [B, 1, 1] for tokens
     approx = r_s + gamma * model.frn(xt, model.condition(t, y))
     loss = (approx - r_t).pow(2).mean(1).mean()
     return loss, {"frn": loss.detach()}
@@ -303,21 +346,9 @@ def sample_bfm(model: BFM, noise: torch.Tensor, y: torch.Tensor, steps_per_segme
     return x, counts
 
 
-def step_macs(cfg: BFMConfig, frn_step: bool = False) -> int:
-    """MACs of one velocity evaluation of one sample: condition MLP, feature net (or FRN), velocity block, final."""
-    W, C, m = cfg.width, cfg.cond_dim, cfg.mlp_ratio
-    macs = linear_macs(T_EMB_DIM, C) + linear_macs(C, C)
-    if cfg.feature_depth:
-        if frn_step:
-            macs += linear_macs(DIM, W) + cfg.frn_depth * AdaLNBlock.macs(W, C, m) + linear_macs(W, W)
-        else:
-            macs += linear_macs(DIM, W) + cfg.feature_depth * AdaLNBlock.macs(W, C, m)
-    vel_cond = C + W if cfg.sfg else C
-    if cfg.sfg or not cfg.feature_depth:
-        macs += linear_macs(DIM, W)
-    macs += cfg.velocity_depth * AdaLNBlock.macs(W, vel_cond, m)
-    macs += linear_macs(vel_cond, 2 * W) + linear_macs(W, DIM)
-    return macs
+def step_macs(cfg, frn_step: bool = False) -> int:
+    """MACs of one velocity evaluation of one sample (``cfg.step_macs``: :class:`BFMConfig` or the DiT's config)."""
+    return cfg.step_macs(frn_step)
 
 
 def sampling_macs(cfg: BFMConfig, steps_per_segment: int, use_frn: bool = False) -> int:
@@ -336,42 +367,151 @@ def inference_parameters(model: BFM, include_frn: bool = False) -> int:
 # --- the experiment: training and evaluation helpers used by the notebook ---------------------------------
 
 
-def train_bfm(cfg: BFMConfig, seed: int, n_iters: int, batch_size: int = 128, lr: float = 2e-3,
-              frn_iters: int = 0, progress: bool = False):
-    """Train a :class:`BFM` on the digits train split (seeded init and batches), then, if ``frn_iters``, its FRN with
-    everything else frozen. Every model of a comparison gets the same seed, data, optimiser and iterations.
-    Returns (model, {"fm": last-100 mean FM loss, "frn": last-100 mean FRN loss or nan})."""
+def build_model(cfg) -> nn.Module:
+    """:class:`BFM` for a :class:`BFMConfig`, the 16×16 DiT (:class:`.dit16.BFMDiT`) for a ``BFMDiTConfig``."""
+    from .dit16 import BFMDiT, BFMDiTConfig
+
+    if isinstance(cfg, BFMDiTConfig):
+        return BFMDiT(cfg)
+    if isinstance(cfg, BFMConfig):
+        return BFM(cfg)
+    raise TypeError(f"expected a BFMConfig or BFMDiTConfig, got {type(cfg).__name__}")
+
+
+def training_data(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, labels, encoder targets) of the digits train split at the model's resolution. MLP model: 8×8
+    images, targets the classifier's 32-D bottleneck [N, 32]. DiT: the same images upsampled to 16×16, targets the
+    classifier's spatial feature map at the token grid (:func:`.dit16.spatial_targets`, [N, 64·64] flattened)."""
     from common.diffusion.data import load_digits_split
     from common.diffusion.metrics import train_features
+    from common.digits16.data import load_digits16_split
+
+    from .dit16 import BFMDiTConfig, spatial_targets
+
+    if isinstance(cfg, BFMDiTConfig):
+        data, split8 = load_digits16_split(), load_digits_split()
+        return data.x_train, data.y_train, spatial_targets(split8.x_train).flatten(1)
+    data = load_digits_split()
+    return data.x_train, data.y_train, train_features().to(torch.float32)
+
+
+# the code that shapes a trained model: a cached model is reused only while all of it is unchanged
+_TRAINING_CODE = ("BFMConfig", "segment_bounds", "segment_of", "segment_split", "stratified_times", "route_segments",
+                  "AdaLNBlock", "FinalLayer", "BFM", "alignment_loss", "bfm_loss", "frn_loss", "build_model",
+                  "training_data", "train_bfm")
+
+
+def model_cache_path(cache_dir, cfg, seed: int, n_iters: int, batch_size: int, lr: float, frn_iters: int) -> Path:
+    """The cache file of one trained model, named by everything that shapes its weights: the config, seed,
+    iterations, batch, learning rate, FRN iterations, the training data's bytes (targets included), torch's and
+    numpy's versions, the torch thread count, this module's constants, the source of this module's training code (``_TRAINING_CODE``) and the whole source of ``common/dit.py``,
+    ``common/flow_matching.py``, ``common/diffusion/model.py``, ``common/harness/seeding.py`` and
+    :mod:`.dit16`. Evaluation code and docstrings elsewhere in this module do not enter. Relative
+    ``cache_dir`` is relative to the repository."""
+    import hashlib
+    import inspect
+    import sys
+
+    import common.diffusion.model
+    import common.dit
+    import common.flow_matching
+    import common.harness.seeding
+
+    from . import dit16
+
+    h = hashlib.sha256()
+    for part in training_data(cfg):
+        h.update(part.numpy().tobytes())
+    h.update(repr((cfg, seed, n_iters, batch_size, lr, frn_iters, torch.__version__, np.__version__,
+                   torch.get_num_threads(), FEATURE_DIM, ALIGN_WEIGHT, T_EMB_DIM, DIM)).encode())
+    module = sys.modules[__name__]
+    for name in _TRAINING_CODE:
+        h.update(inspect.getsource(getattr(module, name)).encode())
+    for mod in (common.dit, common.flow_matching, common.diffusion.model, common.harness.seeding, dit16):
+        h.update(Path(mod.__file__).read_bytes())
+    root = Path(cache_dir)
+    if not root.is_absolute():
+        root = Path(__file__).resolve().parents[2] / root
+    kind = type(cfg).__name__.replace("Config", "").lower()
+    return root / f"{kind}_S{cfg.segments}_{'sfg' if cfg.sfg else 'nosfg'}_seed{seed}_{h.hexdigest()[:16]}.safetensors"
+
+
+def train_bfm(cfg, seed: int, n_iters: int, batch_size: int = 128, lr: float = 2e-3,
+              frn_iters: int = 0, progress: bool = False, cache_dir=None):
+    """Train a BFM model (:func:`build_model`) on the digits train split (seeded init and batches), then, if
+    ``frn_iters``, its FRN with everything else frozen. Every model of a comparison gets the same seed, data,
+    optimiser and iterations. Returns (model, {"fm": last-100 mean FM loss, "frn": last-100 mean FRN loss or nan,
+    "frn_initial": first-10 mean FRN loss or nan, "cached": whether the weights came from ``cache_dir``}).
+
+    ``cache_dir``: a trained model is saved there (safetensors, written to a temporary file and renamed) under
+    :func:`model_cache_path`, and a later call with the same everything loads it instead of training."""
     from common.flow_matching import TrainConfig, train
     from common.harness.seeding import seeded_training
 
-    data = load_digits_split()
-    target = train_features().to(torch.float32)
-    xy = torch.cat([data.x_train, target], dim=1)  # features ride along with their images in every batch
+    path = model_cache_path(cache_dir, cfg, seed, n_iters, batch_size, lr, frn_iters) if cache_dir else None
+    if path is not None and path.exists():
+        return _load_cached(cfg, path)
+    x, y, target = training_data(cfg)
+    dim = x.shape[1]
+    xy = torch.cat([x, target], dim=1)  # features ride along with their images in every batch
     gen = seeded_training(seed)
-    model = BFM(cfg)
+    model = build_model(cfg)
 
     def loss_fn(m, batch, yb, g):
-        return bfm_loss(m, batch[:, :DIM], yb, batch[:, DIM:], g)
+        return bfm_loss(m, batch[:, :dim], yb, batch[:, dim:], g)
 
-    res = train(model, loss_fn, xy, data.y_train, TrainConfig(n_iters=n_iters, batch_size=batch_size, lr=lr),
+    res = train(model, loss_fn, xy, y, TrainConfig(n_iters=n_iters, batch_size=batch_size, lr=lr),
                 generator=gen, progress=progress)
-    summary = {"fm": float(np.mean(res.logs["fm"][-100:])), "frn": float("nan")}
+    summary = {"fm": float(np.mean(res.logs["fm"][-100:])), "frn": float("nan"), "frn_initial": float("nan"),
+               "cached": False}
     if frn_iters and hasattr(model, "frn_blocks"):
-        frn_params = [p for n, p in model.named_parameters() if n.split(".")[0] in {"frn_in", "frn_blocks", "frn_out"}]
-        res_f = train(model, lambda m, xb, yb, g: frn_loss(m, xb, yb, g), data.x_train, data.y_train,
-                      TrainConfig(n_iters=frn_iters, batch_size=batch_size, lr=lr), parameters=frn_params,
+        res_f = train(model, lambda m, xb, yb, g: frn_loss(m, xb, yb, g), x, y,
+                      TrainConfig(n_iters=frn_iters, batch_size=batch_size, lr=lr), parameters=model.frn_parameters(),
                       generator=gen, progress=progress)
         summary["frn"] = float(np.mean(res_f.losses[-100:]))
+        summary["frn_initial"] = float(np.mean(res_f.losses[:10]))  # the FRN starts at 0: E|r(x_ts) - r(x_t)|^2
     model.requires_grad_(False)
+    if path is not None:
+        _save_cached(model, summary, path)
     return model, summary
 
 
-def noise_bank(n_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian starting points [n, 64] and balanced labels (i mod 10) for one sampling seed."""
+def _save_cached(model: nn.Module, summary: dict, path: Path) -> None:
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    from common.harness.provenance import device
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    meta = {"summary": json.dumps({k: v for k, v in summary.items() if k != "cached"}),
+            "device": json.dumps(device()), "threads": str(torch.get_num_threads())}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _load_cached(cfg, path: Path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    model = build_model(cfg)
+    model.load_state_dict(load_file(str(path)))
+    model.requires_grad_(False)
+    model.eval()
+    with safe_open(str(path), "pt") as f:
+        summary = json.loads(f.metadata()["summary"])
+    return model, {**summary, "cached": True}
+
+
+def noise_bank(n_samples: int, seed: int, dim: int = DIM) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian starting points [n, dim] (64 for 8×8, 256 for 16×16) and balanced labels (i mod 10) for one
+    sampling seed."""
     g = torch.Generator().manual_seed(int(seed))
-    return torch.randn(n_samples, DIM, generator=g), torch.arange(n_samples) % N_CLASSES
+    return torch.randn(n_samples, dim, generator=g), torch.arange(n_samples) % N_CLASSES
 
 
 def sample_quality(x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -393,9 +533,9 @@ def evaluate(model: BFM, total_steps: list[int], sampling_seeds: list[int], n_sa
             raise ValueError(f"total steps {n} is not a multiple of S = {S}")
         row = {"fd": [], "kid": [], "acc": []}
         for sd in sampling_seeds:
-            noise, y = noise_bank(n_samples, sd)
+            noise, y = noise_bank(n_samples, sd, model.data_dim)
             x, _ = sample_bfm(model, noise, y, n // S, use_frn=use_frn)
-            for k, v in sample_quality(x, y).items():
+            for k, v in sample_quality(model.to_digits8(x), y).items():
                 row[k].append(v)
         row["macs"] = sampling_macs(model.cfg, n // S, use_frn=use_frn)
         out[n] = row
@@ -429,3 +569,161 @@ def flops_to_match_bounds(curves, target_fd: float) -> tuple[float, float]:
             lows.append(f[first - 1] if first > 0 else 0.0)
             highs.append(f[first])
     return float(min(lows)), float(min(highs))
+
+
+# --- the whole experiment: every variant trained and evaluated (in worker processes if asked) ----------------
+
+PAIR = ("s1_sfg", "s3_sfg")  # the pair of claim 2, trained on every training seed
+FRN_VARIANT = "s3_sfg"  # the model whose FRN is trained (and evaluated on the ablation seeds)
+
+
+def _variant_task(task: dict) -> dict:
+    """Train one variant on one seed (or load it from the cache) and evaluate it; see :func:`run_variants`."""
+    model, summary = train_bfm(task["cfg"], task["seed"], task["n_iters"], batch_size=task["batch_size"],
+                               lr=task["lr"], frn_iters=task["frn_iters"], cache_dir=task["cache_dir"])
+    out = {"summary": summary, "eval": evaluate(model, task["total_steps"], task["sampling_seeds"], task["n_samples"])}
+    if task["eval_frn"]:
+        out["eval_frn"] = evaluate(model, task["total_steps"], task["sampling_seeds"], task["n_samples"], use_frn=True)
+    if task["grid"]:
+        noise, y = noise_bank(task["grid"], task["sampling_seeds"][0], model.data_dim)
+        out["grid"] = sample_bfm(model, noise, y, task["grid_steps"] // model.cfg.segments)[0]
+    return out
+
+
+def run_variants(configs: dict, train_seeds: list[int], n_ablation_seeds: int, n_iters: int, frn_iters: int,
+                 batch_size: int, total_steps: list[int], sampling_seeds: list[int], n_samples: int, lr: float = 2e-3,
+                 n_jobs: int = 1, cache_dir=None, grid: int = 0, grid_steps: int = 0, progress: bool = True):
+    """Train and evaluate the variants of ``configs`` (names as in the notebooks): the pair :data:`PAIR` on every
+    training seed, the other variants on the first ``n_ablation_seeds``; :data:`FRN_VARIANT` always with its FRN
+    (``frn_iters``), evaluated with it (``"s3_sfg_frn"``) on the ablation seeds. Every model gets the same data,
+    optimiser, iterations and batch; each training seed seeds its initialisation and batches.
+
+    ``n_jobs`` > 1 runs the (train, evaluate) tasks in worker processes (spawned, each with this process's torch
+    thread count, so the metrics equal a sequential run's; :func:`common.workers.process_map`); ``cache_dir`` keeps
+    the trained models (:func:`train_bfm`); ``grid`` > 0 also returns that many samples at ``grid_steps`` total
+    steps from each variant's first training seed.
+
+    Returns ``(results, losses, extras)``: ``results[name]`` a list over its seeds of :func:`evaluate` dicts,
+    ``losses[name]`` the final FM (FRN for ``s3_sfg_frn``) losses, ``extras`` with ``cached`` (models loaded from
+    the cache), ``grids`` ({name: samples}) and ``frn_initial`` (the FRN losses at its start, per ablation seed)."""
+    from common.workers import process_map
+
+    tasks, keys = [], []
+    for k, ts in enumerate(train_seeds):
+        for name, cfg in configs.items():
+            if k >= n_ablation_seeds and name not in PAIR:
+                continue
+            tasks.append({"cfg": cfg, "seed": ts, "n_iters": n_iters, "batch_size": batch_size, "lr": lr,
+                          "frn_iters": frn_iters if name == FRN_VARIANT else 0, "cache_dir": cache_dir,
+                          "total_steps": total_steps, "sampling_seeds": sampling_seeds, "n_samples": n_samples,
+                          "eval_frn": name == FRN_VARIANT and k < n_ablation_seeds,
+                          "grid": grid if k == 0 else 0, "grid_steps": grid_steps})
+            keys.append(name)
+    names = [*configs, f"{FRN_VARIANT}_frn"] if FRN_VARIANT in configs else [*configs]
+    results = {k: [] for k in names}
+    losses = {k: [] for k in names}
+    extras = {"cached": 0, "grids": {}, "frn_initial": []}
+    for name, out in zip(keys, process_map(_variant_task, tasks, n_jobs=n_jobs, progress=progress,
+                                           desc="train + evaluate"), strict=True):
+        results[name].append(out["eval"])
+        losses[name].append(out["summary"]["fm"])
+        extras["cached"] += int(out["summary"]["cached"])
+        if "eval_frn" in out:
+            results[f"{name}_frn"].append(out["eval_frn"])
+            losses[f"{name}_frn"].append(out["summary"]["frn"])
+            extras["frn_initial"].append(out["summary"]["frn_initial"])
+        if "grid" in out:
+            extras["grids"][name] = out["grid"]
+    return results, losses, extras
+
+
+def per_unit(results: dict, name: str, steps: int, metric: str, n_seeds: int) -> list[float]:
+    """The unit of an interval: a training seed (its metric averaged over sampling seeds) when a comparison has at
+    least 3 training seeds, else one sampling seed of the single trained model."""
+    rows = [r[steps][metric] for r in results[name][:n_seeds]]
+    return [float(np.mean(r)) for r in rows] if n_seeds >= 3 else [v for r in rows for v in r]
+
+
+def claim_metrics(results: dict, losses: dict, floor_fd: float, total_steps: list[int], claim_steps: int,
+                  frn_claim_steps: int, n_train_seeds: int, n_ablation_seeds: int) -> dict:
+    """Every metric the claims read, as {name: value or :class:`common.stats.Interval`} (the notebooks record
+    them, with a prefix for the 16×16 DiT): per-variant losses and FD/KID/accuracy/MACs at every step count;
+    claim 2's S=1 − S=3 gains (with and without SFG) and whether both arms are trained (worse arm's FD over the
+    held-out floor; ``claim{3,4,5}.fd_over_floor`` the same for the arms of claims 3, 4 and 5 (1)); claim 3's −SFG − +SFG gain; claim 4's
+    FRN/full FD ratio; claim 5's accuracy gap; claim 1's FLOPs ratios (upper and lower bounds per ablation seed,
+    :func:`flops_to_match_bounds`)."""
+    from common import stats
+
+    out = {"setup.train_seeds_claim2": n_train_seeds, "setup.train_seeds_ablation": n_ablation_seeds}
+    for name in results:
+        out[f"train.{name}.final_loss"] = losses[name]
+        for n in total_steps:
+            for metric in ("fd", "kid", "acc"):
+                out[f"{name}.steps{n}.{metric}"] = per_unit(results, name, n, metric, len(results[name]))
+            out[f"{name}.steps{n}.macs"] = results[name][0][n]["macs"]
+    nt, na = n_train_seeds, n_ablation_seeds
+
+    def gain(a, b, metric, seeds, steps=claim_steps):
+        return stats.paired_difference(per_unit(results, a, steps, metric, seeds),
+                                       per_unit(results, b, steps, metric, seeds))
+
+    for steps in total_steps:  # S=1 minus S=3 at every step count (claim 2 reads claim_steps)
+        out[f"claim2.steps{steps}.fd_gain"] = gain("s1_sfg", "s3_sfg", "fd", nt, steps)
+        out[f"claim2.steps{steps}.kid_gain"] = gain("s1_sfg", "s3_sfg", "kid", nt, steps)
+    out["claim2.fd_gain"] = gain("s1_sfg", "s3_sfg", "fd", nt)
+    out["claim2.fd_over_floor"] = max(float(np.mean(per_unit(results, k, claim_steps, "fd", nt)))
+                                      for k in PAIR) / floor_fd
+
+    def over_floor(arms, seeds):  # are the compared models trained? the worse arm's mean FD over the floor
+        return max(float(np.mean(per_unit(results, k, claim_steps, "fd", seeds))) for k in arms) / floor_fd
+
+    out["claim3.fd_over_floor"] = over_floor(("s3_sfg", "s3_nosfg"), na)
+    out["claim4.fd_over_floor"] = over_floor(("s3_sfg",), na)  # the FRN's FD is what claim 4 tests
+    out["claim5.fd_over_floor"] = over_floor(("s3_sfg", "s1_nosfg"), na)  # also claim 1's arms
+    out["claim2.fd_gain_nosfg"] = gain("s1_nosfg", "s3_nosfg", "fd", na)
+    out["claim3.fd_gain"] = gain("s3_nosfg", "s3_sfg", "fd", na)
+    out["claim4.fd_ratio"] = stats.ratio_of_means(per_unit(results, "s3_sfg_frn", frn_claim_steps, "fd", na),
+                                                  per_unit(results, "s3_sfg", frn_claim_steps, "fd", na))
+    out["claim5.acc_gap"] = gain("s3_sfg", "s1_nosfg", "acc", na)
+    ratios, ratios_lo = [], []
+    for k in range(na):
+        base_fd = mean_fd_curve(results, "s1_nosfg", k, total_steps)
+        best = int(np.argmin(base_fd))
+        base_macs = results["s1_nosfg"][k][total_steps[best]]["macs"]
+        curves = [([results[v][k][s]["macs"] for s in total_steps], mean_fd_curve(results, v, k, total_steps))
+                  for v in ("s3_sfg", "s3_sfg_frn")]
+        bfm_macs = [m for c in curves for m in c[0]]
+        bfm_fd = [d for c in curves for d in c[1]]
+        ratios.append(min(flops_to_match(bfm_macs, bfm_fd, base_fd[best]) / base_macs, 1e6))
+        # the sweep is a grid: the crossover lies between the last failing and the first matching point of a curve
+        ratios_lo.append(min(flops_to_match_bounds(curves, base_fd[best])[0] / base_macs, 1e6))
+    out["claim1.flops_ratio"] = ratios  # upper bound on the ratio (the first sweep point that matches)
+    out["claim1.flops_ratio_lo"] = ratios_lo  # lower bound (the sweep point before it)
+    return out
+
+
+def mean_fd_curve(results: dict, name: str, k: int, total_steps: list[int]) -> list[float]:
+    """Training seed k's FD (mean over sampling seeds) at every total step count."""
+    return [float(np.mean(results[name][k][s]["fd"])) for s in total_steps]
+
+
+def pareto_figure(results: dict, floor_fd: float, total_steps: list[int]):
+    """FD against MACs per sample (the Pareto view of claim 1) and class accuracy against total steps, every
+    variant averaged over its training seeds; the held-out floor as a grey line."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    styles = {"s1_nosfg": "k--o", "s1_sfg": "C0-o", "s3_nosfg": "C1--s", "s3_sfg": "C2-s", "s3_sfg_frn": "C3-^"}
+    for name, st in styles.items():
+        if not results.get(name):
+            continue
+        macs = [results[name][0][s]["macs"] / 1e6 for s in total_steps]
+        fd = [np.mean([np.mean(r[s]["fd"]) for r in results[name]]) for s in total_steps]
+        acc = [np.mean([np.mean(r[s]["acc"]) for r in results[name]]) for s in total_steps]
+        axes[0].plot(macs, fd, st, label=name)
+        axes[1].plot(total_steps, acc, st, label=name)
+    axes[0].axhline(floor_fd, color="grey", lw=0.8, label="held-out floor")
+    axes[0].set(xscale="log", yscale="log", xlabel="MMACs per sample", ylabel="FD (classifier features)")
+    axes[1].set(xscale="log", xlabel="total Euler steps", ylabel="class accuracy")
+    axes[0].legend(fontsize=7)
+    return fig
