@@ -20,13 +20,21 @@ consistency trajectory variants):
   :math:`d(a, b) = \sqrt{(a - b)^2 + c^2} - c` (Song & Dhariwal 2023; c = 0.001 as in the LCM scripts),
   averaged over elements, against the *EMA target network* :math:`f_{\theta^-}(\hat z_{t_n}, t_n)`
   (:math:`\theta^- \leftarrow \mu\theta^- + (1 - \mu)\theta`, μ = 0.95).
+* **Predicted origin.** For an ε-prediction network :math:`\hat x_0 = (z - \sigma_{in}\hat\varepsilon)/\alpha_t`,
+  with :math:`\sigma_{in}` the noise level of the input (LCM's ``predicted_origin``; SLAM's
+  ``predicted_origin_splam`` passes its sub-path level :math:`\sigma_\gamma`). For an x0-prediction network
+  (``student.prediction == "x0"``, the 16×16 digits UNet) the predicted origin is the network's output, as in
+  LCM's training script for ``prediction_type == "sample"``; :math:`\sigma_{in}` is then not used (the official
+  SPLAM script supports ε-prediction only: this branch is our extension).
 * **Conditioning-scalar embedding**: LCM feeds the guidance scale through a sinusoidal embedding
   (``guidance_scale_embedding``, scale 1000) projected by a bias-free linear layer and added to the timestep
   embedding (diffusers' ``TimestepEmbedding.cond_proj``); SLAM feeds its sub-path position γ through the same
   slot. We zero-initialise that layer so that the student starts as the teacher exactly; diffusers and the
   official SPLAM script keep its default random initialisation (``papers/slam/README.md``, audit of
   2026-12-05: the random initialisation does not change SLAM's collapse there). :class:`CondEpsMLP` adds that slot to
-  :class:`~common.diffusion.model.EpsMLP`; at initialisation it is the teacher exactly.
+  :class:`~common.diffusion.model.EpsMLP` and :class:`CondUNetStudent` to the 16×16 digits UNet
+  (:class:`~common.digits16.model.EpsUNet16`, through its ``TimestepEmbedding`` input as diffusers'
+  ``cond_proj`` does); at initialisation either is the teacher exactly.
 * **Multistep consistency sampler** (LCM Alg. 3): evaluate :math:`f_\theta` at the first inference
   timestep, re-noise the estimate to the next one with fresh noise, repeat; the inference timesteps
   are diffusers' ``LCMScheduler`` choice among the 50 original steps (1 step: [999]; 2: [999, 499];
@@ -159,18 +167,107 @@ class CondEpsMLP(nn.Module):
     eps = forward
 
 
+class CondUNetStudent(nn.Module):
+    """A 16×16 digits UNet (:class:`~common.digits16.model.EpsUNet16`) with LCM's conditioning slot.
+
+    diffusers' ``TimestepEmbedding(cond_proj_dim=...)`` adds ``cond_proj(condition)`` to its sinusoidal input
+    before ``linear_1``; ``UNet2DModel`` has no such argument, so the same sum is made by a forward pre-hook on
+    ``unet.time_embedding`` that lives only for the duration of one call. ``cond_proj`` is bias-free and
+    zero-initialised (``zero_init=False``: nn.Linear's default draw), so a fresh ``from_teacher`` copy answers
+    exactly like the teacher for every ``cond``. ``prediction`` is the teacher's ("x0" or "epsilon"), and
+    :func:`consistency_output` reads the predicted origin accordingly.
+    """
+
+    def __init__(self, net: nn.Module, cond_embed_dim: int = 64, cond_map: str = "identity", zero_init: bool = True):
+        super().__init__()
+        if cond_embed_dim % 2:
+            raise ValueError("cond_embed_dim must be even")
+        if cond_map not in COND_MAPS:
+            raise ValueError(f"cond_map must be one of {sorted(COND_MAPS)}, got {cond_map!r}")
+        if not hasattr(net, "unet") or not hasattr(net, "raw"):
+            raise TypeError(f"expected an EpsUNet16-like network (with .unet and .raw), got {type(net).__name__}")
+        self.net = net
+        self.prediction = net.prediction
+        self.schedule = net.schedule
+        self.cond_embed_dim = int(cond_embed_dim)
+        self.cond_map = cond_map
+        self.cond_proj = nn.Linear(cond_embed_dim, net.unet.time_embedding.linear_1.in_features, bias=False)
+        if zero_init:
+            nn.init.zeros_(self.cond_proj.weight)
+
+    @classmethod
+    def from_teacher(cls, teacher_net: nn.Module, cond_embed_dim: int = 64, cond_map: str = "identity",
+                     zero_init: bool = True) -> "CondUNetStudent":
+        """A trainable copy of ``teacher_net`` (same class, config and parameterisation) with the slot."""
+        net = type(teacher_net)(teacher_net.config, prediction=teacher_net.prediction)
+        net.load_state_dict(teacher_net.state_dict())
+        return cls(net.train().requires_grad_(True), cond_embed_dim, cond_map, zero_init)
+
+    def raw(self, x: torch.Tensor, t, y: torch.Tensor, cond) -> torch.Tensor:
+        """The UNet's output (x0-hat or eps-hat, by ``prediction``) with ``cond`` in the time embedding."""
+        cond = torch.as_tensor(cond, dtype=torch.float64).reshape(-1)
+        if cond.numel() == 1:
+            cond = cond.expand(x.shape[0])
+        extra = self.cond_proj(scalar_embedding(COND_MAPS[self.cond_map](cond), self.cond_embed_dim).to(self.net.dtype))
+
+        def add_condition(_module, args):
+            return (args[0] + extra,) + tuple(args[1:])
+
+        handle = self.net.unet.time_embedding.register_forward_pre_hook(add_condition)
+        try:
+            return self.net.raw(x.to(self.net.dtype), t, y)
+        finally:
+            handle.remove()
+
+    def predict_x0(self, x: torch.Tensor, t, y: torch.Tensor, cond) -> torch.Tensor:
+        """x0-hat at noise level sigma_t (for "epsilon": (x - sigma_t eps)/alpha_t), in x's dtype."""
+        out = self.raw(x, t, y, cond).to(x.dtype)
+        if self.prediction == "epsilon":
+            alpha, sigma = self._alpha_sigma(t, x)
+            out = (x - sigma * out) / alpha
+        return out
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor, cond) -> torch.Tensor:
+        """eps-hat at noise level sigma_t (for "x0": (x - alpha_t x0_hat)/sigma_t), in x's dtype (the model protocol)."""
+        out = self.raw(x, t, y, cond).to(x.dtype)
+        if self.prediction == "x0":
+            alpha, sigma = self._alpha_sigma(t, x)
+            out = (x - alpha * out) / sigma
+        return out
+
+    eps = forward
+
+    def _alpha_sigma(self, t, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = batch_times(t, x)
+        return self.schedule.alpha(t).to(x.dtype)[:, None], self.schedule.sigma(t).to(x.dtype)[:, None]
+
+
+def student_from_teacher(teacher_net: nn.Module, cfg: "DistillConfig") -> nn.Module:
+    """The distillation student for ``teacher_net``: :class:`CondEpsMLP` for an EpsMLP, :class:`CondUNetStudent`
+    for a 16×16 digits UNet; the slot is configured by ``cfg`` (cond_embed_dim, cond_map, cond_zero_init)."""
+    if isinstance(teacher_net, EpsMLP):
+        return CondEpsMLP.from_teacher(teacher_net, cfg.cond_embed_dim, cfg.cond_map, cfg.cond_zero_init)
+    if hasattr(teacher_net, "unet"):
+        return CondUNetStudent.from_teacher(teacher_net, cfg.cond_embed_dim, cfg.cond_map, cfg.cond_zero_init)
+    raise TypeError(f"no distillation student for a {type(teacher_net).__name__} teacher")
+
+
 def consistency_output(student, x: torch.Tensor, steps: torch.Tensor, y, cond, sigma_in: torch.Tensor,
                        schedule) -> torch.Tensor:
     r""":math:`f = c_{skip} x + c_{out} (x - \sigma_{in}\hat\varepsilon)/\alpha_t` at discrete ``steps`` [B].
 
-    ``sigma_in`` [B] is the noise level of x (for plain noisy inputs :math:`\sigma_t`)."""
+    ``sigma_in`` [B] is the noise level of x (for plain noisy inputs :math:`\sigma_t`); an x0-prediction student
+    (``student.prediction == "x0"``) gives :math:`\hat x_0` directly and ``sigma_in`` is not used."""
     steps = torch.as_tensor(steps, dtype=torch.long)
     alpha, _ = alpha_sigma_discrete(schedule, steps)
     c_skip, c_out = boundary_scalings(steps)
     t_cont = schedule.t_of_step(steps)
-    eps = student(x, t_cont, y, cond)
     col = lambda v: v.to(x.dtype)[:, None]  # noqa: E731
-    x0 = (x - col(sigma_in) * eps) / col(alpha)
+    if getattr(student, "prediction", "epsilon") == "x0":  # the network's output is the predicted origin
+        x0 = student.predict_x0(x, t_cont, y, cond)
+    else:
+        eps = student(x, t_cont, y, cond)
+        x0 = (x - col(sigma_in) * eps) / col(alpha)
     return col(c_skip) * x + col(c_out) * x0
 
 
@@ -252,8 +349,8 @@ class DistillConfig:
 
 @dataclass
 class DistillResult:
-    student: CondEpsMLP       # online network
-    target: CondEpsMLP        # EMA target network (LCM samples with the EMA weights)
+    student: nn.Module        # online network (CondEpsMLP or CondUNetStudent)
+    target: nn.Module         # EMA target network (LCM samples with the EMA weights)
     losses: list = field(default_factory=list)
     evaluations: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -262,7 +359,7 @@ class DistillResult:
 def consistency_distill(teacher, x_data: torch.Tensor, y_data: torch.Tensor, cfg: DistillConfig,
                         student_input: Callable | None = None, eval_fn: Callable | None = None,
                         eval_every: int = 0, progress: bool = True, desc: str = "distill") -> DistillResult:
-    r"""Consistency distillation (LCM Alg. 1) of ``teacher`` (a Denoiser over an EpsMLP, ``teacher.net``).
+    r"""Consistency distillation (LCM Alg. 1) of ``teacher`` (a Denoiser over an EpsMLP or a 16×16 digits UNet, ``teacher.net``).
 
     Per iteration: draw data :math:`x_0`, labels y, an index :math:`t_{n+k}` of the skipping grid and noise;
     :math:`z = \alpha x_0 + \sigma\varepsilon`; the teacher's DDIM step gives :math:`\hat z_{t_n}`; the target is
@@ -281,7 +378,7 @@ def consistency_distill(teacher, x_data: torch.Tensor, y_data: torch.Tensor, cfg
     generator = torch.Generator().manual_seed(int(cfg.seed))
     hook_generator = torch.Generator().manual_seed(int(cfg.seed) + HOOK_SEED_OFFSET)
     torch.manual_seed(int(cfg.seed))
-    student = CondEpsMLP.from_teacher(teacher.net, cfg.cond_embed_dim, cfg.cond_map, cfg.cond_zero_init)
+    student = student_from_teacher(teacher.net, cfg)
     target = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     grid = torch.from_numpy(skipping_timesteps(cfg.n_original, schedule.num_train_timesteps))

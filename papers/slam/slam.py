@@ -33,6 +33,8 @@ Everything else (teacher solver, boundary scalings, EMA target, sampler) is shar
 from __future__ import annotations
 
 import dataclasses
+import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,11 +48,15 @@ from common.consistency import (
     lcm_sample,
     lcm_student_input,
     skipping_timesteps,
+    student_from_teacher,
 )
 from common.diffusion import ddim, ddim_timesteps, dpm_solver_pp_2m
 from common.diffusion.metrics import fd_to_train, kid_to_train
+from common.digits16.data import DIM16, to_digits8
+from common.model_cache import cache_key, cache_path, load_weights, save_weights
 
 METHODS = ("lcm", "slam")
+GRID = 20  # samples per student kept for figures (two of each class)
 #: Diagnostic arms: SLAM with the official script's γ slot (embedding of 10 - 10γ, default-initialised projection)
 #: instead of ours (embedding of γ, zero-initialised); the student input is SLAM's.
 OFFICIAL_ARMS = {"slam_official": ("slam", {"cond_map": "splam", "cond_zero_init": False})}
@@ -102,11 +108,68 @@ def distill(teacher, x_data, y_data, method: str, cfg: DistillConfig, eval_fn=No
     everything else fixed by ``cfg``; ``desc`` labels the progress bar (default: the method and seed)."""
     desc = f"{method} seed {cfg.seed}" if desc is None else desc
     if method in OFFICIAL_ARMS:
-        base, overrides = OFFICIAL_ARMS[method]
-        return distill(teacher, x_data, y_data, base, dataclasses.replace(cfg, **overrides), eval_fn, eval_every,
-                       progress, desc)
+        return distill(teacher, x_data, y_data, OFFICIAL_ARMS[method][0], _arm_config(method, cfg), eval_fn,
+                       eval_every, progress, desc)
     return consistency_distill(teacher, x_data, y_data, cfg, student_input=student_input_for(method),
                                eval_fn=eval_fn, eval_every=eval_every, progress=progress, desc=desc)
+
+
+def _arm_config(arm: str, cfg: DistillConfig) -> DistillConfig:
+    """``cfg`` with a diagnostic arm's slot overrides (:data:`OFFICIAL_ARMS`); ``cfg`` itself for "lcm"/"slam"."""
+    if arm in OFFICIAL_ARMS:
+        return dataclasses.replace(cfg, **OFFICIAL_ARMS[arm][1])
+    if arm not in METHODS:
+        raise ValueError(f"arm must be one of {METHODS + tuple(OFFICIAL_ARMS)}, got {arm!r}")
+    return cfg
+
+
+def training_cache_key(teacher, split, arm: str, cfg: DistillConfig, n_curve_samples: int, eval_every: int) -> str:
+    """The cache key of one trained student (:mod:`common.model_cache`): the arm, the distillation config, the curve
+    settings, the teacher's weights and schedule, the training data, and the whole source of the code that trains
+    it or draws its curve (this module, ``common/consistency.py``, the 16×16 UNet and data modules, the diffusion
+    schedule, views, model and metrics modules and the seeding helpers)."""
+    import common.consistency
+    import common.diffusion.metrics
+    import common.diffusion.model
+    import common.diffusion.schedule
+    import common.diffusion.views
+    import common.digits16.data
+    import common.digits16.model
+
+    files = [Path(m.__file__) for m in (common.consistency, common.diffusion.metrics, common.diffusion.model,
+                                        common.diffusion.schedule, common.diffusion.views, common.digits16.data,
+                                        common.digits16.model)] + [Path(__file__)]
+    tensors = [split.x_train, split.y_train, *teacher.net.state_dict().values()]
+    return cache_key((arm, dataclasses.asdict(cfg), n_curve_samples, eval_every, teacher.schedule.config()),
+                     files=files, tensors=tensors)
+
+
+@functools.lru_cache(maxsize=2)
+def load_teacher(checkpoint: str):
+    """(teacher Denoiser, data split) for a zoo checkpoint: the 16×16 UNet (``digits16_*``) or an 8×8 ε-MLP.
+
+    Memoised per process (the teacher is frozen and never modified), so sequential tasks load it once."""
+    if checkpoint.startswith("digits16"):
+        from common.digits16 import load_digits16_eps, load_digits16_split
+
+        return load_digits16_eps(name=checkpoint), load_digits16_split()
+    from common.diffusion import load_digits_split
+    from common.diffusion.model import load_eps_checkpoint
+
+    return load_eps_checkpoint(checkpoint), load_digits_split()
+
+
+def run_task(task: dict) -> dict:
+    """One (arm, seed) of a comparison in a worker process (:func:`common.workers.process_map`): loads the teacher
+    ``task["teacher_checkpoint"]``, its data and the digits classifier, then :func:`train_and_evaluate` with the
+    task's ``arm``, ``cfg`` and keyword settings (``steps``, ``n_samples``, ``n_curve_samples``, ``eval_every``;
+    optional ``cache_dir``, ``n_probe``)."""
+    from common.diffusion.metrics import DigitsFeatures
+
+    teacher, split = load_teacher(task["teacher_checkpoint"])
+    kwargs = {k: task[k] for k in ("steps", "n_samples", "n_curve_samples", "eval_every", "cache_dir", "n_probe")
+              if k in task}
+    return train_and_evaluate(teacher, split, task["arm"], task["cfg"], DigitsFeatures.load(), progress=False, **kwargs)
 
 
 def balanced_labels(n: int) -> torch.Tensor:
@@ -116,13 +179,14 @@ def balanced_labels(n: int) -> torch.Tensor:
     return torch.arange(n, dtype=torch.long) % 10
 
 
-def sample_student(student, n_steps: int, n_samples: int, schedule, random_state: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_student(student, n_steps: int, n_samples: int, schedule, random_state: int,
+                   dim: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """``n_samples`` class-balanced samples of the LCM multistep sampler (γ = 1); returns (x, labels).
 
     The initial noise and the re-noising draws come from ``random_state`` only, so two students sampled
-    with the same ``random_state`` share their noise."""
+    with the same ``random_state`` share their noise. ``dim``: 64 (8×8 digits) or 256 (16×16)."""
     gen = torch.Generator().manual_seed(int(random_state))
-    noise = torch.randn(n_samples, 64, generator=gen)
+    noise = torch.randn(n_samples, dim, generator=gen)
     y = balanced_labels(n_samples)
     return lcm_sample(student, noise, y, n_steps, schedule, generator=gen), y
 
@@ -173,65 +237,106 @@ def self_consistency_error(net, teacher, x_data: torch.Tensor, y_data: torch.Ten
 
 
 @torch.no_grad()
-def first_step_spread(student, n_steps: int, n_samples: int, schedule, random_state: int) -> float:
+def first_step_spread(student, n_steps: int, n_samples: int, schedule, random_state: int, dim: int = 64) -> float:
     r"""Standard deviation of the first sampling step's :math:`\hat x_0` (the data's is about 0.75)."""
     gen = torch.Generator().manual_seed(int(random_state))
-    noise = torch.randn(n_samples, 64, generator=gen)
+    noise = torch.randn(n_samples, dim, generator=gen)
     _, trajectory = lcm_sample(student, noise, balanced_labels(n_samples), n_steps, schedule, generator=gen,
                                return_trajectory=True)
     return float(trajectory[0].std())
 
 
+def as_digits8(x: torch.Tensor) -> torch.Tensor:
+    """What the digits classifier (FD, KID, accuracy) reads: 8×8 digits as they are, 16×16 samples mapped back by
+    :func:`common.digits16.data.to_digits8` (the least-squares 8×8 preimage, as the 16×16 zoo model is evaluated)."""
+    if x.shape[1] == 64:
+        return x
+    if x.shape[1] == DIM16:
+        return to_digits8(x)
+    raise ValueError(f"expected 8×8 (64) or 16×16 ({DIM16}) digits, got dimension {x.shape[1]}")
+
+
+def curve_fd(target, schedule, n_curve_samples: int, seed: int, dim: int) -> float:
+    """One point of the training curve: the EMA student's 4-step FD on ``n_curve_samples`` samples (noise stream
+    ``10_000 + seed``)."""
+    x, _ = sample_student(target.eval(), 4, n_curve_samples, schedule, 10_000 + seed, dim=dim)
+    target.train()
+    return fd_to_train(as_digits8(x))
+
+
 def train_and_evaluate(teacher, split, arm: str, cfg: DistillConfig, classifier, *, steps=(1, 2, 4),
-                       n_samples: int, n_curve_samples: int, eval_every: int, progress: bool = True) -> dict:
+                       n_samples: int, n_curve_samples: int, eval_every: int, progress: bool = True,
+                       cache_dir=None, n_probe: int = 512) -> dict:
     """Distil one student (``arm``, seed ``cfg.seed``) and measure it: the protocol of every seed and arm.
 
     Training curve: every ``eval_every`` iterations the EMA student's 4-step FD on ``n_curve_samples`` samples
-    (noise stream ``10_000 + seed``). After training: the mean of the first and last 10 iteration losses, the
-    self-consistency error at each method's input (:func:`self_consistency_error`, probe batch of the seed), the
+    (:func:`curve_fd`). After training: the mean of the first and last 10 iteration losses, the
+    self-consistency error at each method's input (:func:`self_consistency_error`, ``n_probe`` probes, the seed's), the
     first-step spread, and FD, KID and class accuracy of ``n_samples`` class-balanced samples at each step count in
     ``steps`` (noise stream ``1_000 + seed``, shared by every arm of the seed). Returns a dict of plain numbers
-    (``fd``, ``kid``, ``acc`` keyed by step count; ``consistency``, ``consistency_high`` keyed by probe input).
+    (``fd``, ``kid``, ``acc`` keyed by step count; ``consistency``, ``consistency_high`` keyed by probe input;
+    ``cached``: whether the trained student came from ``cache_dir``), and ``grid``, the first :data:`GRID` samples
+    at the largest step count (a tensor, for figures).
     The probes and KID are cheap next to the training (a few seconds per arm), so every caller gets all of them,
-    whether it records them or not.
+    whether it records them or not. 8×8 (EpsMLP teacher) or 16×16 (UNet teacher): the data's dimension decides.
+
+    ``cache_dir``: the trained EMA student, its losses and its curve are kept there (:mod:`common.model_cache`,
+    keyed by :func:`training_cache_key`), and a later call with the same everything evaluates them instead of
+    training again.
     """
-    seed = int(cfg.seed)
-
-    def evaluate(target, step):
-        x, _ = sample_student(target.eval(), 4, n_curve_samples, teacher.schedule, 10_000 + seed)
-        target.train()
-        return fd_to_train(x)
-
-    res = distill(teacher, split.x_train, split.y_train, arm, cfg, eval_fn=evaluate, eval_every=eval_every,
-                  progress=progress)
-    out = {"curve": res.evaluations, "initial_loss": float(np.mean(res.losses[:10])),
-           "final_loss": float(np.mean(res.losses[-10:])), "consistency": {}, "consistency_high": {},
-           "fd": {}, "kid": {}, "acc": {}}
+    seed, dim = int(cfg.seed), int(split.x_train.shape[1])
+    path = None
+    if cache_dir is not None:
+        key = training_cache_key(teacher, split, arm, cfg, n_curve_samples, eval_every)
+        path = cache_path(cache_dir, f"{arm}_seed{seed}", key)
+    cached = path is not None and path.exists()
+    if cached:
+        state, meta = load_weights(path)
+        target = student_from_teacher(teacher.net, _arm_config(arm, cfg))
+        target.load_state_dict(state)
+        target.requires_grad_(False).eval()
+        losses, curve = meta["losses"], {int(k): v for k, v in meta["curve"].items()}
+    else:
+        res = distill(teacher, split.x_train, split.y_train, arm, cfg,
+                      eval_fn=lambda target, _step: curve_fd(target, teacher.schedule, n_curve_samples, seed, dim),
+                      eval_every=eval_every, progress=progress)
+        target, losses, curve = res.target, res.losses, res.evaluations
+        if path is not None:
+            save_weights(path, target.state_dict(), {"losses": losses, "curve": curve})
+    out = {"curve": curve, "initial_loss": float(np.mean(losses[:10])),
+           "final_loss": float(np.mean(losses[-10:])), "consistency": {}, "consistency_high": {},
+           "fd": {}, "kid": {}, "acc": {}, "cached": cached}
     for probe_input in METHODS:  # the sampled (EMA) network, probed at the γ = 1 input and at SLAM's input
-        err = self_consistency_error(res.target, teacher, split.x_train, split.y_train, probe_input, random_state=seed)
+        err = self_consistency_error(target, teacher, split.x_train, split.y_train, probe_input, n=n_probe,
+                                     random_state=seed)
         out["consistency"][probe_input], out["consistency_high"][probe_input] = err["all"], err["high"]
-    out["spread"] = first_step_spread(res.target, 4, n_curve_samples, teacher.schedule, 10_000 + seed)
+    out["spread"] = first_step_spread(target, 4, n_curve_samples, teacher.schedule, 10_000 + seed, dim=dim)
     for n in steps:
-        x, y = sample_student(res.target, n, n_samples, teacher.schedule, 1_000 + seed)
-        out["fd"][n], out["kid"][n] = fd_to_train(x), kid_to_train(x)
-        out["acc"][n] = float((classifier.predict(x) == y).float().mean())
+        x, y = sample_student(target, n, n_samples, teacher.schedule, 1_000 + seed, dim=dim)
+        if n == max(steps):
+            out["grid"] = x[:GRID].clone()  # the first samples (labels 0, 1, ..., 9, 0, ...) for a figure
+        x8 = as_digits8(x)
+        out["fd"][n], out["kid"][n] = fd_to_train(x8), kid_to_train(x8)
+        out["acc"][n] = float((classifier.predict(x8) == y).float().mean())
     return out
 
 
 @torch.no_grad()
-def teacher_solver_fd(teacher, steps, n_samples: int, random_state: int, reference_steps: int | None = None) -> dict:
+def teacher_solver_fd(teacher, steps, n_samples: int, random_state: int, reference_steps: int | None = None,
+                      dim: int = 64) -> dict:
     """FD of the teacher's DDIM and DPM-Solver++(2M) at each step count in ``steps`` ("trailing" grid from t = 1),
     started from the same class-balanced noise as the students sampled with ``random_state``; with
-    ``reference_steps``, also the FD of DDIM at that many steps (key ``"reference"``)."""
+    ``reference_steps``, also the FD of DDIM at that many steps (key ``"reference"``). ``dim``: 64 or 256."""
     gen = torch.Generator().manual_seed(int(random_state))
-    noise, y = torch.randn(n_samples, 64, generator=gen), balanced_labels(n_samples)
+    noise, y = torch.randn(n_samples, dim, generator=gen), balanced_labels(n_samples)
     out = {"ddim": {}, "dpmpp": {}}
     for n in steps:
         ts = ddim_timesteps(n, spacing="trailing")
-        out["ddim"][n] = fd_to_train(ddim(teacher, noise, ts, y))
-        out["dpmpp"][n] = fd_to_train(dpm_solver_pp_2m(teacher, noise, ts, y))
+        out["ddim"][n] = fd_to_train(as_digits8(ddim(teacher, noise, ts, y)))
+        out["dpmpp"][n] = fd_to_train(as_digits8(dpm_solver_pp_2m(teacher, noise, ts, y)))
     if reference_steps:
-        out["reference"] = fd_to_train(ddim(teacher, noise, ddim_timesteps(reference_steps, spacing="trailing"), y))
+        ts = ddim_timesteps(reference_steps, spacing="trailing")
+        out["reference"] = fd_to_train(as_digits8(ddim(teacher, noise, ts, y)))
     return out
 
 

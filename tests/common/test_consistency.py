@@ -126,3 +126,97 @@ def test_peer_diffusers_lcm_scheduler(teacher):
             eps = st(z, sch.t_of_step(tau.double()), y, 1.0)
             z = peer.step(eps, tau, z, generator=gen).denoised if tau == peer.timesteps[-1] else peer.step(eps, tau, z, generator=gen).prev_sample
     assert np.abs((z - ours).numpy()).max() <= 1e-6 * max(1.0, float(ours.abs().max()))
+
+
+# --- the 16×16 UNet student (x0-prediction) ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def unet_teacher():
+    from common.digits16.model import EpsUNet16, unet_config
+
+    torch.manual_seed(0)
+    net = EpsUNet16(unet_config(block_out_channels=[8, 16]), prediction="x0")
+    with torch.no_grad():  # diffusers zero-initialises nothing we rely on; perturb so outputs are not trivial
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return build_denoiser(net.eval())
+
+
+def test_unet_student_starts_as_teacher_and_hook_is_removed(unet_teacher):
+    from common.consistency import CondUNetStudent, student_from_teacher
+
+    st = student_from_teacher(unet_teacher.net, DistillConfig()).eval()
+    assert isinstance(st, CondUNetStudent) and st.prediction == "x0"
+    x, t, y = torch.randn(6, 256), torch.rand(6).double() * 0.9 + 0.05, torch.arange(6) % 10
+    with torch.no_grad():
+        for g in (0.0, 0.4, 1.0):
+            assert torch.equal(st.predict_x0(x, t, y, g), unet_teacher.net.predict_x0(x, t, y))
+            assert torch.allclose(st(x, t, y, g), unet_teacher.eps(x, t, y), atol=1e-5)
+        assert not st.net.unet.time_embedding._forward_pre_hooks
+        nn_init = CondUNetStudent.from_teacher(unet_teacher.net, zero_init=False).eval()
+        a, b = nn_init.predict_x0(x, t, y, 0.0), nn_init.predict_x0(x, t, y, 1.0)
+        assert not torch.allclose(a, b)  # a non-zero slot makes the output depend on the condition
+    with pytest.raises(TypeError):
+        CondUNetStudent(torch.nn.Linear(2, 2))
+
+
+def test_unet_slot_matches_diffusers_cond_proj(unet_teacher):
+    """Our pre-hook sum equals diffusers' TimestepEmbedding(cond_proj_dim=...) with the same weights."""
+    from diffusers.models.embeddings import TimestepEmbedding
+
+    from common.consistency import CondUNetStudent, scalar_embedding
+
+    st = CondUNetStudent.from_teacher(unet_teacher.net, zero_init=False).eval()
+    te = st.net.unet.time_embedding
+    peer = TimestepEmbedding(te.linear_1.in_features, te.linear_1.out_features, cond_proj_dim=64)
+    peer.load_state_dict({**te.state_dict(), "cond_proj.weight": st.cond_proj.weight})
+    sample, cond = torch.randn(5, te.linear_1.in_features), torch.rand(5).double()
+    emb = scalar_embedding(cond, 64).float()
+    seen = {}
+    handle = te.register_forward_hook(lambda m, args, out: seen.setdefault("out", out))
+    with torch.no_grad():
+        st.raw(torch.randn(5, 256), torch.full((5,), 0.5), torch.arange(5), cond)
+    handle.remove()
+    with torch.no_grad():
+        ours = te(sample + st.cond_proj(emb))
+        assert torch.allclose(ours, peer(sample, emb), atol=1e-6)
+    assert seen["out"].shape == (5, te.linear_2.out_features)
+
+
+def test_x0_student_consistency_output_and_peer_scheduler(unet_teacher):
+    """The x0 branch: f = c_skip x + c_out x0_hat, sigma_in unused; the sampler equals diffusers' LCMScheduler
+    with prediction_type="sample" driven by the same network."""
+    diffusers = pytest.importorskip("diffusers")
+    from common.consistency import consistency_output, student_from_teacher
+
+    st = student_from_teacher(unet_teacher.net, DistillConfig()).eval()
+    sch = unet_teacher.schedule
+    x, y, steps = torch.randn(4, 256), torch.arange(4), torch.tensor([999, 759, 19, 0])
+    with torch.no_grad():
+        f = consistency_output(st, x, steps, y, 1.0, torch.full((4,), 0.3), sch)
+        f2 = consistency_output(st, x, steps, y, 1.0, torch.full((4,), 0.9), sch)
+        c_skip, c_out = boundary_scalings(steps)
+        expect = c_skip.float()[:, None] * x + c_out.float()[:, None] * st.predict_x0(x, sch.t_of_step(steps), y, 1.0)
+    assert torch.equal(f, f2) and torch.allclose(f, expect, atol=1e-6)
+    assert torch.equal(f[3], x[3])  # boundary condition f(z, 0) = z
+    noise = torch.randn(3, 256, dtype=torch.float64)
+    y3 = torch.arange(3)
+    ours = lcm_sample(st, noise, y3, 4, sch, torch.Generator().manual_seed(5))
+    peer = diffusers.LCMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                                  set_alpha_to_one=True, original_inference_steps=50, prediction_type="sample",
+                                  timestep_spacing="leading")
+    peer.set_timesteps(4)
+    gen, z = torch.Generator().manual_seed(5), noise
+    with torch.no_grad():
+        for tau in peer.timesteps:
+            out = st.raw(z, sch.t_of_step(tau.double()), y3, 1.0).double()
+            res = peer.step(out, tau, z, generator=gen)
+            z = res.denoised if tau == peer.timesteps[-1] else res.prev_sample
+    assert np.abs((z - ours).numpy()).max() <= 1e-5 * max(1.0, float(ours.abs().max()))
+
+
+def test_unet_distill_deterministic(unet_teacher):
+    x, y = torch.randn(20, 256), torch.arange(20) % 10
+    cfg = DistillConfig(steps=2, batch_size=4, seed=1)
+    r1 = consistency_distill(unet_teacher, x, y, cfg, progress=False)
+    r2 = consistency_distill(unet_teacher, x, y, cfg, progress=False)
+    assert r1.losses == r2.losses and len(r1.losses) == 2 and all(np.isfinite(r1.losses))

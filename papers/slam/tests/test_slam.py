@@ -142,3 +142,49 @@ def test_iteration_ratio_first_crossing_after_iteration_zero():
     assert iteration_ratio(lcm, {0: 4.0, 200: 6.0, 400: 5.0}, 400) == 1.0
     assert iteration_ratio(lcm, {0: 4.0, 200: 4.9, 400: 7.0}, 400) == 0.5
     assert iteration_ratio(lcm, {0: 4.0, 200: 40.0, 400: 50.0}, 400) == 2.0  # never reached after iteration 0
+
+
+def test_as_digits8_and_arm_config():
+    from common.consistency import DistillConfig
+    from common.digits16.data import upsample8to16
+    from papers.slam.slam import _arm_config, as_digits8
+
+    x8 = torch.randn(3, 64)
+    assert as_digits8(x8) is x8
+    assert torch.allclose(as_digits8(upsample8to16(x8)), x8, atol=1e-5)
+    with pytest.raises(ValueError):
+        as_digits8(torch.randn(2, 100))
+    cfg = DistillConfig(seed=4)
+    assert _arm_config("slam", cfg) is cfg
+    assert _arm_config("slam_official", cfg).cond_map == "splam" and not _arm_config("slam_official", cfg).cond_zero_init
+    with pytest.raises(ValueError):
+        _arm_config("dmd", cfg)
+
+
+def test_train_and_evaluate_unet_cache_round_trip(tmp_path):
+    """A tiny 16×16 UNet teacher: the cached student evaluates to the same numbers; the key moves with the arm."""
+    from types import SimpleNamespace
+
+    from common.consistency import DistillConfig
+    from common.diffusion.model import build_denoiser
+    from common.digits16.model import EpsUNet16, unet_config
+    from papers.slam.slam import train_and_evaluate, training_cache_key
+
+    torch.manual_seed(0)
+    teacher = build_denoiser(EpsUNet16(unet_config(block_out_channels=[8, 16]), prediction="x0").eval())
+    split = SimpleNamespace(x_train=torch.randn(24, 256).clamp(-1, 1), y_train=torch.arange(24) % 10)
+
+    class Classifier:
+        def predict(self, x):
+            return torch.zeros(len(x), dtype=torch.long)
+
+    cfg = DistillConfig(steps=2, batch_size=4, seed=0)
+    kw = dict(steps=(1, 2), n_samples=12, n_curve_samples=6, eval_every=1, progress=False, n_probe=8, cache_dir=tmp_path)
+    first = train_and_evaluate(teacher, split, "slam", cfg, Classifier(), **kw)
+    again = train_and_evaluate(teacher, split, "slam", cfg, Classifier(), **kw)
+    assert not first["cached"] and again["cached"] and len(list(tmp_path.glob("*.safetensors"))) == 1
+    assert again["fd"] == first["fd"] and again["curve"] == first["curve"] and torch.equal(again["grid"], first["grid"])
+    assert first["grid"].shape == (12, 256) and set(first["curve"]) == {0, 1, 2}
+    key = training_cache_key(teacher, split, "slam", cfg, 6, 1)
+    assert key != training_cache_key(teacher, split, "lcm", cfg, 6, 1)
+    assert key != training_cache_key(teacher, split, "slam", DistillConfig(steps=2, batch_size=4, seed=1), 6, 1)
