@@ -52,7 +52,7 @@ from common.consistency import (
 )
 from common.diffusion import ddim, ddim_timesteps, dpm_solver_pp_2m
 from common.diffusion.metrics import fd_to_train, kid_to_train
-from common.digits16.data import DIM16, to_digits8
+from common.digits16.data import DIM16, off_subspace_fraction, to_digits8
 from common.model_cache import cache_key, cache_path, load_weights, save_weights
 
 METHODS = ("lcm", "slam")
@@ -127,21 +127,28 @@ def training_cache_key(teacher, split, arm: str, cfg: DistillConfig, n_curve_sam
     """The cache key of one trained student (:mod:`common.model_cache`): the arm, the distillation config, the curve
     settings, the teacher's weights and schedule, the training data, and the whole source of the code that trains
     it or draws its curve (this module, ``common/consistency.py``, the 16×16 UNet and data modules, the diffusion
-    schedule, views, model and metrics modules and the seeding helpers)."""
+    schedule, views, model, classifier and metrics modules), the curve classifier's weights, the teacher's
+    parameterisation and diffusers' version. Any edit of this module retrains (safe, not minimal)."""
+    import diffusers
+
     import common.consistency
+    import common.diffusion.classifier
     import common.diffusion.metrics
     import common.diffusion.model
     import common.diffusion.schedule
     import common.diffusion.views
     import common.digits16.data
     import common.digits16.model
+    from common.diffusion.metrics import DigitsFeatures
 
-    files = [Path(m.__file__) for m in (common.consistency, common.diffusion.metrics, common.diffusion.model,
-                                        common.diffusion.schedule, common.diffusion.views, common.digits16.data,
-                                        common.digits16.model)] + [Path(__file__)]
-    tensors = [split.x_train, split.y_train, *teacher.net.state_dict().values()]
-    return cache_key((arm, dataclasses.asdict(cfg), n_curve_samples, eval_every, teacher.schedule.config()),
-                     files=files, tensors=tensors)
+    files = [Path(m.__file__) for m in (common.consistency, common.diffusion.classifier, common.diffusion.metrics,
+                                        common.diffusion.model, common.diffusion.schedule, common.diffusion.views,
+                                        common.digits16.data, common.digits16.model)] + [Path(__file__)]
+    classifier = DigitsFeatures.load()  # the curve's FD features
+    tensors = [split.x_train, split.y_train, *teacher.net.state_dict().values(), *classifier.net.state_dict().values()]
+    parts = (arm, dataclasses.asdict(cfg), n_curve_samples, eval_every, teacher.schedule.config(),
+             getattr(teacher.net, "prediction", "epsilon"), diffusers.__version__)
+    return cache_key(parts, files=files, tensors=tensors)
 
 
 @functools.lru_cache(maxsize=2)
@@ -276,7 +283,8 @@ def train_and_evaluate(teacher, split, arm: str, cfg: DistillConfig, classifier,
     ``steps`` (noise stream ``1_000 + seed``, shared by every arm of the seed). Returns a dict of plain numbers
     (``fd``, ``kid``, ``acc`` keyed by step count; ``consistency``, ``consistency_high`` keyed by probe input;
     ``cached``: whether the trained student came from ``cache_dir``), and ``grid``, the first :data:`GRID` samples
-    at the largest step count (a tensor, for figures).
+    at the largest step count (a tensor, for figures); for 16×16, ``off_subspace`` (the samples' energy fraction off the
+    data's subspace at that step count, :func:`common.digits16.data.off_subspace_fraction`).
     The probes and KID are cheap next to the training (a few seconds per arm), so every caller gets all of them,
     whether it records them or not. 8×8 (EpsMLP teacher) or 16×16 (UNet teacher): the data's dimension decides.
 
@@ -315,6 +323,8 @@ def train_and_evaluate(teacher, split, arm: str, cfg: DistillConfig, classifier,
         x, y = sample_student(target, n, n_samples, teacher.schedule, 1_000 + seed, dim=dim)
         if n == max(steps):
             out["grid"] = x[:GRID].clone()  # the first samples (labels 0, 1, ..., 9, 0, ...) for a figure
+            if dim == DIM16:  # energy off the data's 64-dim subspace, which the 8×8 preimage (FD, accuracy) cannot see
+                out["off_subspace"] = off_subspace_fraction(x)
         x8 = as_digits8(x)
         out["fd"][n], out["kid"][n] = fd_to_train(x8), kid_to_train(x8)
         out["acc"][n] = float((classifier.predict(x8) == y).float().mean())

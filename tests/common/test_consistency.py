@@ -169,17 +169,20 @@ def test_unet_slot_matches_diffusers_cond_proj(unet_teacher):
     te = st.net.unet.time_embedding
     peer = TimestepEmbedding(te.linear_1.in_features, te.linear_1.out_features, cond_proj_dim=64)
     peer.load_state_dict({**te.state_dict(), "cond_proj.weight": st.cond_proj.weight})
-    sample, cond = torch.randn(5, te.linear_1.in_features), torch.rand(5).double()
+    cond = torch.rand(5).double()
     emb = scalar_embedding(cond, 64).float()
-    seen = {}
-    handle = te.register_forward_hook(lambda m, args, out: seen.setdefault("out", out))
+    seen = {}  # what the hooked call gave the time embedding (input) and got from it (output)
+    handle = te.register_forward_hook(lambda m, args, out: seen.update(inp=args[0], out=out))
+    x, t, y = torch.randn(5, 256), torch.full((5,), 0.5), torch.arange(5)
     with torch.no_grad():
-        st.raw(torch.randn(5, 256), torch.full((5,), 0.5), torch.arange(5), cond)
+        st.raw(x, t, y, cond)
+        hooked_in, hooked_out = seen["inp"], seen["out"]
+        st.net.raw(x, t, y)  # the bare UNet: the sinusoidal input without the slot
+        bare_in = seen["inp"]
     handle.remove()
     with torch.no_grad():
-        ours = te(sample + st.cond_proj(emb))
-        assert torch.allclose(ours, peer(sample, emb), atol=1e-6)
-    assert seen["out"].shape == (5, te.linear_2.out_features)
+        assert torch.allclose(hooked_in, bare_in + st.cond_proj(emb), atol=1e-6)
+        assert torch.allclose(hooked_out, peer(bare_in, emb), atol=1e-6)  # diffusers' own cond_proj path
 
 
 def test_x0_student_consistency_output_and_peer_scheduler(unet_teacher):
