@@ -160,3 +160,15 @@ def test_gmm_metrics():
     assert 0 < responsibility_tv(twin, noisy, x) <= 1
     with pytest.raises(ValueError):
         responsibility_tv(twin, x, x[:10])
+
+
+def test_kid_to_train_equals_kid_bit_for_bit():
+    """kid_to_train caches the train split's within-set term; the value must equal the uncached kid() exactly."""
+    x = torch.rand(60, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    stats = metrics.train_feature_stats()
+    reference = metrics.standardise_by(metrics.train_features(), stats)
+    direct = metrics.kid(metrics.standardise_by(metrics.DigitsFeatures.load().features(x), stats), reference)
+    assert metrics.kid_to_train(x) == direct
+    assert metrics.kid_to_train(x[:30]) != direct  # a different set gives a different value (the check can fail)
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.kid_to_train(x[:1])
