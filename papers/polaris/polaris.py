@@ -188,9 +188,8 @@ def round_trip(model, x0, ts, y, method: str, omega: float, **options) -> dict:
     ``inversion_passes``, ``backward_passes``, ``x0_hat``, ``inversion``, ``cpu_seconds`` (process time).
     """
     start = time.process_time()
-    inv = invert_method(model, x0, ts, y, method, omega, **options)
-    if method == "fixed_point_polaris_path":  # the polaris inversion that gave the path is not part of the cost
-        inv.passes -= 2 * (len(ts) - 1)
+    inv = invert_method(model, x0, ts, y, method, omega, **options)  # fixed_point_polaris_path: the fixed-point
+    # inversion's own passes only (the POLARIS inversion that gave its ω_t path is not counted)
     with torch.no_grad():
         rec = reconstruct(model, inv, ts, y, omega=omega if method == "asymmetric" else None,
                           replay="inversion_order" if method == "polaris_inversion_order" else "time_matched")

@@ -8,6 +8,7 @@ from common.diffusion.samplers import ddim_timesteps
 from common.diffusion.schedule import VPSchedule
 from papers.polaris import (
     class_edit,
+    round_trip,
     dynamic_exact_omega,
     invert_polaris,
     per_row_psnr,
@@ -96,3 +97,14 @@ def test_class_edit_with_same_label_is_reconstruction():
     assert torch.allclose(class_edit(model, x0, ts, y, y, "polaris", 5.0), reconstruct(model, inv, ts, y).x0)
     with pytest.raises(ValueError):
         class_edit(model, x0, ts, y, y, "dynamic_exact", 5.0)
+
+
+def test_fixed_point_on_polaris_path_counts_its_own_passes():
+    """2 (1 + n_iter) passes per step, (1 + n_iter) at POLARIS's ω = 1 first step; the POLARIS inversion that gave
+    the path is not counted, and nothing else is subtracted (an earlier version subtracted its passes again)."""
+    model, ts = LinearModel(), ddim_timesteps(8, "trailing")
+    x0, y = torch.randn(3, 4, dtype=torch.float64), torch.tensor([0, 4, 9])
+    out = round_trip(model, x0, ts, y, "fixed_point_polaris_path", 5.0, n_fp_iter=3)
+    n_unit = int((invert_polaris(model, x0, ts, y).omegas[:, 0] == 1.0).sum())
+    assert n_unit >= 1
+    assert out["inversion_passes"] == 4 * (2 * 8 - n_unit)
