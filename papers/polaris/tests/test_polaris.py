@@ -8,12 +8,12 @@ from common.diffusion.samplers import ddim_timesteps
 from common.diffusion.schedule import VPSchedule
 from papers.polaris import (
     class_edit,
-    round_trip,
     dynamic_exact_omega,
     invert_polaris,
     per_row_psnr,
     per_row_rmse,
     polaris_omega,
+    round_trip,
     ssim_8x8,
     tag,
     target_labels,
